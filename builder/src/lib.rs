@@ -1,0 +1,6 @@
+//! img's library: the Dockerfile frontend, build graph, executor, image store and registry client.
+
+/// The version printed by `img version`, with the imgfs version it was built against.
+pub fn version_string() -> String {
+    format!("img {} (imgfs {})", env!("CARGO_PKG_VERSION"), imgfs::VERSION)
+}
