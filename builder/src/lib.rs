@@ -2,5 +2,9 @@
 
 /// The version printed by `img version`, with the imgfs version it was built against.
 pub fn version_string() -> String {
-    format!("img {} (imgfs {})", env!("CARGO_PKG_VERSION"), imgfs::VERSION)
+    format!(
+        "img {} (imgfs {})",
+        env!("CARGO_PKG_VERSION"),
+        imgfs::VERSION
+    )
 }

@@ -1,4 +1,22 @@
 //! imgfs: a copy-on-write snapshot store for container images, and its FUSE view.
+//!
+//! A [`Store`] holds snapshots: file trees stacked on a parent, each storing only what it changed.
+//! Metadata lives in rocksdb (`meta`), file content in a content-addressed chunk store (`chunks`).
+//! [`Tree`] is the POSIX view of one snapshot; `layer` converts snapshots to and from OCI layers.
+
+pub mod chunks;
+pub mod error;
+pub mod ids;
+pub mod meta;
+pub mod records;
+pub mod store;
+pub mod tree;
+
+pub use error::{Error, Result};
+pub use ids::{ChunkDigest, DataId, Ino, SnapshotId};
+pub use records::{FileKind, Inode, SnapshotKind, SnapshotRecord, Timestamp};
+pub use store::{Store, StoreOptions, Usage};
+pub use tree::{Attr, DirEntry, NewNode, RenameMode, SetAttr, Tree};
 
 /// The version of the imgfs crate (and of the on-disk format it writes).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

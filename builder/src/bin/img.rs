@@ -2,7 +2,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "img", about = "Build and manage container images without a daemon", version)]
+#[command(
+    name = "img",
+    about = "Build and manage container images without a daemon",
+    version
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -1,0 +1,278 @@
+//! The chunk store: append-only pack files holding chunk bytes, read through shared memory maps.
+//! The only module that maps memory.
+//!
+//! Chunks are appended to the current pack and never modified in place. Each pack is mapped once
+//! at its maximum size, so growing it needs no remap; a mapping never reaches past the bytes a
+//! record points at, because pack files are only truncated at writer open, before anything is
+//! mapped, and only past their synced length (docs/imgfs-format.md). Freed chunks are punched out
+//! of their pack with `FALLOC_FL_PUNCH_HOLE`, which keeps the size, so a mapping reads zeros there
+//! instead of faulting.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::ops::Deref;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use memmap2::{Mmap, MmapOptions};
+
+use crate::error::{Error, IoContext, Result};
+use crate::ids::PackId;
+
+/// The largest a pack grows before appends move to a new one.
+pub const PACK_MAX: u64 = 1 << 30;
+
+struct Pack {
+    file: File,
+    map: Mmap,
+}
+
+struct Writer {
+    id: PackId,
+    len: u64,
+}
+
+/// The pack files of one store.
+pub struct PackStore {
+    dir: PathBuf,
+    read_only: bool,
+    packs: RwLock<HashMap<PackId, Arc<Pack>>>,
+    writer: Mutex<Option<Writer>>,
+    /// Packs appended to since the last `sync`.
+    dirty: Mutex<HashSet<PackId>>,
+}
+
+/// A chunk's bytes, borrowed from the pack's memory map.
+pub struct ChunkBytes {
+    pack: Arc<Pack>,
+    offset: usize,
+    len: usize,
+}
+
+impl Deref for ChunkBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.pack.map[self.offset..self.offset + self.len]
+    }
+}
+
+fn pack_path(dir: &Path, id: PackId) -> PathBuf {
+    dir.join(format!("{:08}.pack", id.0))
+}
+
+impl PackStore {
+    /// Opens the pack directory. For a writer, `synced` holds the synced length of every pack the
+    /// metadata knows: files it does not know are deleted and longer files are cut back to what
+    /// was synced, which drops the chunks of imports that never committed.
+    pub fn open(dir: &Path, read_only: bool, synced: &BTreeMap<PackId, u64>) -> Result<PackStore> {
+        let store = PackStore {
+            dir: dir.to_path_buf(),
+            read_only,
+            packs: RwLock::new(HashMap::new()),
+            writer: Mutex::new(None),
+            dirty: Mutex::new(HashSet::new()),
+        };
+        if read_only {
+            return Ok(store);
+        }
+        std::fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
+        for entry in std::fs::read_dir(dir).ctx(|| format!("read {}", dir.display()))? {
+            let entry = entry.ctx(|| format!("read {}", dir.display()))?;
+            let name = entry.file_name();
+            let id = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".pack"))
+                .and_then(|n| n.parse::<u32>().ok())
+                .map(PackId);
+            let path = entry.path();
+            match id.and_then(|id| synced.get(&id)) {
+                None => std::fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?,
+                Some(&len) => {
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .ctx(|| format!("open {}", path.display()))?;
+                    let actual = f
+                        .metadata()
+                        .ctx(|| format!("stat {}", path.display()))?
+                        .len();
+                    if actual > len {
+                        tracing::info!(pack = %path.display(), actual, synced = len, "dropping unsynced pack tail");
+                        f.set_len(len)
+                            .ctx(|| format!("truncate {}", path.display()))?;
+                        f.sync_all().ctx(|| format!("sync {}", path.display()))?;
+                    } else if actual < len {
+                        return Err(Error::Corrupt(format!(
+                            "{} is {actual} bytes but {len} were synced",
+                            path.display()
+                        )));
+                    }
+                }
+            }
+        }
+        let last = synced.iter().next_back().map(|(id, len)| (*id, *len));
+        *store.writer.lock().expect("poisoned") = Some(match last {
+            Some((id, len)) if len < PACK_MAX / 2 => Writer { id, len },
+            Some((id, _)) => Writer {
+                id: PackId(id.0 + 1),
+                len: 0,
+            },
+            None => Writer {
+                id: PackId(1),
+                len: 0,
+            },
+        });
+        Ok(store)
+    }
+
+    fn pack(&self, id: PackId) -> Result<Arc<Pack>> {
+        if let Some(p) = self.packs.read().expect("poisoned").get(&id) {
+            return Ok(p.clone());
+        }
+        let mut packs = self.packs.write().expect("poisoned");
+        if let Some(p) = packs.get(&id) {
+            return Ok(p.clone());
+        }
+        let path = pack_path(&self.dir, id);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!self.read_only)
+            .create(!self.read_only)
+            .truncate(false)
+            .open(&path)
+            .ctx(|| format!("open pack {}", path.display()))?;
+        // SAFETY: pack bytes that a record points at are never truncated or rewritten while the
+        // store is open (module docs), so the mapping stays valid for every read we make.
+        let map = unsafe { MmapOptions::new().len(PACK_MAX as usize).map(&file) }
+            .ctx(|| format!("map pack {}", path.display()))?;
+        let pack = Arc::new(Pack { file, map });
+        packs.insert(id, pack.clone());
+        Ok(pack)
+    }
+
+    /// Appends a chunk and returns where it landed. Not durable until `sync`.
+    pub fn append(&self, data: &[u8]) -> Result<(PackId, u64)> {
+        if self.read_only {
+            return Err(Error::ReadOnly("chunk store".into()));
+        }
+        let mut guard = self.writer.lock().expect("poisoned");
+        let w = guard.as_mut().expect("writer exists in a writable store");
+        if w.len + data.len() as u64 > PACK_MAX {
+            *w = Writer {
+                id: PackId(w.id.0 + 1),
+                len: 0,
+            };
+        }
+        let pack = self.pack(w.id)?;
+        pack.file
+            .write_all_at(data, w.len)
+            .ctx(|| format!("append to pack {}", w.id.0))?;
+        let at = (w.id, w.len);
+        w.len += data.len() as u64;
+        self.dirty.lock().expect("poisoned").insert(w.id);
+        Ok(at)
+    }
+
+    /// Reads a chunk through the memory map.
+    pub fn read(&self, pack: PackId, offset: u64, len: u32) -> Result<ChunkBytes> {
+        let p = self.pack(pack)?;
+        if offset + len as u64 > PACK_MAX {
+            return Err(Error::Corrupt(format!(
+                "chunk at {}:{offset} runs past the pack",
+                pack.0
+            )));
+        }
+        Ok(ChunkBytes {
+            pack: p,
+            offset: offset as usize,
+            len: len as usize,
+        })
+    }
+
+    /// Makes every append so far durable; returns the synced length of each pack it synced.
+    pub fn sync(&self) -> Result<Vec<(PackId, u64)>> {
+        let dirty: Vec<PackId> = self.dirty.lock().expect("poisoned").drain().collect();
+        let mut out = Vec::with_capacity(dirty.len());
+        for id in dirty {
+            let pack = self.pack(id)?;
+            pack.file
+                .sync_data()
+                .ctx(|| format!("sync pack {}", id.0))?;
+            let len = pack
+                .file
+                .metadata()
+                .ctx(|| format!("stat pack {}", id.0))?
+                .len();
+            out.push((id, len));
+        }
+        Ok(out)
+    }
+
+    /// Frees the space of a chunk nothing refers to any more. Only whole file-system blocks inside
+    /// the chunk are released; the partial blocks at its ends stay until the pack is deleted.
+    pub fn punch(&self, pack: PackId, offset: u64, len: u32) -> Result<()> {
+        const BLOCK: u64 = 4096;
+        let start = offset.div_ceil(BLOCK) * BLOCK;
+        let end = (offset + len as u64) / BLOCK * BLOCK;
+        if end <= start {
+            return Ok(());
+        }
+        let p = self.pack(pack)?;
+        nix::fcntl::fallocate(
+            &p.file,
+            nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            start as i64,
+            (end - start) as i64,
+        )
+        .map_err(|e| Error::io(format!("free space in pack {}", pack.0), e.into()))
+    }
+
+    /// Deletes a pack that holds no live chunk, unless appends are still going to it.
+    pub fn remove_pack(&self, pack: PackId) -> Result<bool> {
+        if self
+            .writer
+            .lock()
+            .expect("poisoned")
+            .as_ref()
+            .is_some_and(|w| w.id == pack)
+        {
+            return Ok(false);
+        }
+        self.packs.write().expect("poisoned").remove(&pack);
+        let path = pack_path(&self.dir, pack);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(Error::io(format!("remove {}", path.display()), e)),
+        }
+    }
+
+    /// The pack files on disk with their sizes (for fsck).
+    pub fn files(&self) -> Result<Vec<(PackId, u64)>> {
+        let mut out = Vec::new();
+        let rd = match std::fs::read_dir(&self.dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(Error::io(format!("read {}", self.dir.display()), e)),
+        };
+        for entry in rd {
+            let entry = entry.ctx(|| format!("read {}", self.dir.display()))?;
+            if let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".pack"))
+                .and_then(|n| n.parse().ok())
+            {
+                let len = entry
+                    .metadata()
+                    .ctx(|| format!("stat {:?}", entry.path()))?
+                    .len();
+                out.push((PackId(id), len));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}

@@ -1,0 +1,367 @@
+//! The metadata database: the key schema and the only module that imports rocksdb.
+//!
+//! Keys are a one-byte table tag followed by big-endian fields, so that rocksdb's byte order is
+//! the order the store needs. Versioned tables (inodes, dentries, extents) end their keys with
+//! the bitwise-inverted snapshot id, so the newest version of a key sorts first and one seek finds
+//! the nearest version visible from a snapshot, however deep its chain (docs/imgfs-format.md).
+
+use std::path::Path;
+
+use rocksdb::{DB, DBRawIteratorWithThreadMode, Options, ReadOptions, WriteBatch, WriteOptions};
+
+use crate::error::{Error, Result};
+use crate::ids::{DataId, Ino, SnapshotId};
+
+/// Builders for every key the store writes.
+pub mod key {
+    use super::*;
+
+    pub const META: u8 = b'M';
+    pub const SNAPSHOT: u8 = b'N';
+    pub const NAME: u8 = b'K';
+    pub const INODE: u8 = b'I';
+    pub const DENTRY: u8 = b'D';
+    pub const EXTENT: u8 = b'E';
+    pub const CHUNK: u8 = b'C';
+    pub const PACK: u8 = b'P';
+    pub const CHANGE: u8 = b'X';
+
+    fn with_tag(tag: u8, cap: usize) -> Vec<u8> {
+        let mut k = Vec::with_capacity(cap);
+        k.push(tag);
+        k
+    }
+
+    pub fn meta(name: &str) -> Vec<u8> {
+        let mut k = with_tag(META, 1 + name.len());
+        k.extend_from_slice(name.as_bytes());
+        k
+    }
+
+    pub fn snapshot(id: SnapshotId) -> Vec<u8> {
+        let mut k = with_tag(SNAPSHOT, 9);
+        k.extend_from_slice(&id.0.to_be_bytes());
+        k
+    }
+
+    pub fn name(name: &str) -> Vec<u8> {
+        let mut k = with_tag(NAME, 1 + name.len());
+        k.extend_from_slice(name.as_bytes());
+        k
+    }
+
+    /// `I ino` — the unversioned part of an inode key.
+    pub fn inode_base(ino: Ino) -> Vec<u8> {
+        let mut k = with_tag(INODE, 17);
+        k.extend_from_slice(&ino.0.to_be_bytes());
+        k
+    }
+
+    /// `D dir name 0x00` — the unversioned part of a directory entry key. Names never contain
+    /// NUL, so the separator keeps the versions of "a" apart from those of "ab".
+    pub fn dentry_base(dir: Ino, name: &[u8]) -> Vec<u8> {
+        let mut k = with_tag(DENTRY, 18 + name.len());
+        k.extend_from_slice(&dir.0.to_be_bytes());
+        k.extend_from_slice(name);
+        k.push(0);
+        k
+    }
+
+    /// `D dir` — every entry version of one directory.
+    pub fn dir_prefix(dir: Ino) -> Vec<u8> {
+        let mut k = with_tag(DENTRY, 9);
+        k.extend_from_slice(&dir.0.to_be_bytes());
+        k
+    }
+
+    /// `E data index` — the unversioned part of an extent key.
+    pub fn extent_base(data: DataId, index: u64) -> Vec<u8> {
+        let mut k = with_tag(EXTENT, 25);
+        k.extend_from_slice(&data.0.to_be_bytes());
+        k.extend_from_slice(&index.to_be_bytes());
+        k
+    }
+
+    /// `E data` — every extent version of one file content.
+    pub fn data_prefix(data: DataId) -> Vec<u8> {
+        let mut k = with_tag(EXTENT, 9);
+        k.extend_from_slice(&data.0.to_be_bytes());
+        k
+    }
+
+    pub fn chunk(digest: &crate::ids::ChunkDigest) -> Vec<u8> {
+        let mut k = with_tag(CHUNK, 33);
+        k.extend_from_slice(&digest.0);
+        k
+    }
+
+    pub fn pack(pack: crate::ids::PackId) -> Vec<u8> {
+        let mut k = with_tag(PACK, 5);
+        k.extend_from_slice(&pack.0.to_be_bytes());
+        k
+    }
+
+    /// Appends the version suffix (inverted snapshot id) to an unversioned key.
+    pub fn versioned(base: &[u8], snap: SnapshotId) -> Vec<u8> {
+        let mut k = Vec::with_capacity(base.len() + 8);
+        k.extend_from_slice(base);
+        k.extend_from_slice(&(!snap.0).to_be_bytes());
+        k
+    }
+
+    /// Splits a versioned key into its unversioned part and snapshot id.
+    pub fn split_version(key: &[u8]) -> (&[u8], SnapshotId) {
+        let (base, v) = key.split_at(key.len() - 8);
+        (
+            base,
+            SnapshotId(!u64::from_be_bytes(v.try_into().expect("8 bytes"))),
+        )
+    }
+
+    /// `X snap base` — the change index: one key per versioned key a snapshot wrote, so its
+    /// own changes can be listed (diff, export, remove, usage) without touching anything else.
+    pub fn change(snap: SnapshotId, base: &[u8]) -> Vec<u8> {
+        let mut k = with_tag(CHANGE, 9 + base.len());
+        k.extend_from_slice(&snap.0.to_be_bytes());
+        k.extend_from_slice(base);
+        k
+    }
+
+    pub fn change_prefix(snap: SnapshotId) -> Vec<u8> {
+        let mut k = with_tag(CHANGE, 9);
+        k.extend_from_slice(&snap.0.to_be_bytes());
+        k
+    }
+
+    pub fn read_u64(b: &[u8]) -> u64 {
+        u64::from_be_bytes(b[..8].try_into().expect("8 bytes"))
+    }
+}
+
+/// The smallest key greater than every key that starts with `prefix` (an iteration bound).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+fn db_err(e: rocksdb::Error) -> Error {
+    Error::Db(e.into_string())
+}
+
+/// The metadata database of one store.
+pub struct MetaDb {
+    db: DB,
+    read_only: bool,
+}
+
+/// A group of writes applied atomically.
+#[derive(Default)]
+pub struct Batch {
+    inner: WriteBatch,
+}
+
+impl Batch {
+    pub fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.inner.put(key, value);
+    }
+    pub fn delete(&mut self, key: &[u8]) {
+        self.inner.delete(key);
+    }
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+}
+
+impl MetaDb {
+    fn options() -> Options {
+        let mut opts = Options::default();
+        opts.set_max_background_jobs(2);
+        opts.set_bytes_per_sync(1 << 20);
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_bloom_filter(10.0, false);
+        table.set_block_cache(&rocksdb::Cache::new_lru_cache(256 << 20));
+        table.set_cache_index_and_filter_blocks(true);
+        opts.set_block_based_table_factory(&table);
+        opts
+    }
+
+    /// Creates a new, empty database; fails if one exists.
+    pub fn create(path: &Path) -> Result<MetaDb> {
+        let mut opts = Self::options();
+        opts.create_if_missing(true);
+        opts.set_error_if_exists(true);
+        Ok(MetaDb {
+            db: DB::open(&opts, path).map_err(db_err)?,
+            read_only: false,
+        })
+    }
+
+    /// Opens an existing database. A read-only open sees the state as of the open and does not
+    /// need the writer's lock, so it works while a writer is running.
+    pub fn open(path: &Path, read_only: bool) -> Result<MetaDb> {
+        let opts = Self::options();
+        let db = if read_only {
+            DB::open_for_read_only(&opts, path, false)
+        } else {
+            DB::open(&opts, path)
+        }
+        .map_err(db_err)?;
+        Ok(MetaDb { db, read_only })
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_pinned(key).map_err(db_err)?.map(|v| v.to_vec()))
+    }
+
+    pub fn multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.db
+            .multi_get(keys)
+            .into_iter()
+            .map(|r| r.map_err(db_err))
+            .collect()
+    }
+
+    /// Applies a batch atomically. With `sync`, the write-ahead log is fsynced before returning:
+    /// the batch survives power loss. Without, it survives a killed process (the log is written
+    /// to the page cache) but not a crash of the machine.
+    pub fn write(&self, batch: Batch, sync: bool) -> Result<()> {
+        if self.read_only {
+            return Err(Error::ReadOnly("store opened read-only".into()));
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db.write_opt(batch.inner, &wo).map_err(db_err)
+    }
+
+    /// Makes every batch written so far durable.
+    pub fn sync_wal(&self) -> Result<()> {
+        self.db.flush_wal(true).map_err(db_err)
+    }
+
+    /// Iterates over the keys that start with `prefix`, from the first key >= `start`.
+    pub fn scan(&self, prefix: &[u8], start: &[u8]) -> Scan<'_> {
+        let mut ro = ReadOptions::default();
+        if let Some(end) = prefix_end(prefix) {
+            ro.set_iterate_upper_bound(end);
+        }
+        let mut it = self.db.raw_iterator_opt(ro);
+        it.seek(if start > prefix { start } else { prefix });
+        Scan {
+            it,
+            prefix: prefix.to_vec(),
+            started: false,
+        }
+    }
+
+    /// Iterates over every key that starts with `prefix`.
+    pub fn prefix(&self, prefix: &[u8]) -> Scan<'_> {
+        self.scan(prefix, prefix)
+    }
+
+    /// The newest version of `base` that is visible from `chain`: one seek, then a step past
+    /// each version written by a snapshot outside the chain (siblings, descendants).
+    pub fn visible(&self, base: &[u8], chain: &Chain) -> Result<Option<(SnapshotId, Vec<u8>)>> {
+        let start = key::versioned(base, chain.head());
+        let mut scan = self.scan(base, &start);
+        while let Some((k, v)) = scan.next_entry()? {
+            if k.len() != base.len() + 8 {
+                continue;
+            }
+            let (_, snap) = key::split_version(k);
+            if chain.contains(snap) {
+                return Ok(Some((snap, v.to_vec())));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Compacts the whole key space (used after large removals, and by benchmarks).
+    pub fn compact(&self) {
+        self.db.compact_range::<&[u8], &[u8]>(None, None);
+    }
+}
+
+/// A bounded forward iterator over a key range.
+pub struct Scan<'a> {
+    it: DBRawIteratorWithThreadMode<'a, DB>,
+    prefix: Vec<u8>,
+    started: bool,
+}
+
+impl Scan<'_> {
+    /// The next key and value, borrowed until the next call.
+    pub fn next_entry(&mut self) -> Result<Option<(&[u8], &[u8])>> {
+        if self.started {
+            self.it.next();
+        }
+        self.started = true;
+        if !self.it.valid() {
+            self.it.status().map_err(db_err)?;
+            return Ok(None);
+        }
+        let k = self.it.key().expect("valid iterator has a key");
+        if !k.starts_with(&self.prefix) {
+            return Ok(None);
+        }
+        Ok(Some((
+            k,
+            self.it.value().expect("valid iterator has a value"),
+        )))
+    }
+
+    /// Moves to the first key >= `target` (within the same prefix).
+    pub fn seek(&mut self, target: &[u8]) {
+        self.it.seek(target);
+        self.started = false;
+    }
+}
+
+/// A snapshot and its ancestors, newest first: the versions a snapshot can see.
+#[derive(Clone, Debug)]
+pub struct Chain {
+    /// Strictly decreasing, because a child's id is larger than its parent's.
+    ids: Vec<SnapshotId>,
+}
+
+impl Chain {
+    pub fn new(ids: Vec<SnapshotId>) -> Chain {
+        debug_assert!(ids.windows(2).all(|w| w[0] > w[1]));
+        Chain { ids }
+    }
+
+    pub fn head(&self) -> SnapshotId {
+        self.ids[0]
+    }
+
+    pub fn contains(&self, id: SnapshotId) -> bool {
+        self.ids.binary_search_by(|x| id.cmp(x)).is_ok()
+    }
+
+    /// The chain without its head: what the parent sees.
+    pub fn parent(&self) -> Option<Chain> {
+        (self.ids.len() > 1).then(|| Chain {
+            ids: self.ids[1..].to_vec(),
+        })
+    }
+
+    pub fn ids(&self) -> &[SnapshotId] {
+        &self.ids
+    }
+
+    pub fn depth(&self) -> usize {
+        self.ids.len()
+    }
+}

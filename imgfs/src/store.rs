@@ -1,0 +1,654 @@
+//! A store on disk: opening and locking it, allocating ids, the snapshot lifecycle (prepare,
+//! view, commit, remove), chunk reference counting, usage and recovery after a crash.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::chunks::{ChunkBytes, PackStore};
+use crate::error::{Error, IoContext, Result};
+use crate::ids::{ChunkDigest, Ino, PackId, SnapshotId};
+use crate::meta::{Batch, Chain, MetaDb, key};
+use crate::records::{
+    ChunkRecord, Extent, FileKind, Inode, PackRecord, SnapshotKind, SnapshotRecord, Timestamp,
+};
+use crate::tree::Tree;
+
+/// The on-disk format version this code reads and writes.
+pub const FORMAT_VERSION: u64 = 1;
+/// The default size of a file chunk: the unit of copy-on-write and of deduplication.
+pub const DEFAULT_CHUNK_SIZE: u32 = 64 * 1024;
+/// How many ids are reserved per write of the id high-water mark.
+const ID_LEASE: u64 = 4096;
+
+/// Settings fixed when a store is created.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreOptions {
+    pub chunk_size: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+        }
+    }
+}
+
+/// Bytes and inodes that belong to one snapshot alone: what removing it frees.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Inode versions written by the snapshot.
+    pub inodes: u64,
+    /// Chunk bytes referenced by this snapshot and nothing else, plus its unhashed dirty data.
+    pub bytes: u64,
+}
+
+struct Ids {
+    next: u64,
+    high: u64,
+}
+
+pub(crate) struct Inner {
+    pub(crate) root: PathBuf,
+    pub(crate) meta: MetaDb,
+    pub(crate) packs: PackStore,
+    pub(crate) chunk_size: u32,
+    ids: Mutex<Ids>,
+    /// Serialises every read-modify-write of chunk records (reference counts), pack records and
+    /// snapshot records. File operations on different snapshots never take it except to hash data.
+    pub(crate) chunk_lock: Mutex<()>,
+    /// Active snapshots that a `Tree` has open for writing in this process.
+    pub(crate) writers: Mutex<HashSet<SnapshotId>>,
+    _lock: Option<File>,
+}
+
+/// An open store. Cheap to clone; every clone is the same store.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+fn lock_file(root: &Path) -> Result<File> {
+    let path = root.join("LOCK");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .ctx(|| format!("open {}", path.display()))?;
+    // SAFETY: flock on an fd we own; no memory is involved.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let pid = std::fs::read_to_string(&path).unwrap_or_default();
+        let pid = pid.trim();
+        return Err(Error::Locked {
+            path: root.to_path_buf(),
+            pid: if pid.is_empty() {
+                "unknown".into()
+            } else {
+                pid.into()
+            },
+        });
+    }
+    f.set_len(0)
+        .ctx(|| format!("truncate {}", path.display()))?;
+    write!(f, "{}", std::process::id()).ctx(|| format!("write {}", path.display()))?;
+    Ok(f)
+}
+
+impl Store {
+    /// Creates an empty store in `root` (which may exist but must not hold a store).
+    pub fn create(root: &Path, opts: StoreOptions) -> Result<Store> {
+        if !opts.chunk_size.is_power_of_two() || !(4096..=(16 << 20)).contains(&opts.chunk_size) {
+            return Err(Error::Invalid(format!(
+                "chunk size {} (must be a power of two from 4 KiB to 16 MiB)",
+                opts.chunk_size
+            )));
+        }
+        std::fs::create_dir_all(root).ctx(|| format!("create {}", root.display()))?;
+        if root.join("meta").exists() {
+            return Err(Error::Exists(format!("store {}", root.display())));
+        }
+        let lock = lock_file(root)?;
+        let meta = MetaDb::create(&root.join("meta"))?;
+        let mut b = Batch::default();
+        b.put(&key::meta("format"), &FORMAT_VERSION.to_le_bytes());
+        b.put(
+            &key::meta("chunk_size"),
+            &(opts.chunk_size as u64).to_le_bytes(),
+        );
+        b.put(&key::meta("next_id"), &2u64.to_le_bytes());
+        meta.write(b, true)?;
+        drop(meta);
+        drop(lock);
+        Store::open(root)
+    }
+
+    /// Opens a store for writing. Only one process may do so at a time; a second gets
+    /// `Error::Locked` naming the first one's pid. Recovers from an earlier crash.
+    pub fn open(root: &Path) -> Result<Store> {
+        Store::open_inner(root, false)
+    }
+
+    /// Opens a store for reading, without the writer's lock: it sees the store as it was when
+    /// opened, even while a writer changes it.
+    pub fn open_read_only(root: &Path) -> Result<Store> {
+        Store::open_inner(root, true)
+    }
+
+    fn open_inner(root: &Path, read_only: bool) -> Result<Store> {
+        if !root.join("meta").is_dir() {
+            return Err(Error::NotFound(format!("store {}", root.display())));
+        }
+        let lock = if read_only {
+            None
+        } else {
+            Some(lock_file(root)?)
+        };
+        let meta = MetaDb::open(&root.join("meta"), read_only)?;
+        let read_u64 = |name: &str| -> Result<u64> {
+            let v = meta
+                .get(&key::meta(name))?
+                .ok_or_else(|| Error::Corrupt(format!("missing {name}")))?;
+            Ok(u64::from_le_bytes(
+                v.as_slice()
+                    .try_into()
+                    .map_err(|_| Error::Corrupt(format!("bad {name}")))?,
+            ))
+        };
+        let format = read_u64("format")?;
+        if format != FORMAT_VERSION {
+            return Err(Error::Corrupt(format!(
+                "store format {format}; this imgfs reads format {FORMAT_VERSION}"
+            )));
+        }
+        let chunk_size = read_u64("chunk_size")? as u32;
+        let next = read_u64("next_id")?;
+        let mut synced = BTreeMap::new();
+        let mut scan = meta.prefix(&[key::PACK]);
+        while let Some((k, v)) = scan.next_entry()? {
+            let id = PackId(u32::from_be_bytes(k[1..5].try_into().expect("pack key")));
+            synced.insert(id, PackRecord::decode(v)?.synced_len);
+        }
+        drop(scan);
+        let packs = PackStore::open(&root.join("chunks"), read_only, &synced)?;
+        let store = Store {
+            inner: Arc::new(Inner {
+                root: root.to_path_buf(),
+                meta,
+                packs,
+                chunk_size,
+                ids: Mutex::new(Ids { next, high: next }),
+                chunk_lock: Mutex::new(()),
+                writers: Mutex::new(HashSet::new()),
+                _lock: lock,
+            }),
+        };
+        if !read_only {
+            store.recover()?;
+        }
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    pub fn chunk_size(&self) -> u32 {
+        self.inner.chunk_size
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.inner.meta.is_read_only()
+    }
+
+    /// Rolls back imports that a crash interrupted and deletes scratch files of snapshots that
+    /// no longer exist. Pack tails past the synced length were already cut by `PackStore::open`.
+    fn recover(&self) -> Result<()> {
+        let mut live = HashSet::new();
+        for rec in self.list()? {
+            if rec.kind == SnapshotKind::Importing {
+                tracing::warn!(snapshot = %rec.name, "rolling back an import that did not finish");
+                self.remove_record(&rec)?;
+            } else {
+                live.insert(rec.id);
+            }
+        }
+        let scratch = self.inner.root.join("scratch");
+        if let Ok(rd) = std::fs::read_dir(&scratch) {
+            for entry in rd.flatten() {
+                let id = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse().ok())
+                    .map(SnapshotId);
+                if !id.is_some_and(|id| live.contains(&id)) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Allocates a store-wide unique id (inode numbers, data ids and snapshot ids share it).
+    pub(crate) fn alloc_id(&self) -> Result<u64> {
+        let mut ids = self.inner.ids.lock().expect("poisoned");
+        if ids.next >= ids.high {
+            // Write the new high-water mark before handing out ids below it: records that use
+            // them are written after this in the log, so they can never outlive it.
+            let high = ids.next + ID_LEASE;
+            let mut b = Batch::default();
+            b.put(&key::meta("next_id"), &high.to_le_bytes());
+            self.inner.meta.write(b, false)?;
+            ids.high = high;
+        }
+        let id = ids.next;
+        ids.next += 1;
+        Ok(id)
+    }
+
+    // ---- snapshot records ----
+
+    pub(crate) fn record(&self, id: SnapshotId) -> Result<SnapshotRecord> {
+        let v = self
+            .inner
+            .meta
+            .get(&key::snapshot(id))?
+            .ok_or_else(|| Error::Corrupt(format!("snapshot {id} has no record")))?;
+        SnapshotRecord::decode(&v)
+    }
+
+    /// The record of the snapshot named `name` (a committed name or an active key).
+    pub fn stat(&self, name: &str) -> Result<SnapshotRecord> {
+        let v = self
+            .inner
+            .meta
+            .get(&key::name(name))?
+            .ok_or_else(|| Error::NotFound(format!("snapshot {name}")))?;
+        self.record(SnapshotId(key::read_u64(&v)))
+    }
+
+    /// Every snapshot, in creation order.
+    pub fn list(&self) -> Result<Vec<SnapshotRecord>> {
+        let mut out = Vec::new();
+        let mut scan = self.inner.meta.prefix(&[key::SNAPSHOT]);
+        while let Some((_, v)) = scan.next_entry()? {
+            out.push(SnapshotRecord::decode(v)?);
+        }
+        Ok(out)
+    }
+
+    /// The chain of `rec`: itself and its ancestors, newest first.
+    pub(crate) fn chain(&self, rec: &SnapshotRecord) -> Result<Chain> {
+        let mut ids = vec![rec.id];
+        let mut parent = rec.parent;
+        while let Some(p) = parent {
+            if ids.len() > 100_000 {
+                return Err(Error::Corrupt(format!(
+                    "snapshot {} has a parent cycle",
+                    rec.name
+                )));
+            }
+            ids.push(p);
+            parent = self.record(p)?.parent;
+        }
+        Ok(Chain::new(ids))
+    }
+
+    fn check_name(name: &str) -> Result<()> {
+        if name.is_empty() || name.len() > 1024 || name.contains('\0') {
+            return Err(Error::Invalid(format!("snapshot name {name:?}")));
+        }
+        Ok(())
+    }
+
+    fn new_snapshot(
+        &self,
+        name: &str,
+        parent: Option<&str>,
+        kind: SnapshotKind,
+    ) -> Result<SnapshotRecord> {
+        Self::check_name(name)?;
+        let _g = self.inner.chunk_lock.lock().expect("poisoned");
+        if self.inner.meta.get(&key::name(name))?.is_some() {
+            return Err(Error::Exists(format!("snapshot {name}")));
+        }
+        let parent = match parent {
+            None => None,
+            Some(p) => {
+                let rec = self.stat(p)?;
+                if rec.kind != SnapshotKind::Committed {
+                    return Err(Error::Invalid(format!(
+                        "snapshot {p} is not committed and cannot be a parent"
+                    )));
+                }
+                Some(rec)
+            }
+        };
+        let rec = SnapshotRecord {
+            id: SnapshotId(self.alloc_id()?),
+            parent: parent.as_ref().map(|p| p.id),
+            kind,
+            name: name.to_string(),
+            created: Timestamp::now(),
+            depth: parent.as_ref().map_or(0, |p| p.depth + 1),
+            labels: Vec::new(),
+        };
+        let mut b = Batch::default();
+        b.put(&key::snapshot(rec.id), &rec.encode());
+        b.put(&key::name(name), &rec.id.0.to_be_bytes());
+        if parent.is_none() {
+            // A base snapshot starts with an empty root directory owned by root.
+            let root = Inode::new(FileKind::Dir, 0o755, 0, 0, rec.created);
+            let base = key::inode_base(Ino::ROOT);
+            b.put(&key::versioned(&base, rec.id), &root.encode());
+            b.put(&key::change(rec.id, &base), &[]);
+        }
+        self.inner.meta.write(b, false)?;
+        Ok(rec)
+    }
+
+    /// Creates a writable snapshot `key` on top of the committed snapshot `parent` (or empty).
+    /// Writes a constant number of keys, whatever the size of the parent.
+    pub fn prepare(&self, key: &str, parent: Option<&str>) -> Result<SnapshotRecord> {
+        self.new_snapshot(key, parent, SnapshotKind::Active)
+    }
+
+    /// Creates a read-only view `key` of the committed snapshot `parent`.
+    pub fn view(&self, key: &str, parent: &str) -> Result<SnapshotRecord> {
+        self.new_snapshot(key, Some(parent), SnapshotKind::View)
+    }
+
+    /// Starts an import: a snapshot that is rolled back if the store is reopened before
+    /// `commit` turns it into a committed one.
+    pub(crate) fn prepare_import(&self, key: &str, parent: Option<&str>) -> Result<SnapshotRecord> {
+        self.new_snapshot(key, parent, SnapshotKind::Importing)
+    }
+
+    /// Opens the file tree of a snapshot. Active and importing snapshots open writable (once per
+    /// process at a time); committed snapshots and views open read-only.
+    pub fn tree(&self, name: &str) -> Result<Tree> {
+        let rec = self.stat(name)?;
+        let chain = self.chain(&rec)?;
+        let writable = matches!(rec.kind, SnapshotKind::Active | SnapshotKind::Importing)
+            && !self.is_read_only();
+        Tree::new(self.clone(), rec, chain, writable)
+    }
+
+    /// Commits the active snapshot `key` as the immutable snapshot `name`: hashes its dirty
+    /// chunks into the chunk store, drops inodes that lost their last link, then makes it all
+    /// durable with one synced batch. Costs O(what the snapshot changed).
+    pub fn commit(&self, name: &str, key: &str) -> Result<SnapshotRecord> {
+        Self::check_name(name)?;
+        let rec = self.stat(key)?;
+        if !matches!(rec.kind, SnapshotKind::Active | SnapshotKind::Importing) {
+            return Err(Error::Invalid(format!("snapshot {key} is not active")));
+        }
+        if name != key && self.inner.meta.get(&key::name(name))?.is_some() {
+            return Err(Error::Exists(format!("snapshot {name}")));
+        }
+        let tree = self.tree(key)?;
+        tree.seal()?;
+        drop(tree);
+        let _g = self.inner.chunk_lock.lock().expect("poisoned");
+        let mut b = Batch::default();
+        self.sync_packs(&mut b)?;
+        let mut done = rec.clone();
+        done.kind = SnapshotKind::Committed;
+        done.name = name.to_string();
+        b.put(&key::snapshot(rec.id), &done.encode());
+        if name != key {
+            b.delete(&key::name(key));
+        }
+        b.put(&key::name(name), &rec.id.0.to_be_bytes());
+        self.inner.meta.write(b, true)?;
+        let _ = std::fs::remove_dir_all(self.scratch_dir(rec.id));
+        Ok(done)
+    }
+
+    /// Sets a label on a snapshot record.
+    pub fn set_label(&self, name: &str, label: &str, value: &str) -> Result<()> {
+        let _g = self.inner.chunk_lock.lock().expect("poisoned");
+        let mut rec = self.stat(name)?;
+        rec.labels.retain(|(k, _)| k != label);
+        rec.labels.push((label.to_string(), value.to_string()));
+        let mut b = Batch::default();
+        b.put(&key::snapshot(rec.id), &rec.encode());
+        self.inner.meta.write(b, true)
+    }
+
+    /// fsyncs the packs appended to and records their synced length in `b`. Caller holds
+    /// `chunk_lock`.
+    pub(crate) fn sync_packs(&self, b: &mut Batch) -> Result<()> {
+        for (pack, len) in self.inner.packs.sync()? {
+            let mut rec = self.pack_record(pack)?;
+            rec.synced_len = len;
+            b.put(&key::pack(pack), &rec.encode());
+        }
+        Ok(())
+    }
+
+    fn pack_record(&self, pack: PackId) -> Result<PackRecord> {
+        Ok(match self.inner.meta.get(&key::pack(pack))? {
+            Some(v) => PackRecord::decode(&v)?,
+            None => PackRecord::default(),
+        })
+    }
+
+    /// Removes a snapshot that has no children, and frees every chunk that only it referred to.
+    pub fn remove(&self, name: &str) -> Result<()> {
+        let rec = self.stat(name)?;
+        if let Some(child) = self.list()?.into_iter().find(|r| r.parent == Some(rec.id)) {
+            return Err(Error::Invalid(format!(
+                "snapshot {name} has a child ({}); remove that first",
+                child.name
+            )));
+        }
+        if self
+            .inner
+            .writers
+            .lock()
+            .expect("poisoned")
+            .contains(&rec.id)
+        {
+            return Err(Error::Invalid(format!(
+                "snapshot {name} is open for writing"
+            )));
+        }
+        self.remove_record(&rec)
+    }
+
+    fn remove_record(&self, rec: &SnapshotRecord) -> Result<()> {
+        let _g = self.inner.chunk_lock.lock().expect("poisoned");
+        let meta = &self.inner.meta;
+        let mut b = Batch::default();
+        let mut unref: HashMap<ChunkDigest, u64> = HashMap::new();
+        let prefix = key::change_prefix(rec.id);
+        let mut scan = meta.prefix(&prefix);
+        while let Some((k, _)) = scan.next_entry()? {
+            let base = &k[prefix.len()..];
+            let vkey = key::versioned(base, rec.id);
+            if base[0] == key::EXTENT {
+                if let Some(v) = meta.get(&vkey)? {
+                    if let Extent::Stored { digest, .. } = Extent::decode(&v)? {
+                        *unref.entry(digest).or_default() += 1;
+                    }
+                }
+            }
+            b.delete(&vkey);
+            b.delete(k);
+        }
+        drop(scan);
+        let freed = self.unref_chunks(&mut b, &unref)?;
+        b.delete(&key::snapshot(rec.id));
+        if let Some(v) = meta.get(&key::name(&rec.name))? {
+            if key::read_u64(&v) == rec.id.0 {
+                b.delete(&key::name(&rec.name));
+            }
+        }
+        meta.write(b, true)?;
+        self.release_chunks(&freed)?;
+        let _ = std::fs::remove_dir_all(self.scratch_dir(rec.id));
+        Ok(())
+    }
+
+    /// Adds reference count changes to `b`; returns the chunks that drop to zero (their records
+    /// are deleted in `b`, their space is freed by `release_chunks` once `b` is written).
+    pub(crate) fn unref_chunks(
+        &self,
+        b: &mut Batch,
+        unref: &HashMap<ChunkDigest, u64>,
+    ) -> Result<Vec<ChunkRecord>> {
+        let mut freed = Vec::new();
+        let mut live_delta: HashMap<PackId, u64> = HashMap::new();
+        for (digest, n) in unref {
+            let k = key::chunk(digest);
+            let Some(v) = self.inner.meta.get(&k)? else {
+                return Err(Error::Corrupt(format!(
+                    "extent refers to missing chunk {digest}"
+                )));
+            };
+            let mut rec = ChunkRecord::decode(&v)?;
+            if rec.refs <= *n {
+                b.delete(&k);
+                *live_delta.entry(rec.pack).or_default() += rec.len as u64;
+                freed.push(rec);
+            } else {
+                rec.refs -= n;
+                b.put(&k, &rec.encode());
+            }
+        }
+        for (pack, d) in live_delta {
+            let mut rec = self.pack_record(pack)?;
+            rec.live_bytes = rec.live_bytes.saturating_sub(d);
+            b.put(&key::pack(pack), &rec.encode());
+        }
+        Ok(freed)
+    }
+
+    /// Frees the space of chunks whose records are gone, and deletes packs left empty.
+    pub(crate) fn release_chunks(&self, freed: &[ChunkRecord]) -> Result<()> {
+        let mut packs = HashSet::new();
+        for c in freed {
+            self.inner.packs.punch(c.pack, c.offset, c.len)?;
+            packs.insert(c.pack);
+        }
+        for pack in packs {
+            let rec = self.pack_record(pack)?;
+            if rec.live_bytes == 0 && self.inner.packs.remove_pack(pack)? {
+                let mut b = Batch::default();
+                b.delete(&key::pack(pack));
+                self.inner.meta.write(b, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores a chunk (once per distinct content) and counts one more reference to it. Caller
+    /// holds `chunk_lock`; `pending` carries reference changes not yet written in `b`.
+    pub(crate) fn put_chunk(
+        &self,
+        data: &[u8],
+        pending: &mut HashMap<ChunkDigest, ChunkRecord>,
+        live: &mut HashMap<PackId, u64>,
+    ) -> Result<ChunkDigest> {
+        let digest = ChunkDigest::of(data);
+        if let Some(rec) = pending.get_mut(&digest) {
+            rec.refs += 1;
+            return Ok(digest);
+        }
+        if let Some(v) = self.inner.meta.get(&key::chunk(&digest))? {
+            let mut rec = ChunkRecord::decode(&v)?;
+            rec.refs += 1;
+            pending.insert(digest, rec);
+            return Ok(digest);
+        }
+        let (pack, offset) = self.inner.packs.append(data)?;
+        *live.entry(pack).or_default() += data.len() as u64;
+        pending.insert(
+            digest,
+            ChunkRecord {
+                pack,
+                offset,
+                len: data.len() as u32,
+                refs: 1,
+            },
+        );
+        Ok(digest)
+    }
+
+    /// Writes the chunk records and pack live-byte counts that `put_chunk` accumulated.
+    pub(crate) fn flush_chunks(
+        &self,
+        b: &mut Batch,
+        pending: HashMap<ChunkDigest, ChunkRecord>,
+        live: HashMap<PackId, u64>,
+    ) -> Result<()> {
+        for (digest, rec) in pending {
+            b.put(&key::chunk(&digest), &rec.encode());
+        }
+        for (pack, d) in live {
+            let mut rec = self.pack_record(pack)?;
+            rec.live_bytes += d;
+            b.put(&key::pack(pack), &rec.encode());
+        }
+        Ok(())
+    }
+
+    /// Reads a stored chunk.
+    pub(crate) fn chunk(&self, digest: &ChunkDigest) -> Result<(ChunkRecord, ChunkBytes)> {
+        let v = self
+            .inner
+            .meta
+            .get(&key::chunk(digest))?
+            .ok_or_else(|| Error::Corrupt(format!("missing chunk {digest}")))?;
+        let rec = ChunkRecord::decode(&v)?;
+        let bytes = self.inner.packs.read(rec.pack, rec.offset, rec.len)?;
+        Ok((rec, bytes))
+    }
+
+    pub(crate) fn scratch_dir(&self, snap: SnapshotId) -> PathBuf {
+        self.inner.root.join("scratch").join(snap.0.to_string())
+    }
+
+    /// What removing the snapshot would free: the inode versions it wrote, the chunk bytes that
+    /// only it refers to, and its dirty data.
+    pub fn usage(&self, name: &str) -> Result<Usage> {
+        let rec = self.stat(name)?;
+        let meta = &self.inner.meta;
+        let mut usage = Usage::default();
+        let mut own: HashMap<ChunkDigest, (u64, u32)> = HashMap::new();
+        let prefix = key::change_prefix(rec.id);
+        let mut scan = meta.prefix(&prefix);
+        while let Some((k, _)) = scan.next_entry()? {
+            let base = &k[prefix.len()..];
+            match base[0] {
+                key::INODE => usage.inodes += 1,
+                key::EXTENT => match meta
+                    .get(&key::versioned(base, rec.id))?
+                    .map(|v| Extent::decode(&v))
+                {
+                    Some(Ok(Extent::Stored { digest, len })) => {
+                        own.entry(digest).or_insert((0, len)).0 += 1
+                    }
+                    Some(Ok(Extent::Dirty)) => usage.bytes += self.inner.chunk_size as u64,
+                    Some(Err(e)) => return Err(e),
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+        for (digest, (n, len)) in own {
+            if let Some(v) = meta.get(&key::chunk(&digest))? {
+                if ChunkRecord::decode(&v)?.refs <= n {
+                    usage.bytes += len as u64;
+                }
+            }
+        }
+        Ok(usage)
+    }
+}

@@ -1,0 +1,1383 @@
+//! The file tree of one snapshot: POSIX-style operations by inode number, as the FUSE adapter,
+//! the layer importer and the tests call them. Knows nothing about FUSE or mounts.
+//!
+//! Reads resolve every key to its newest version visible from the snapshot's chain (one seek each,
+//! `MetaDb::visible`). Writes go to the head snapshot only, each operation one atomic batch; a
+//! per-tree mutex serialises the operations that change metadata. File data written here lands in
+//! a per-snapshot scratch file, one sparse file per data id with chunk `i` at `i * chunk_size`, and
+//! is hashed into the chunk store when the snapshot is committed (`seal`).
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::error::{Error, IoContext, Result};
+use crate::ids::{ChunkDigest, DataId, Ino, PackId, SnapshotId};
+use crate::meta::{Batch, Chain, key};
+use crate::records::{
+    ChunkRecord, Dentry, Extent, FileKind, Inode, Link, SnapshotRecord, Timestamp,
+};
+use crate::store::Store;
+
+/// The longest file name a directory entry may have.
+pub const NAME_MAX: usize = 255;
+/// How many symlinks path resolution follows before it gives up.
+const SYMLINK_MAX: usize = 40;
+
+/// What stat reports about an inode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub kind: FileKind,
+    pub perm: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub rdev: u64,
+    pub atime: Timestamp,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+}
+
+impl Attr {
+    pub fn of(ino: Ino, inode: &Inode) -> Attr {
+        Attr {
+            ino,
+            kind: inode.kind,
+            perm: inode.perm,
+            nlink: inode.nlink(),
+            uid: inode.uid,
+            gid: inode.gid,
+            size: match inode.kind {
+                FileKind::Symlink => inode.target.len() as u64,
+                _ => inode.size,
+            },
+            rdev: inode.rdev,
+            atime: inode.atime,
+            mtime: inode.mtime,
+            ctime: inode.ctime,
+        }
+    }
+}
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: Ino,
+    pub kind: FileKind,
+}
+
+/// What a new inode looks like (mknod, mkdir, symlink, create).
+#[derive(Clone, Debug)]
+pub struct NewNode {
+    pub kind: FileKind,
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u64,
+    /// Symlink target.
+    pub target: Vec<u8>,
+}
+
+impl NewNode {
+    pub fn new(kind: FileKind, perm: u32, uid: u32, gid: u32) -> NewNode {
+        NewNode {
+            kind,
+            perm,
+            uid,
+            gid,
+            rdev: 0,
+            target: Vec::new(),
+        }
+    }
+}
+
+/// Attribute changes (chmod, chown, truncate, utimens). `None` leaves a field alone.
+#[derive(Clone, Debug, Default)]
+pub struct SetAttr {
+    pub perm: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<Timestamp>,
+    pub mtime: Option<Timestamp>,
+    pub ctime: Option<Timestamp>,
+}
+
+/// How `rename` treats an existing target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RenameMode {
+    /// Replace the target (rename(2)).
+    Replace,
+    /// Fail with `Exists` if the target exists (RENAME_NOREPLACE).
+    NoReplace,
+    /// Swap source and target, which must both exist (RENAME_EXCHANGE).
+    Exchange,
+}
+
+/// The file tree of one snapshot. Writable when the snapshot is active.
+pub struct Tree {
+    store: Store,
+    rec: SnapshotRecord,
+    chain: Chain,
+    parent: Option<Chain>,
+    writable: bool,
+    lock: Mutex<()>,
+    scratch: Mutex<HashMap<DataId, Arc<File>>>,
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        if self.writable {
+            self.store
+                .inner
+                .writers
+                .lock()
+                .expect("poisoned")
+                .remove(&self.rec.id);
+        }
+    }
+}
+
+/// One atomic group of writes to the head snapshot.
+struct Txn<'a> {
+    tree: &'a Tree,
+    b: Batch,
+}
+
+impl Txn<'_> {
+    fn put(&mut self, base: &[u8], value: &[u8]) {
+        let head = self.tree.head();
+        self.b.put(&key::versioned(base, head), value);
+        self.b.put(&key::change(head, base), &[]);
+    }
+
+    /// Deletes the head's own version of `base`.
+    fn delete(&mut self, base: &[u8]) {
+        let head = self.tree.head();
+        self.b.delete(&key::versioned(base, head));
+        self.b.delete(&key::change(head, base));
+    }
+
+    fn put_inode(&mut self, ino: Ino, inode: &Inode) {
+        self.put(&key::inode_base(ino), &inode.encode());
+    }
+
+    fn put_extent(&mut self, data: DataId, index: u64, e: Extent) {
+        self.put(&key::extent_base(data, index), &e.encode());
+    }
+
+    fn write(self) -> Result<()> {
+        self.tree.store.inner.meta.write(self.b, false)
+    }
+}
+
+fn check_name(name: &[u8]) -> Result<()> {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
+        return Err(Error::Invalid(format!(
+            "file name {:?}",
+            String::from_utf8_lossy(name)
+        )));
+    }
+    if name.len() > NAME_MAX {
+        return Err(Error::NameTooLong(
+            String::from_utf8_lossy(name).into_owned(),
+        ));
+    }
+    Ok(())
+}
+
+fn show(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).into_owned()
+}
+
+impl Tree {
+    pub(crate) fn new(
+        store: Store,
+        rec: SnapshotRecord,
+        chain: Chain,
+        writable: bool,
+    ) -> Result<Tree> {
+        if writable && !store.inner.writers.lock().expect("poisoned").insert(rec.id) {
+            return Err(Error::Invalid(format!(
+                "snapshot {} is already open for writing",
+                rec.name
+            )));
+        }
+        let parent = chain.parent();
+        Ok(Tree {
+            store,
+            rec,
+            chain,
+            parent,
+            writable,
+            lock: Mutex::new(()),
+            scratch: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn record(&self) -> &SnapshotRecord {
+        &self.rec
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    pub fn chunk_size(&self) -> u64 {
+        self.store.inner.chunk_size as u64
+    }
+
+    fn head(&self) -> SnapshotId {
+        self.chain.head()
+    }
+
+    fn writer(&self) -> Result<MutexGuard<'_, ()>> {
+        if !self.writable {
+            return Err(Error::ReadOnly(self.rec.name.clone()));
+        }
+        Ok(self.lock.lock().expect("poisoned"))
+    }
+
+    fn txn(&self) -> Txn<'_> {
+        Txn {
+            tree: self,
+            b: Batch::default(),
+        }
+    }
+
+    // ---- reads ----
+
+    /// The inode's current record.
+    pub fn inode(&self, ino: Ino) -> Result<Inode> {
+        match self
+            .store
+            .inner
+            .meta
+            .visible(&key::inode_base(ino), &self.chain)?
+        {
+            Some((_, v)) => Inode::decode(&v),
+            None => Err(Error::Stale(ino)),
+        }
+    }
+
+    pub fn getattr(&self, ino: Ino) -> Result<Attr> {
+        Ok(Attr::of(ino, &self.inode(ino)?))
+    }
+
+    fn dir_inode(&self, dir: Ino) -> Result<Inode> {
+        let inode = self.inode(dir)?;
+        if inode.kind != FileKind::Dir {
+            return Err(Error::NotDir(format!("inode {dir}")));
+        }
+        Ok(inode)
+    }
+
+    /// The entry `name` in `dir`, as seen from `chain`.
+    fn entry_in(&self, chain: &Chain, dir: Ino, name: &[u8]) -> Result<Option<(Ino, FileKind)>> {
+        match self
+            .store
+            .inner
+            .meta
+            .visible(&key::dentry_base(dir, name), chain)?
+        {
+            Some((_, v)) => match Dentry::decode(&v)? {
+                Dentry::Entry { ino, kind } => Ok(Some((ino, kind))),
+                Dentry::Deleted => Ok(None),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// The inode that `name` in `dir` refers to, without reading it.
+    pub fn entry(&self, dir: Ino, name: &[u8]) -> Result<Option<(Ino, FileKind)>> {
+        self.entry_in(&self.chain, dir, name)
+    }
+
+    /// Looks up `name` in `dir`.
+    pub fn lookup(&self, dir: Ino, name: &[u8]) -> Result<(Ino, Inode)> {
+        match self.entry(dir, name)? {
+            Some((ino, _)) => Ok((ino, self.inode(ino)?)),
+            None => {
+                self.dir_inode(dir)?;
+                Err(Error::NotFound(show(name)))
+            }
+        }
+    }
+
+    /// Lists a directory in name order with one range scan: for each name, the newest version
+    /// visible from this snapshot wins, and deleted names are left out.
+    pub fn readdir(&self, dir: Ino) -> Result<Vec<DirEntry>> {
+        self.dir_inode(dir)?;
+        self.entries(dir, usize::MAX)
+    }
+
+    fn entries(&self, dir: Ino, limit: usize) -> Result<Vec<DirEntry>> {
+        let prefix = key::dir_prefix(dir);
+        let mut scan = self.store.inner.meta.prefix(&prefix);
+        let mut out = Vec::new();
+        let mut decided: Vec<u8> = Vec::new();
+        while let Some((k, v)) = scan.next_entry()? {
+            let (base, snap) = key::split_version(k);
+            if base == decided.as_slice() || !self.chain.contains(snap) {
+                continue;
+            }
+            decided.clear();
+            decided.extend_from_slice(base);
+            if let Dentry::Entry { ino, kind } = Dentry::decode(v)? {
+                out.push(DirEntry {
+                    name: base[prefix.len()..base.len() - 1].to_vec(),
+                    ino,
+                    kind,
+                });
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        let inode = self.inode(ino)?;
+        if inode.kind != FileKind::Symlink {
+            return Err(Error::Invalid(format!("inode {ino} is not a symlink")));
+        }
+        Ok(inode.target)
+    }
+
+    /// The visible extent of each chunk index in `first..=last` that has one.
+    fn extents(
+        &self,
+        data: DataId,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<(u64, Extent, SnapshotId)>> {
+        let prefix = key::data_prefix(data);
+        let start = key::extent_base(data, first);
+        let mut scan = self.store.inner.meta.scan(&prefix, &start);
+        let mut out: Vec<(u64, Extent, SnapshotId)> = Vec::new();
+        while let Some((k, v)) = scan.next_entry()? {
+            let (base, snap) = key::split_version(k);
+            let index = key::read_u64(&base[9..]);
+            if index > last {
+                break;
+            }
+            if out.last().is_some_and(|(i, _, _)| *i == index) || !self.chain.contains(snap) {
+                continue;
+            }
+            out.push((index, Extent::decode(v)?, snap));
+        }
+        Ok(out)
+    }
+
+    /// Reads up to `size` bytes at `offset`.
+    pub fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let inode = self.inode(ino)?;
+        if inode.kind != FileKind::File {
+            return Err(Error::IsDir(format!("inode {ino}")));
+        }
+        if offset >= inode.size || size == 0 {
+            return Ok(Vec::new());
+        }
+        let end = inode.size.min(offset + size as u64);
+        let mut buf = vec![0u8; (end - offset) as usize];
+        let Some(data) = inode.data else {
+            return Ok(buf);
+        };
+        let cs = self.chunk_size();
+        for (index, extent, _) in self.extents(data, offset / cs, (end - 1) / cs)? {
+            let cstart = index * cs;
+            let from = offset.max(cstart);
+            let to = end.min(cstart + cs);
+            let dst = &mut buf[(from - offset) as usize..(to - offset) as usize];
+            match extent {
+                Extent::Zero => {}
+                Extent::Stored { digest, .. } => {
+                    let (_, bytes) = self.store.chunk(&digest)?;
+                    let lo = (from - cstart) as usize;
+                    let hi = ((to - cstart) as usize).min(bytes.len());
+                    if lo < hi {
+                        dst[..hi - lo].copy_from_slice(&bytes[lo..hi]);
+                    }
+                }
+                Extent::Dirty => {
+                    let f = self.scratch_file(data)?;
+                    read_full_at(&f, dst, from)?;
+                }
+            }
+        }
+        Ok(buf)
+    }
+
+    /// The chunk references of a file's content, in order (for export and fsck).
+    pub fn chunk_map(&self, ino: Ino) -> Result<Vec<(u64, Extent)>> {
+        let inode = self.inode(ino)?;
+        match inode.data {
+            None => Ok(Vec::new()),
+            Some(d) => Ok(self
+                .extents(d, 0, u64::MAX)?
+                .into_iter()
+                .map(|(i, e, _)| (i, e))
+                .collect()),
+        }
+    }
+
+    // ---- scratch files ----
+
+    fn scratch_file(&self, data: DataId) -> Result<Arc<File>> {
+        let mut files = self.scratch.lock().expect("poisoned");
+        if let Some(f) = files.get(&data) {
+            return Ok(f.clone());
+        }
+        let dir = self.store.scratch_dir(self.head());
+        if self.writable {
+            std::fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
+        }
+        let path = dir.join(data.0.to_string());
+        let f = OpenOptions::new()
+            .read(true)
+            .write(self.writable)
+            .create(self.writable)
+            .truncate(false)
+            .open(&path)
+            .ctx(|| format!("open scratch file {}", path.display()))?;
+        let f = Arc::new(f);
+        files.insert(data, f.clone());
+        Ok(f)
+    }
+
+    fn drop_scratch(&self, data: DataId) {
+        self.scratch.lock().expect("poisoned").remove(&data);
+        let _ = std::fs::remove_file(self.store.scratch_dir(self.head()).join(data.0.to_string()));
+    }
+
+    /// Makes chunk `index` of `data` dirty in the head snapshot, copying its current bytes into
+    /// the scratch file unless `covered` says the caller overwrites all of them.
+    fn copy_up_chunk(
+        &self,
+        txn: &mut Txn<'_>,
+        data: DataId,
+        index: u64,
+        current: Option<(Extent, SnapshotId)>,
+        keep_upto: u64,
+    ) -> Result<()> {
+        if let Some((Extent::Dirty, snap)) = current {
+            if snap == self.head() {
+                return Ok(());
+            }
+        }
+        let cs = self.chunk_size();
+        let f = self.scratch_file(data)?;
+        let cstart = index * cs;
+        // Clear whatever an earlier, truncated-away version left at this position.
+        punch(&f, cstart, cs)?;
+        if let Some((Extent::Stored { digest, .. }, _)) = current {
+            if keep_upto > cstart {
+                let (_, bytes) = self.store.chunk(&digest)?;
+                let n = ((keep_upto - cstart) as usize).min(bytes.len());
+                f.write_all_at(&bytes[..n], cstart)
+                    .ctx(|| "copy up a chunk".into())?;
+            }
+        }
+        txn.put_extent(data, index, Extent::Dirty);
+        Ok(())
+    }
+
+    /// Writes `buf` at `offset`. Only the chunks the write touches are copied up.
+    pub fn write(&self, ino: Ino, offset: u64, buf: &[u8]) -> Result<usize> {
+        let _g = self.writer()?;
+        let mut inode = self.inode(ino)?;
+        if inode.kind != FileKind::File {
+            return Err(Error::IsDir(format!("inode {ino}")));
+        }
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .ok_or_else(|| Error::Invalid("offset".into()))?;
+        let mut txn = self.txn();
+        if !buf.is_empty() {
+            let data = match inode.data {
+                Some(d) => d,
+                None => {
+                    let d = DataId(self.store.alloc_id()?);
+                    inode.data = Some(d);
+                    d
+                }
+            };
+            let cs = self.chunk_size();
+            let (first, last) = (offset / cs, (end - 1) / cs);
+            let existing: HashMap<u64, (Extent, SnapshotId)> = self
+                .extents(data, first, last)?
+                .into_iter()
+                .map(|(i, e, s)| (i, (e, s)))
+                .collect();
+            for index in first..=last {
+                let cstart = index * cs;
+                let current = existing.get(&index).copied();
+                if matches!(current, Some((Extent::Dirty, s)) if s == self.head()) {
+                    continue;
+                }
+                // Old bytes outside the written range survive only below the old size.
+                let covers_start = offset <= cstart;
+                let covers_end = end >= (cstart + cs).min(inode.size.max(cstart));
+                let keep = if covers_start && covers_end {
+                    0
+                } else {
+                    inode.size
+                };
+                self.copy_up_chunk(&mut txn, data, index, current, keep)?;
+            }
+            let f = self.scratch_file(data)?;
+            f.write_all_at(buf, offset)
+                .ctx(|| format!("write inode {ino}"))?;
+            inode.size = inode.size.max(end);
+        }
+        let now = Timestamp::now();
+        inode.mtime = now;
+        inode.ctime = now;
+        txn.put_inode(ino, &inode);
+        txn.write()?;
+        Ok(buf.len())
+    }
+
+    /// Changes the size of a file: chunks past the new end become zeros in this snapshot, and the
+    /// chunk holding the new end is copied up and cut.
+    fn truncate(&self, txn: &mut Txn<'_>, ino: Ino, inode: &mut Inode, size: u64) -> Result<()> {
+        if inode.kind != FileKind::File {
+            return Err(Error::IsDir(format!("inode {ino}")));
+        }
+        if size < inode.size {
+            if let Some(data) = inode.data {
+                if size == 0 {
+                    // New content id: all old chunks vanish at once. Drop the head's own
+                    // versions of the old content, which nothing else can see.
+                    for (index, _, snap) in self.extents(data, 0, u64::MAX)? {
+                        if snap == self.head() {
+                            txn.delete(&key::extent_base(data, index));
+                        }
+                    }
+                    self.drop_scratch(data);
+                    inode.data = None;
+                } else {
+                    let cs = self.chunk_size();
+                    let f = self.scratch_file(data)?;
+                    let boundary = size / cs;
+                    for (index, extent, snap) in self.extents(data, boundary, u64::MAX)? {
+                        let cstart = index * cs;
+                        if cstart >= size {
+                            let below = match &self.parent {
+                                Some(p) => self
+                                    .store
+                                    .inner
+                                    .meta
+                                    .visible(&key::extent_base(data, index), p)?,
+                                None => None,
+                            };
+                            let lower_has_data = below
+                                .map(|(_, v)| Extent::decode(&v))
+                                .transpose()?
+                                .is_some_and(|e| e != Extent::Zero);
+                            if lower_has_data {
+                                txn.put_extent(data, index, Extent::Zero);
+                            } else if snap == self.head() {
+                                txn.delete(&key::extent_base(data, index));
+                            }
+                            if snap == self.head() {
+                                punch(&f, cstart, cs)?;
+                            }
+                        } else if extent != Extent::Zero {
+                            self.copy_up_chunk(txn, data, index, Some((extent, snap)), size)?;
+                            punch(&f, size, cstart + cs - size)?;
+                        }
+                    }
+                }
+            }
+        }
+        inode.size = size;
+        Ok(())
+    }
+
+    /// chmod, chown, truncate and utimens in one call.
+    pub fn setattr(&self, ino: Ino, set: &SetAttr) -> Result<Attr> {
+        let _g = self.writer()?;
+        let mut inode = self.inode(ino)?;
+        let mut txn = self.txn();
+        let now = Timestamp::now();
+        if let Some(size) = set.size {
+            self.truncate(&mut txn, ino, &mut inode, size)?;
+            inode.mtime = now;
+        }
+        if let Some(p) = set.perm {
+            inode.perm = p & 0o7777;
+        }
+        if let Some(u) = set.uid {
+            inode.uid = u;
+        }
+        if let Some(g) = set.gid {
+            inode.gid = g;
+        }
+        if let Some(t) = set.atime {
+            inode.atime = t;
+        }
+        if let Some(t) = set.mtime {
+            inode.mtime = t;
+        }
+        inode.ctime = set.ctime.unwrap_or(now);
+        txn.put_inode(ino, &inode);
+        txn.write()?;
+        Ok(Attr::of(ino, &inode))
+    }
+
+    // ---- namespace changes ----
+
+    /// Creates a file, directory, symlink, device, fifo or socket named `name` in `dir`.
+    pub fn mknod(&self, dir: Ino, name: &[u8], node: &NewNode) -> Result<(Ino, Inode)> {
+        check_name(name)?;
+        let _g = self.writer()?;
+        let mut parent = self.dir_inode(dir)?;
+        if self.entry(dir, name)?.is_some() {
+            return Err(Error::Exists(show(name)));
+        }
+        let ino = Ino(self.store.alloc_id()?);
+        let now = Timestamp::now();
+        let mut inode = Inode::new(node.kind, node.perm, node.uid, node.gid, now);
+        inode.rdev = node.rdev;
+        inode.target = node.target.clone();
+        inode.links.push(Link {
+            dir,
+            name: name.to_vec(),
+        });
+        let mut txn = self.txn();
+        txn.put_inode(ino, &inode);
+        txn.put(
+            &key::dentry_base(dir, name),
+            &Dentry::Entry {
+                ino,
+                kind: node.kind,
+            }
+            .encode(),
+        );
+        if node.kind == FileKind::Dir {
+            parent.subdirs += 1;
+        }
+        parent.mtime = now;
+        parent.ctime = now;
+        txn.put_inode(dir, &parent);
+        txn.write()?;
+        Ok((ino, inode))
+    }
+
+    /// Adds the name `name` in `dir` for the existing non-directory `ino`.
+    pub fn link(&self, ino: Ino, dir: Ino, name: &[u8]) -> Result<Inode> {
+        check_name(name)?;
+        let _g = self.writer()?;
+        let mut inode = self.inode(ino)?;
+        if inode.kind == FileKind::Dir {
+            return Err(Error::NotPermitted(format!(
+                "hard link to directory inode {ino}"
+            )));
+        }
+        let mut parent = self.dir_inode(dir)?;
+        if self.entry(dir, name)?.is_some() {
+            return Err(Error::Exists(show(name)));
+        }
+        let now = Timestamp::now();
+        inode.links.push(Link {
+            dir,
+            name: name.to_vec(),
+        });
+        inode.links.sort();
+        inode.ctime = now;
+        parent.mtime = now;
+        parent.ctime = now;
+        let mut txn = self.txn();
+        txn.put_inode(ino, &inode);
+        txn.put(
+            &key::dentry_base(dir, name),
+            &Dentry::Entry {
+                ino,
+                kind: inode.kind,
+            }
+            .encode(),
+        );
+        txn.put_inode(dir, &parent);
+        txn.write()?;
+        Ok(inode)
+    }
+
+    /// Removes the head's entry `name` from `dir`: a deletion marker when an ancestor has the
+    /// name, otherwise the head's own key goes away entirely.
+    fn remove_entry(&self, txn: &mut Txn<'_>, dir: Ino, name: &[u8]) -> Result<()> {
+        let base = key::dentry_base(dir, name);
+        let lower = match &self.parent {
+            Some(p) => self.entry_in(p, dir, name)?,
+            None => None,
+        };
+        if lower.is_some() {
+            txn.put(&base, &Dentry::Deleted.encode());
+        } else {
+            txn.delete(&base);
+        }
+        Ok(())
+    }
+
+    /// Drops the link (`dir`, `name`) from an inode's record. An inode left without links stays
+    /// readable through open handles and is purged when the snapshot is committed.
+    fn unlink_inode(
+        &self,
+        txn: &mut Txn<'_>,
+        ino: Ino,
+        dir: Ino,
+        name: &[u8],
+        now: Timestamp,
+    ) -> Result<Inode> {
+        let mut inode = self.inode(ino)?;
+        inode.links.retain(|l| !(l.dir == dir && l.name == name));
+        inode.ctime = now;
+        txn.put_inode(ino, &inode);
+        Ok(inode)
+    }
+
+    /// unlink(2).
+    pub fn unlink(&self, dir: Ino, name: &[u8]) -> Result<()> {
+        let _g = self.writer()?;
+        let mut parent = self.dir_inode(dir)?;
+        let (ino, kind) = self
+            .entry(dir, name)?
+            .ok_or_else(|| Error::NotFound(show(name)))?;
+        if kind == FileKind::Dir {
+            return Err(Error::IsDir(show(name)));
+        }
+        let now = Timestamp::now();
+        let mut txn = self.txn();
+        self.unlink_inode(&mut txn, ino, dir, name, now)?;
+        self.remove_entry(&mut txn, dir, name)?;
+        parent.mtime = now;
+        parent.ctime = now;
+        txn.put_inode(dir, &parent);
+        txn.write()
+    }
+
+    /// True if the directory has no visible entries.
+    pub fn is_empty_dir(&self, dir: Ino) -> Result<bool> {
+        Ok(self.entries(dir, 1)?.is_empty())
+    }
+
+    /// rmdir(2).
+    pub fn rmdir(&self, dir: Ino, name: &[u8]) -> Result<()> {
+        let _g = self.writer()?;
+        let mut parent = self.dir_inode(dir)?;
+        let (ino, kind) = self
+            .entry(dir, name)?
+            .ok_or_else(|| Error::NotFound(show(name)))?;
+        if kind != FileKind::Dir {
+            return Err(Error::NotDir(show(name)));
+        }
+        if !self.is_empty_dir(ino)? {
+            return Err(Error::NotEmpty(show(name)));
+        }
+        let now = Timestamp::now();
+        let mut txn = self.txn();
+        self.unlink_inode(&mut txn, ino, dir, name, now)?;
+        self.remove_entry(&mut txn, dir, name)?;
+        parent.subdirs = parent.subdirs.saturating_sub(1);
+        parent.mtime = now;
+        parent.ctime = now;
+        txn.put_inode(dir, &parent);
+        txn.write()
+    }
+
+    /// True if `ino` is `dir` or one of its ancestors (a directory may not move below itself).
+    fn is_ancestor(&self, ino: Ino, mut dir: Ino) -> Result<bool> {
+        for _ in 0..100_000 {
+            if dir == ino {
+                return Ok(true);
+            }
+            if dir == Ino::ROOT {
+                return Ok(false);
+            }
+            dir = match self.inode(dir)?.links.first() {
+                Some(l) => l.dir,
+                None => return Ok(false),
+            };
+        }
+        Err(Error::Corrupt("directory parent cycle".into()))
+    }
+
+    /// rename(2), renameat2(2) with RENAME_NOREPLACE or RENAME_EXCHANGE. Directories move by
+    /// rewriting two entries and one back-link, whatever their size: no EXDEV, no copy.
+    pub fn rename(
+        &self,
+        odir: Ino,
+        oname: &[u8],
+        ndir: Ino,
+        nname: &[u8],
+        mode: RenameMode,
+    ) -> Result<()> {
+        check_name(nname)?;
+        let _g = self.writer()?;
+        self.dir_inode(odir)?;
+        self.dir_inode(ndir)?;
+        let (sino, skind) = self
+            .entry(odir, oname)?
+            .ok_or_else(|| Error::NotFound(show(oname)))?;
+        let target = self.entry(ndir, nname)?;
+        if odir == ndir && oname == nname {
+            return match (mode, target) {
+                (RenameMode::NoReplace, _) => Err(Error::Exists(show(nname))),
+                _ => Ok(()),
+            };
+        }
+        if skind == FileKind::Dir && self.is_ancestor(sino, ndir)? {
+            return Err(Error::Invalid(format!(
+                "cannot move {} below itself",
+                show(oname)
+            )));
+        }
+        let now = Timestamp::now();
+        let mut txn = self.txn();
+        let mut subdir_delta: HashMap<Ino, i64> = HashMap::new();
+        match (mode, target) {
+            (RenameMode::NoReplace, Some(_)) => return Err(Error::Exists(show(nname))),
+            (RenameMode::Exchange, None) => return Err(Error::NotFound(show(nname))),
+            (RenameMode::Exchange, Some((tino, tkind))) => {
+                if tkind == FileKind::Dir && self.is_ancestor(tino, odir)? {
+                    return Err(Error::Invalid(format!(
+                        "cannot move {} below itself",
+                        show(nname)
+                    )));
+                }
+                self.relink(&mut txn, sino, (odir, oname), (ndir, nname), now)?;
+                self.relink(&mut txn, tino, (ndir, nname), (odir, oname), now)?;
+                txn.put(
+                    &key::dentry_base(ndir, nname),
+                    &Dentry::Entry {
+                        ino: sino,
+                        kind: skind,
+                    }
+                    .encode(),
+                );
+                txn.put(
+                    &key::dentry_base(odir, oname),
+                    &Dentry::Entry {
+                        ino: tino,
+                        kind: tkind,
+                    }
+                    .encode(),
+                );
+                if skind == FileKind::Dir {
+                    *subdir_delta.entry(odir).or_default() -= 1;
+                    *subdir_delta.entry(ndir).or_default() += 1;
+                }
+                if tkind == FileKind::Dir {
+                    *subdir_delta.entry(ndir).or_default() -= 1;
+                    *subdir_delta.entry(odir).or_default() += 1;
+                }
+            }
+            (_, target) => {
+                if let Some((tino, tkind)) = target {
+                    if tino == sino {
+                        // Two names of one inode: rename(2) does nothing.
+                        return Ok(());
+                    }
+                    match (skind == FileKind::Dir, tkind == FileKind::Dir) {
+                        (true, false) => return Err(Error::NotDir(show(nname))),
+                        (false, true) => return Err(Error::IsDir(show(nname))),
+                        (true, true) if !self.is_empty_dir(tino)? => {
+                            return Err(Error::NotEmpty(show(nname)));
+                        }
+                        _ => {}
+                    }
+                    self.unlink_inode(&mut txn, tino, ndir, nname, now)?;
+                    if tkind == FileKind::Dir {
+                        *subdir_delta.entry(ndir).or_default() -= 1;
+                    }
+                }
+                self.relink(&mut txn, sino, (odir, oname), (ndir, nname), now)?;
+                self.remove_entry(&mut txn, odir, oname)?;
+                txn.put(
+                    &key::dentry_base(ndir, nname),
+                    &Dentry::Entry {
+                        ino: sino,
+                        kind: skind,
+                    }
+                    .encode(),
+                );
+                if skind == FileKind::Dir {
+                    *subdir_delta.entry(odir).or_default() -= 1;
+                    *subdir_delta.entry(ndir).or_default() += 1;
+                }
+            }
+        }
+        let mut dirs = vec![odir];
+        if ndir != odir {
+            dirs.push(ndir);
+        }
+        for d in dirs {
+            let mut inode = self.inode(d)?;
+            inode.subdirs =
+                (inode.subdirs as i64 + subdir_delta.get(&d).copied().unwrap_or(0)).max(0) as u32;
+            inode.mtime = now;
+            inode.ctime = now;
+            txn.put_inode(d, &inode);
+        }
+        txn.write()
+    }
+
+    /// Moves one back-link of `ino` from `from` to `to`.
+    fn relink(
+        &self,
+        txn: &mut Txn<'_>,
+        ino: Ino,
+        from: (Ino, &[u8]),
+        to: (Ino, &[u8]),
+        now: Timestamp,
+    ) -> Result<()> {
+        let mut inode = self.inode(ino)?;
+        inode
+            .links
+            .retain(|l| !(l.dir == from.0 && l.name == from.1));
+        inode.links.push(Link {
+            dir: to.0,
+            name: to.1.to_vec(),
+        });
+        inode.links.sort();
+        inode.ctime = now;
+        txn.put_inode(ino, &inode);
+        Ok(())
+    }
+
+    // ---- extended attributes ----
+
+    pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        self.inode(ino)?
+            .xattr(name)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| Error::NoAttr(show(name)))
+    }
+
+    pub fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        Ok(self
+            .inode(ino)?
+            .xattrs
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect())
+    }
+
+    pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8]) -> Result<()> {
+        if name.is_empty() || name.len() > 255 || value.len() > 65536 {
+            return Err(Error::Invalid(format!("xattr {}", show(name))));
+        }
+        let _g = self.writer()?;
+        let mut inode = self.inode(ino)?;
+        inode.set_xattr(name, value);
+        inode.ctime = Timestamp::now();
+        let mut txn = self.txn();
+        txn.put_inode(ino, &inode);
+        txn.write()
+    }
+
+    pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        let _g = self.writer()?;
+        let mut inode = self.inode(ino)?;
+        if !inode.remove_xattr(name) {
+            return Err(Error::NoAttr(show(name)));
+        }
+        inode.ctime = Timestamp::now();
+        let mut txn = self.txn();
+        txn.put_inode(ino, &inode);
+        txn.write()
+    }
+
+    /// Makes this tree's writes durable: scratch data and the metadata log.
+    pub fn fsync(&self) -> Result<()> {
+        let files: Vec<Arc<File>> = self
+            .scratch
+            .lock()
+            .expect("poisoned")
+            .values()
+            .cloned()
+            .collect();
+        for f in files {
+            f.sync_data().ctx(|| "sync scratch file".into())?;
+        }
+        self.store.inner.meta.sync_wal()
+    }
+
+    // ---- bulk operations for the layer importer ----
+
+    /// Replaces an inode's record as a whole (import sets every attribute from a tar header).
+    pub(crate) fn put_inode(&self, ino: Ino, inode: &Inode) -> Result<()> {
+        let _g = self.writer()?;
+        let mut txn = self.txn();
+        txn.put_inode(ino, inode);
+        txn.write()
+    }
+
+    /// Writes the whole content of the empty regular file `ino` from `reader`, hashing it
+    /// straight into the chunk store (no scratch file). Returns the number of bytes written.
+    pub(crate) fn fill_file(
+        &self,
+        ino: Ino,
+        reader: &mut dyn std::io::Read,
+        limit: u64,
+    ) -> Result<u64> {
+        let _g = self.writer()?;
+        let mut inode = self.inode(ino)?;
+        let cs = self.chunk_size() as usize;
+        let data = DataId(self.store.alloc_id()?);
+        let mut buf = vec![0u8; cs];
+        let mut total = 0u64;
+        let mut index = 0u64;
+        let mut txn = self.txn();
+        let inner = &self.store.inner;
+        let chunk_guard = inner.chunk_lock.lock().expect("poisoned");
+        let mut pending: HashMap<ChunkDigest, ChunkRecord> = HashMap::new();
+        let mut live: HashMap<PackId, u64> = HashMap::new();
+        loop {
+            let n =
+                read_full(reader, &mut buf).ctx(|| "read file content from the layer".into())?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            if total > limit {
+                return Err(Error::Limit(format!("layer content exceeds {limit} bytes")));
+            }
+            let chunk = &buf[..n];
+            if chunk.iter().all(|&b| b == 0) {
+                txn.put_extent(data, index, Extent::Zero);
+            } else {
+                let digest = self.store.put_chunk(chunk, &mut pending, &mut live)?;
+                txn.put_extent(
+                    data,
+                    index,
+                    Extent::Stored {
+                        digest,
+                        len: n as u32,
+                    },
+                );
+            }
+            index += 1;
+            if n < cs {
+                break;
+            }
+        }
+        self.store.flush_chunks(&mut txn.b, pending, live)?;
+        inode.size = total;
+        inode.data = (total > 0).then_some(data);
+        txn.put_inode(ino, &inode);
+        txn.write()?;
+        drop(chunk_guard);
+        Ok(total)
+    }
+
+    /// Replaces directory `name` in `dir` by a new, empty directory inode with the given record:
+    /// everything an ancestor had below it disappears (an OCI opaque directory). Entries the head
+    /// snapshot already added there move to the new inode.
+    pub(crate) fn make_opaque(&self, dir: Ino, name: &[u8]) -> Result<Ino> {
+        let _g = self.writer()?;
+        let (old, kind) = self
+            .entry(dir, name)?
+            .ok_or_else(|| Error::NotFound(show(name)))?;
+        if kind != FileKind::Dir {
+            return Err(Error::NotDir(show(name)));
+        }
+        let mut inode = self.inode(old)?;
+        let ino = Ino(self.store.alloc_id()?);
+        let mut txn = self.txn();
+        let own: Vec<DirEntry> = {
+            let prefix = key::dir_prefix(old);
+            let mut scan = self.store.inner.meta.prefix(&prefix);
+            let mut own = Vec::new();
+            while let Some((k, v)) = scan.next_entry()? {
+                let (base, snap) = key::split_version(k);
+                if snap == self.head() {
+                    if let Dentry::Entry { ino, kind } = Dentry::decode(v)? {
+                        own.push(DirEntry {
+                            name: base[prefix.len()..base.len() - 1].to_vec(),
+                            ino,
+                            kind,
+                        });
+                    }
+                }
+            }
+            own
+        };
+        inode.subdirs = 0;
+        for e in &own {
+            txn.delete(&key::dentry_base(old, &e.name));
+            txn.put(
+                &key::dentry_base(ino, &e.name),
+                &Dentry::Entry {
+                    ino: e.ino,
+                    kind: e.kind,
+                }
+                .encode(),
+            );
+            let mut child = self.inode(e.ino)?;
+            for l in &mut child.links {
+                if l.dir == old && l.name == e.name {
+                    l.dir = ino;
+                }
+            }
+            child.links.sort();
+            txn.put_inode(e.ino, &child);
+            if e.kind == FileKind::Dir {
+                inode.subdirs += 1;
+            }
+        }
+        // The old directory loses its name; it stays in the ancestors' trees only.
+        let mut old_inode = self.inode(old)?;
+        old_inode.links.clear();
+        txn.put_inode(old, &old_inode);
+        txn.put_inode(ino, &inode);
+        txn.put(
+            &key::dentry_base(dir, name),
+            &Dentry::Entry {
+                ino,
+                kind: FileKind::Dir,
+            }
+            .encode(),
+        );
+        txn.write()?;
+        Ok(ino)
+    }
+
+    // ---- commit ----
+
+    /// Prepares the head snapshot for commit: purges inodes that lost their last link, and hashes
+    /// every dirty chunk into the chunk store (all-zero chunks become holes). Each batch of chunks
+    /// is fsynced in the packs before the metadata that refers to it is written.
+    pub(crate) fn seal(&self) -> Result<()> {
+        let _g = self.writer()?;
+        let head = self.head();
+        let meta = &self.store.inner.meta;
+        let prefix = key::change_prefix(head);
+        let mut sizes: HashMap<DataId, u64> = HashMap::new();
+        let mut orphans: Vec<(Ino, Inode)> = Vec::new();
+        let mut dirty: Vec<(DataId, u64)> = Vec::new();
+        {
+            let mut scan = meta.prefix(&prefix);
+            while let Some((k, _)) = scan.next_entry()? {
+                let base = &k[prefix.len()..];
+                match base[0] {
+                    key::INODE => {
+                        let ino = Ino(key::read_u64(&base[1..]));
+                        let Some(v) = meta.get(&key::versioned(base, head))? else {
+                            continue;
+                        };
+                        let inode = Inode::decode(&v)?;
+                        if inode.links.is_empty() && ino != Ino::ROOT {
+                            orphans.push((ino, inode));
+                        } else if let Some(d) = inode.data {
+                            sizes.insert(d, inode.size);
+                        }
+                    }
+                    key::EXTENT => {
+                        let Some(v) = meta.get(&key::versioned(base, head))? else {
+                            continue;
+                        };
+                        if Extent::decode(&v)? == Extent::Dirty {
+                            dirty.push((
+                                DataId(key::read_u64(&base[1..])),
+                                key::read_u64(&base[9..]),
+                            ));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut txn = self.txn();
+        for (ino, inode) in &orphans {
+            // Whether the inode was new here or inherited, nothing in this tree names it now.
+            let lower = match &self.parent {
+                Some(p) => meta.visible(&key::inode_base(*ino), p)?.is_some(),
+                None => false,
+            };
+            if lower {
+                // Keep the head's version (it records the lost links) so diffs see the change.
+                continue;
+            }
+            txn.delete(&key::inode_base(*ino));
+            if let Some(d) = inode.data {
+                for (index, _, snap) in self.extents(d, 0, u64::MAX)? {
+                    if snap == head {
+                        txn.delete(&key::extent_base(d, index));
+                    }
+                }
+                self.drop_scratch(d);
+            }
+        }
+        txn.write()?;
+        let cs = self.chunk_size();
+        for group in dirty.chunks(1024) {
+            let mut txn = self.txn();
+            let _cg = self.store.inner.chunk_lock.lock().expect("poisoned");
+            let mut pending = HashMap::new();
+            let mut live = HashMap::new();
+            let mut buf = vec![0u8; cs as usize];
+            for &(data, index) in group {
+                let Some(&size) = sizes.get(&data) else {
+                    // Content no inode of this snapshot uses any more (an orphan's).
+                    txn.delete(&key::extent_base(data, index));
+                    continue;
+                };
+                let cstart = index * cs;
+                if cstart >= size {
+                    txn.delete(&key::extent_base(data, index));
+                    continue;
+                }
+                let len = (size - cstart).min(cs) as usize;
+                let f = self.scratch_file(data)?;
+                read_full_at(&f, &mut buf[..len], cstart)?;
+                let chunk = &buf[..len];
+                let extent = if chunk.iter().all(|&b| b == 0) {
+                    Extent::Zero
+                } else {
+                    Extent::Stored {
+                        digest: self.store.put_chunk(chunk, &mut pending, &mut live)?,
+                        len: len as u32,
+                    }
+                };
+                txn.put_extent(data, index, extent);
+            }
+            self.store.flush_chunks(&mut txn.b, pending, live)?;
+            self.store.sync_packs(&mut txn.b)?;
+            txn.write()?;
+        }
+        self.scratch.lock().expect("poisoned").clear();
+        Ok(())
+    }
+
+    // ---- paths ----
+
+    /// Resolves a slash-separated path from the root. Symlinks in every component but the last
+    /// are followed, inside this tree only: an absolute target restarts at this tree's root and
+    /// `..` stops at it, so no path leads outside (as a chroot would).
+    pub fn resolve_parent<'p>(&self, path: &'p [u8]) -> Result<(Ino, &'p [u8])> {
+        let comps: Vec<&[u8]> = path
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty() && *c != b".")
+            .collect();
+        let Some((last, dirs)) = comps.split_last() else {
+            return Err(Error::Invalid("empty path".into()));
+        };
+        let mut follows = 0;
+        let mut dir = Ino::ROOT;
+        for c in dirs {
+            dir = self.walk(dir, c, &mut follows)?;
+        }
+        Ok((dir, last))
+    }
+
+    /// Resolves a whole path, following symlinks in the last component too when `follow`.
+    pub fn resolve(&self, path: &[u8], follow: bool) -> Result<Ino> {
+        if path
+            .split(|&b| b == b'/')
+            .all(|c| c.is_empty() || c == b".")
+        {
+            return Ok(Ino::ROOT);
+        }
+        let (dir, last) = self.resolve_parent(path)?;
+        if follow {
+            let mut follows = 0;
+            return self.walk(dir, last, &mut follows);
+        }
+        if last == b".." {
+            return self.parent_of(dir);
+        }
+        Ok(self.lookup(dir, last)?.0)
+    }
+
+    fn parent_of(&self, dir: Ino) -> Result<Ino> {
+        if dir == Ino::ROOT {
+            return Ok(Ino::ROOT);
+        }
+        Ok(self.inode(dir)?.links.first().map_or(Ino::ROOT, |l| l.dir))
+    }
+
+    /// One step of path resolution from `dir`, following a symlink if `name` is one.
+    fn walk(&self, dir: Ino, name: &[u8], follows: &mut usize) -> Result<Ino> {
+        if name == b".." {
+            return self.parent_of(dir);
+        }
+        let (ino, inode) = self.lookup(dir, name)?;
+        if inode.kind != FileKind::Symlink {
+            return Ok(ino);
+        }
+        *follows += 1;
+        if *follows > SYMLINK_MAX {
+            return Err(Error::Loop(show(name)));
+        }
+        let mut at = if inode.target.starts_with(b"/") {
+            Ino::ROOT
+        } else {
+            dir
+        };
+        for c in inode
+            .target
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty() && *c != b".")
+        {
+            at = self.walk(at, c, follows)?;
+        }
+        Ok(at)
+    }
+}
+
+fn read_full(r: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Reads `buf.len()` bytes at `offset`; bytes past the end of the file read as zeros (sparse
+/// scratch files end at their last written byte).
+fn read_full_at(f: &File, buf: &mut [u8], offset: u64) -> Result<()> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], offset + n as u64) {
+            Ok(0) => {
+                buf[n..].fill(0);
+                break;
+            }
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("read scratch file", e)),
+        }
+    }
+    Ok(())
+}
+
+/// Zeros a range of a scratch file by freeing it.
+fn punch(f: &File, offset: u64, len: u64) -> Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    nix::fcntl::fallocate(
+        f,
+        nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+            | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        offset as i64,
+        len as i64,
+    )
+    .map_err(|e| Error::io("free scratch space", e.into()))
+}

@@ -1,0 +1,116 @@
+//! File operations on active snapshots, commit, and what children see.
+
+use imgfs::{FileKind, Ino, NewNode, RenameMode, SetAttr, Store, StoreOptions};
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(&dir.path().join("s"), StoreOptions::default()).unwrap();
+    (dir, store)
+}
+
+fn file(perm: u32) -> NewNode {
+    NewNode::new(FileKind::File, perm, 0, 0)
+}
+
+#[test]
+fn child_sees_parent_files_and_its_own_changes_only() {
+    let (_d, s) = store();
+    s.prepare("a", None).unwrap();
+    let t = s.tree("a").unwrap();
+    let (ino, _) = t.mknod(Ino::ROOT, b"f", &file(0o644)).unwrap();
+    t.write(ino, 0, b"hello").unwrap();
+    drop(t);
+    s.commit("A", "a").unwrap();
+
+    s.prepare("b", Some("A")).unwrap();
+    let t = s.tree("b").unwrap();
+    let (ino2, _) = t.lookup(Ino::ROOT, b"f").unwrap();
+    assert_eq!(ino2, ino, "inode numbers survive into children");
+    t.write(ino, 1, b"E").unwrap();
+    assert_eq!(t.read(ino, 0, 100).unwrap(), b"hEllo");
+    t.unlink(Ino::ROOT, b"f").unwrap();
+    assert!(t.lookup(Ino::ROOT, b"f").is_err());
+    drop(t);
+    s.commit("B", "b").unwrap();
+    assert!(s.tree("B").unwrap().lookup(Ino::ROOT, b"f").is_err());
+    let parent = s.tree("A").unwrap();
+    assert_eq!(parent.read(ino, 0, 100).unwrap(), b"hello");
+}
+
+#[test]
+fn a_write_in_the_middle_of_a_big_committed_file_copies_one_chunk() {
+    let (_d, s) = store();
+    s.prepare("a", None).unwrap();
+    let t = s.tree("a").unwrap();
+    let (ino, _) = t.mknod(Ino::ROOT, b"big", &file(0o644)).unwrap();
+    let cs = t.chunk_size() as usize;
+    let data: Vec<u8> = (0..cs * 8).map(|i| (i % 251) as u8 + 1).collect();
+    t.write(ino, 0, &data).unwrap();
+    drop(t);
+    s.commit("A", "a").unwrap();
+    s.prepare("b", Some("A")).unwrap();
+    let t = s.tree("b").unwrap();
+    t.write(ino, (cs * 3 + 100) as u64, &[0xAA; 4096]).unwrap();
+    let mut expect = data.clone();
+    expect[cs * 3 + 100..cs * 3 + 100 + 4096].fill(0xAA);
+    assert_eq!(t.read(ino, 0, (cs * 8) as u32).unwrap(), expect);
+    drop(t);
+    let committed = s.commit("B", "b").unwrap();
+    assert_eq!(committed.name, "B");
+    let u = s.usage("B").unwrap();
+    assert_eq!(u.bytes, cs as u64, "only the one rewritten chunk is new");
+    assert_eq!(
+        s.tree("B").unwrap().read(ino, 0, (cs * 8) as u32).unwrap(),
+        expect
+    );
+    assert_eq!(
+        s.tree("A").unwrap().read(ino, 0, (cs * 8) as u32).unwrap(),
+        data
+    );
+}
+
+#[test]
+fn rename_and_truncate_behave_like_posix() {
+    let (_d, s) = store();
+    s.prepare("a", None).unwrap();
+    let t = s.tree("a").unwrap();
+    let (d, _) = t
+        .mknod(Ino::ROOT, b"d", &NewNode::new(FileKind::Dir, 0o755, 0, 0))
+        .unwrap();
+    let (f, _) = t.mknod(d, b"f", &file(0o600)).unwrap();
+    t.write(f, 0, b"0123456789").unwrap();
+    t.setattr(
+        f,
+        &SetAttr {
+            size: Some(4),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    t.setattr(
+        f,
+        &SetAttr {
+            size: Some(8),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(t.read(f, 0, 100).unwrap(), b"0123\0\0\0\0");
+    t.rename(Ino::ROOT, b"d", Ino::ROOT, b"e", RenameMode::Replace)
+        .unwrap();
+    assert!(t.lookup(Ino::ROOT, b"d").is_err());
+    assert_eq!(t.lookup(Ino::ROOT, b"e").unwrap().0, d);
+    assert_eq!(t.resolve(b"e/f", false).unwrap(), f);
+    assert!(
+        t.rename(Ino::ROOT, b"e", d, b"x", RenameMode::Replace)
+            .is_err(),
+        "no move below itself"
+    );
+    let names: Vec<_> = t
+        .readdir(Ino::ROOT)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, vec![b"e".to_vec()]);
+}
