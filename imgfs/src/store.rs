@@ -379,6 +379,14 @@ impl Store {
         Tree::new(self.clone(), rec, chain, writable)
     }
 
+    /// Opens the file tree of any snapshot for reading only (export, diff, inspection): it does
+    /// not claim the snapshot for writing, so it works beside a writer of the same snapshot.
+    pub fn tree_read_only(&self, name: &str) -> Result<Tree> {
+        let rec = self.stat(name)?;
+        let chain = self.chain(&rec)?;
+        Tree::new(self.clone(), rec, chain, false)
+    }
+
     /// Commits the active snapshot `key` as the immutable snapshot `name`: hashes its dirty
     /// chunks into the chunk store, drops inodes that lost their last link, then makes it all
     /// durable with one synced batch. Costs O(what the snapshot changed).

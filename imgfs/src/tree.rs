@@ -1023,6 +1023,57 @@ impl Tree {
         txn.write()
     }
 
+    /// Creates `name` in `dir` with a complete inode record in one batch, without touching the
+    /// directory's times (a layer sets those from its own entry, as tar does).
+    pub(crate) fn create_node(&self, dir: Ino, name: &[u8], mut inode: Inode) -> Result<Ino> {
+        check_name(name)?;
+        let _g = self.writer()?;
+        let mut parent = self.dir_inode(dir)?;
+        if self.entry(dir, name)?.is_some() {
+            return Err(Error::Exists(show(name)));
+        }
+        let ino = Ino(self.store.alloc_id()?);
+        inode.links = vec![Link {
+            dir,
+            name: name.to_vec(),
+        }];
+        let mut txn = self.txn();
+        txn.put_inode(ino, &inode);
+        txn.put(
+            &key::dentry_base(dir, name),
+            &Dentry::Entry {
+                ino,
+                kind: inode.kind,
+            }
+            .encode(),
+        );
+        if inode.kind == FileKind::Dir {
+            parent.subdirs += 1;
+            txn.put_inode(dir, &parent);
+        }
+        txn.write()?;
+        Ok(ino)
+    }
+
+    /// Removes `name` from `dir` whatever it is; a directory goes with everything below it (the
+    /// subtree becomes unreachable from this snapshot in O(1)). Directory times are kept.
+    pub(crate) fn remove_any(&self, dir: Ino, name: &[u8]) -> Result<()> {
+        let _g = self.writer()?;
+        let (ino, kind) = self
+            .entry(dir, name)?
+            .ok_or_else(|| Error::NotFound(show(name)))?;
+        let mut txn = self.txn();
+        let now = Timestamp::now();
+        self.unlink_inode(&mut txn, ino, dir, name, now)?;
+        self.remove_entry(&mut txn, dir, name)?;
+        if kind == FileKind::Dir {
+            let mut parent = self.dir_inode(dir)?;
+            parent.subdirs = parent.subdirs.saturating_sub(1);
+            txn.put_inode(dir, &parent);
+        }
+        txn.write()
+    }
+
     /// Writes the whole content of the empty regular file `ino` from `reader`, hashing it
     /// straight into the chunk store (no scratch file). Returns the number of bytes written.
     pub(crate) fn fill_file(

@@ -1,2 +1,302 @@
-//! The `imgfs` command line: store administration, layer import/export and mounting.
-fn main() {}
+//! The `imgfs` command line: store administration, layer import/export and inspection.
+//! `main` only maps the result to an exit code; every command is a function below.
+
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use imgfs::layer::{self, ChangeKind, ImportLimits};
+use imgfs::{SnapshotKind, Store, StoreOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "imgfs",
+    version,
+    about = "Copy-on-write snapshot store and file system for container images"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct StoreArg {
+    /// The store directory.
+    #[arg(long, short = 's', env = "IMGFS_STORE")]
+    store: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create an empty store.
+    Init {
+        store: PathBuf,
+        /// Size of a file chunk: the unit of copy-on-write and deduplication.
+        #[arg(long, default_value_t = imgfs::store::DEFAULT_CHUNK_SIZE)]
+        chunk_size: u32,
+    },
+    /// Apply an OCI layer (tar or tar+gzip, a file or - for stdin) as a new committed snapshot;
+    /// prints the layer's diff id.
+    Import {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Name of the new snapshot.
+        #[arg(long)]
+        name: String,
+        /// Committed snapshot to apply the layer on (default: an empty tree).
+        #[arg(long)]
+        parent: Option<String>,
+        /// Refuse layers with more entries than this.
+        #[arg(long, default_value_t = ImportLimits::default().max_entries)]
+        max_entries: u64,
+        /// Refuse layers whose uncompressed tar is larger than this many bytes.
+        #[arg(long, default_value_t = ImportLimits::default().max_bytes)]
+        max_bytes: u64,
+        layer: PathBuf,
+    },
+    /// Write a snapshot as an OCI layer tar: its diff from its parent, or with --full its whole tree.
+    Export {
+        #[command(flatten)]
+        store: StoreArg,
+        snapshot: String,
+        /// Write the whole flattened tree instead of the diff from the parent.
+        #[arg(long)]
+        full: bool,
+        /// Output file, or - for stdout.
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+    },
+    /// List snapshots.
+    #[command(alias = "ls")]
+    List {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Show a snapshot's parent, kind, creation time, and the bytes and inodes only it holds.
+    Info {
+        #[command(flatten)]
+        store: StoreArg,
+        snapshot: String,
+    },
+    /// Remove a snapshot (it must have no children) and free what only it used.
+    Rm {
+        #[command(flatten)]
+        store: StoreArg,
+        snapshots: Vec<String>,
+    },
+    /// List the paths added (A), changed (M) and deleted (D) from snapshot A to snapshot B.
+    Diff {
+        #[command(flatten)]
+        store: StoreArg,
+        a: String,
+        b: String,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IMGFS_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("imgfs: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn open(s: &StoreArg) -> Result<Store> {
+    Store::open(&s.store).with_context(|| format!("cannot open store {}", s.store.display()))
+}
+
+fn open_read_only(s: &StoreArg) -> Result<Store> {
+    Store::open_read_only(&s.store)
+        .with_context(|| format!("cannot open store {}", s.store.display()))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Init { store, chunk_size } => {
+            Store::create(&store, StoreOptions { chunk_size })
+                .with_context(|| format!("cannot create store {}", store.display()))?;
+            println!("created store {}", store.display());
+        }
+        Command::Import {
+            store,
+            name,
+            parent,
+            max_entries,
+            max_bytes,
+            layer,
+        } => {
+            let s = open(&store)?;
+            let limits = ImportLimits {
+                max_entries,
+                max_bytes,
+                ..Default::default()
+            };
+            let input: Box<dyn std::io::Read> = if layer.as_os_str() == "-" {
+                Box::new(std::io::stdin().lock())
+            } else {
+                Box::new(
+                    std::fs::File::open(&layer)
+                        .with_context(|| format!("cannot open layer {}", layer.display()))?,
+                )
+            };
+            let report = layer::import_layer(&s, &name, parent.as_deref(), input, &limits)
+                .with_context(|| format!("cannot import {} as {name}", layer.display()))?;
+            println!("{}", report.diff_id);
+        }
+        Command::Export {
+            store,
+            snapshot,
+            full,
+            output,
+        } => {
+            let s = open_read_only(&store)?;
+            let report = if output.as_os_str() == "-" {
+                layer::export_layer(
+                    &s,
+                    &snapshot,
+                    full,
+                    BufWriter::new(std::io::stdout().lock()),
+                )
+            } else {
+                let tmp = output.with_extension("partial");
+                let f = std::fs::File::create(&tmp)
+                    .with_context(|| format!("cannot create {}", tmp.display()))?;
+                let r = layer::export_layer(&s, &snapshot, full, BufWriter::new(f));
+                match r {
+                    Ok(r) => {
+                        std::fs::rename(&tmp, &output)
+                            .with_context(|| format!("cannot rename to {}", output.display()))?;
+                        Ok(r)
+                    }
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&tmp);
+                        Err(e)
+                    }
+                }
+            }
+            .with_context(|| format!("cannot export snapshot {snapshot}"))?;
+            eprintln!(
+                "{} ({} entries, {} bytes)",
+                report.diff_id, report.entries, report.bytes
+            );
+        }
+        Command::List { store } => {
+            let s = open_read_only(&store)?;
+            let recs = s.list()?;
+            let names: std::collections::HashMap<_, _> =
+                recs.iter().map(|r| (r.id, r.name.clone())).collect();
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "{:<40} {:<10} {:<40} CREATED",
+                "NAME", "KIND", "PARENT"
+            )?;
+            for r in &recs {
+                let parent = r
+                    .parent
+                    .and_then(|p| names.get(&p).cloned())
+                    .unwrap_or_else(|| "-".into());
+                writeln!(
+                    out,
+                    "{:<40} {:<10} {:<40} {}",
+                    r.name,
+                    kind(r.kind),
+                    parent,
+                    time(r.created.sec)
+                )?;
+            }
+        }
+        Command::Info { store, snapshot } => {
+            let s = open_read_only(&store)?;
+            let r = s.stat(&snapshot)?;
+            let usage = s.usage(&snapshot)?;
+            let parent = match r.parent {
+                Some(_) => s
+                    .list()?
+                    .into_iter()
+                    .find(|p| Some(p.id) == r.parent)
+                    .map(|p| p.name),
+                None => None,
+            };
+            println!("name:    {}", r.name);
+            println!("kind:    {}", kind(r.kind));
+            println!("parent:  {}", parent.as_deref().unwrap_or("-"));
+            println!("depth:   {}", r.depth);
+            println!("created: {}", time(r.created.sec));
+            println!(
+                "size:    {} ({} bytes only this snapshot holds)",
+                bytesize::ByteSize(usage.bytes),
+                usage.bytes
+            );
+            println!("inodes:  {}", usage.inodes);
+            for (k, v) in &r.labels {
+                println!("label:   {k}={v}");
+            }
+        }
+        Command::Rm { store, snapshots } => {
+            let s = open(&store)?;
+            for name in snapshots {
+                s.remove(&name)
+                    .with_context(|| format!("cannot remove snapshot {name}"))?;
+                println!("{name}");
+            }
+        }
+        Command::Diff { store, a, b } => {
+            let s = open_read_only(&store)?;
+            let ta = s.tree_read_only(&a)?;
+            let tb = s.tree_read_only(&b)?;
+            let mut out = std::io::stdout().lock();
+            for c in layer::diff::changes(&tb, Some(&ta))? {
+                let tag = match c.kind {
+                    ChangeKind::Added => 'A',
+                    ChangeKind::Modified => 'M',
+                    ChangeKind::Deleted => 'D',
+                };
+                writeln!(out, "{tag} /{}", String::from_utf8_lossy(&c.path))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn kind(k: SnapshotKind) -> &'static str {
+    match k {
+        SnapshotKind::Active => "active",
+        SnapshotKind::View => "view",
+        SnapshotKind::Committed => "committed",
+        SnapshotKind::Importing => "importing",
+    }
+}
+
+/// Formats a Unix time as UTC `YYYY-MM-DD HH:MM:SS`.
+fn time(sec: i64) -> String {
+    let days = sec.div_euclid(86_400);
+    let rem = sec.rem_euclid(86_400);
+    // Civil-from-days (H. Hinnant's algorithm), to avoid a date crate for one line of output.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}

@@ -1,0 +1,390 @@
+//! Applying an OCI layer tar (plain or gzip) to a snapshot.
+//!
+//! Never uses `tar::Archive::unpack`: every entry is applied through `Tree` operations, so paths
+//! can only name things inside the snapshot. Parent components that are symlinks are followed
+//! inside the tree (an absolute target restarts at its root, `..` stops there), hard-link targets
+//! must already be in the tree, and `..` components are refused. A layer that fails at any point
+//! leaves nothing behind: the half-filled snapshot is removed (or rolled back at the next open
+//! if the process dies).
+
+use std::io::{BufRead, BufReader, Read};
+
+use flate2::read::MultiGzDecoder;
+
+use super::{HashingReader, OPAQUE_MARKER, WHITEOUT_PREFIX};
+use crate::error::{Error, Result};
+use crate::ids::Ino;
+use crate::records::{FileKind, Inode, SnapshotRecord, Timestamp};
+use crate::store::Store;
+use crate::tree::Tree;
+
+/// Bounds on what one layer may do, so a hostile or broken layer cannot fill the disk.
+#[derive(Clone, Copy, Debug)]
+pub struct ImportLimits {
+    /// Most entries (files, directories, links, whiteouts) in the layer.
+    pub max_entries: u64,
+    /// Most bytes of uncompressed tar stream.
+    pub max_bytes: u64,
+    /// Longest path of an entry.
+    pub max_path: usize,
+}
+
+impl Default for ImportLimits {
+    fn default() -> Self {
+        ImportLimits {
+            max_entries: 4_000_000,
+            max_bytes: 256 << 30,
+            max_path: 4096,
+        }
+    }
+}
+
+/// What an import produced.
+#[derive(Clone, Debug)]
+pub struct ImportReport {
+    pub snapshot: SnapshotRecord,
+    /// The sha256 of the uncompressed tar: the layer's OCI diff id.
+    pub diff_id: String,
+    pub entries: u64,
+    /// Bytes of uncompressed tar stream.
+    pub tar_bytes: u64,
+}
+
+/// Applies the layer read from `input` on top of the committed snapshot `parent` (or on an empty
+/// tree) and commits the result as `name`.
+pub fn import_layer(
+    store: &Store,
+    name: &str,
+    parent: Option<&str>,
+    input: impl Read,
+    limits: &ImportLimits,
+) -> Result<ImportReport> {
+    store.prepare_import(name, parent)?;
+    let tree = store.tree(name)?;
+    let applied = apply(&tree, input, limits);
+    drop(tree);
+    match applied {
+        Ok((diff_id, entries, tar_bytes)) => {
+            let snapshot = store.commit(name, name)?;
+            store.set_label(name, "diff_id", &diff_id)?;
+            Ok(ImportReport {
+                snapshot,
+                diff_id,
+                entries,
+                tar_bytes,
+            })
+        }
+        Err(e) => {
+            if let Err(cleanup) = store.remove(name) {
+                tracing::error!(snapshot = name, error = %cleanup, "could not remove the failed import");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn apply(tree: &Tree, input: impl Read, limits: &ImportLimits) -> Result<(String, u64, u64)> {
+    let mut input = BufReader::with_capacity(1 << 20, input);
+    let head = input.fill_buf().map_err(|e| Error::io("read layer", e))?;
+    let gzip = head.starts_with(&[0x1f, 0x8b]);
+    let stream: Box<dyn Read> = if gzip {
+        Box::new(MultiGzDecoder::new(input))
+    } else {
+        Box::new(input)
+    };
+    let mut hashing = HashingReader::new(stream, limits.max_bytes);
+    let mut entries = 0u64;
+    {
+        let mut archive = tar::Archive::new(&mut hashing);
+        let iter = archive.entries().map_err(|e| layer_err("read layer", e))?;
+        for entry in iter {
+            let mut entry = entry.map_err(|e| layer_err("read layer", e))?;
+            entries += 1;
+            if entries > limits.max_entries {
+                return Err(Error::Limit(format!(
+                    "layer has more than {} entries (--max-entries)",
+                    limits.max_entries
+                )));
+            }
+            let path = entry.path_bytes().into_owned();
+            let shown = String::from_utf8_lossy(&path).into_owned();
+            apply_entry(tree, &mut entry, &path, limits).map_err(|e| match e {
+                Error::Limit(_) => e,
+                e => Error::Layer(format!("layer entry {shown}: {e}")),
+            })?;
+        }
+    }
+    // The diff id covers the whole stream, including the end-of-archive blocks and any padding.
+    std::io::copy(&mut hashing, &mut std::io::sink()).map_err(|e| layer_err("read layer", e))?;
+    let (diff_id, tar_bytes) = hashing.finish();
+    Ok((diff_id, entries, tar_bytes))
+}
+
+fn layer_err(what: &str, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::FileTooLarge {
+        return Error::Limit(e.to_string());
+    }
+    let detail = match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => "unexpected end of data (truncated layer)".to_string(),
+        _ => e.to_string(),
+    };
+    Error::Layer(format!("{what}: {detail}"))
+}
+
+/// Splits an entry path into clean components; refuses `..` and strips a leading `/` or `./`.
+fn components(path: &[u8], limits: &ImportLimits) -> Result<Vec<Vec<u8>>> {
+    if path.len() > limits.max_path {
+        return Err(Error::NameTooLong(format!(
+            "path of {} bytes (--max-path)",
+            path.len()
+        )));
+    }
+    let mut out = Vec::new();
+    for c in path.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => return Err(Error::Invalid("path has a `..` component".into())),
+            c => out.push(c.to_vec()),
+        }
+    }
+    Ok(out)
+}
+
+/// Finds the directory that holds the last component, creating missing parents as `tar -x` does.
+fn parent_dir(tree: &Tree, dirs: &[Vec<u8>]) -> Result<Ino> {
+    let mut path = Vec::new();
+    for (i, c) in dirs.iter().enumerate() {
+        if i > 0 {
+            path.push(b'/');
+        }
+        path.extend_from_slice(c);
+    }
+    if path.is_empty() {
+        return Ok(Ino::ROOT);
+    }
+    match tree.resolve(&path, true) {
+        Ok(ino) => {
+            if tree.inode(ino)?.kind != FileKind::Dir {
+                return Err(Error::NotDir(String::from_utf8_lossy(&path).into_owned()));
+            }
+            Ok(ino)
+        }
+        Err(Error::NotFound(_)) => {
+            let parent = parent_dir(tree, &dirs[..dirs.len() - 1])?;
+            let last = &dirs[dirs.len() - 1];
+            let inode = Inode::new(FileKind::Dir, 0o755, 0, 0, Timestamp::now());
+            tree.create_node(parent, last, inode)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn apply_entry<R: Read>(
+    tree: &Tree,
+    entry: &mut tar::Entry<'_, R>,
+    path: &[u8],
+    limits: &ImportLimits,
+) -> Result<()> {
+    let comps = components(path, limits)?;
+    let Some((name, dirs)) = comps.split_last() else {
+        // The root directory itself: take its attributes.
+        let header = entry.header();
+        if header.entry_type().is_dir() {
+            let mut root = tree.inode(Ino::ROOT)?;
+            set_attrs(&mut root, entry)?;
+            tree.put_inode(Ino::ROOT, &root)?;
+        }
+        return Ok(());
+    };
+    let dir = parent_dir(tree, dirs)?;
+
+    if name.as_slice() == OPAQUE_MARKER {
+        if dir == Ino::ROOT {
+            // An opaque root hides everything of the parent snapshot.
+            for e in tree.readdir(Ino::ROOT)? {
+                if !own_entry(tree, Ino::ROOT, &e.name)? {
+                    tree.remove_any(Ino::ROOT, &e.name)?;
+                }
+            }
+            return Ok(());
+        }
+        let joined = join(dirs);
+        let (pdir, pname) = tree.resolve_parent(&joined)?;
+        tree.make_opaque(pdir, pname)?;
+        return Ok(());
+    }
+    if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
+        // A whiteout deletes the name in the lower layers only; one this layer added stays.
+        if tree.entry(dir, target)?.is_some() && !own_entry(tree, dir, target)? {
+            tree.remove_any(dir, target)?;
+        }
+        return Ok(());
+    }
+
+    let header = entry.header().clone();
+    let kind = match header.entry_type() {
+        tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+            FileKind::File
+        }
+        tar::EntryType::Directory => FileKind::Dir,
+        tar::EntryType::Symlink => FileKind::Symlink,
+        tar::EntryType::Char => FileKind::CharDev,
+        tar::EntryType::Block => FileKind::BlockDev,
+        tar::EntryType::Fifo => FileKind::Fifo,
+        tar::EntryType::Link => return hard_link(tree, entry, dir, name, limits),
+        other => {
+            tracing::warn!(entry = %String::from_utf8_lossy(path), kind = ?other, "skipping tar entry of unsupported type");
+            return Ok(());
+        }
+    };
+
+    let existing = tree.entry(dir, name)?;
+    if let Some((ino, FileKind::Dir)) = existing {
+        if kind == FileKind::Dir {
+            // A directory that exists keeps its contents; the layer only sets its attributes.
+            let mut inode = tree.inode(ino)?;
+            set_attrs(&mut inode, entry)?;
+            return tree.put_inode(ino, &inode);
+        }
+    }
+    if existing.is_some() {
+        tree.remove_any(dir, name)?;
+    }
+    let mut inode = Inode::new(kind, 0, 0, 0, Timestamp::now());
+    set_attrs(&mut inode, entry)?;
+    match kind {
+        FileKind::Symlink => {
+            inode.target = entry
+                .link_name_bytes()
+                .ok_or_else(|| Error::Invalid("symlink without a target".into()))?
+                .into_owned();
+        }
+        FileKind::CharDev | FileKind::BlockDev => {
+            let major = header.device_major().ok().flatten().unwrap_or(0);
+            let minor = header.device_minor().ok().flatten().unwrap_or(0);
+            inode.rdev = libc::makedev(major, minor);
+        }
+        _ => {}
+    }
+    let ino = tree.create_node(dir, name, inode)?;
+    if kind == FileKind::File {
+        let expected = entry.size();
+        let written = tree.fill_file(ino, entry, limits.max_bytes)?;
+        if written != expected {
+            return Err(Error::Layer(format!(
+                "truncated: header says {expected} bytes, the layer has {written}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// True if the visible version of `name` in `dir` was written by the snapshot being filled.
+fn own_entry(tree: &Tree, dir: Ino, name: &[u8]) -> Result<bool> {
+    let Some(parent) = tree.record().parent else {
+        return Ok(tree.entry(dir, name)?.is_some());
+    };
+    let parent_rec = tree.store().record(parent)?;
+    let parent_chain = tree.store().chain(&parent_rec)?;
+    let below = tree
+        .store()
+        .inner
+        .meta
+        .visible(&crate::meta::key::dentry_base(dir, name), &parent_chain)?;
+    let now = tree.entry(dir, name)?;
+    let before = match below {
+        Some((_, v)) => match crate::records::Dentry::decode(&v)? {
+            crate::records::Dentry::Entry { ino, .. } => Some(ino),
+            crate::records::Dentry::Deleted => None,
+        },
+        None => None,
+    };
+    Ok(now.map(|(ino, _)| ino) != before)
+}
+
+fn join(comps: &[Vec<u8>]) -> Vec<u8> {
+    comps.join(&b'/')
+}
+
+fn hard_link<R: Read>(
+    tree: &Tree,
+    entry: &tar::Entry<'_, R>,
+    dir: Ino,
+    name: &[u8],
+    limits: &ImportLimits,
+) -> Result<()> {
+    let target = entry
+        .link_name_bytes()
+        .ok_or_else(|| Error::Invalid("hard link without a target".into()))?
+        .into_owned();
+    let tcomps = components(&target, limits)?;
+    let shown = String::from_utf8_lossy(&target).into_owned();
+    let tino = tree
+        .resolve(&join(&tcomps), false)
+        .map_err(|_| Error::NotFound(format!("hard link target {shown}")))?;
+    if tree.inode(tino)?.kind == FileKind::Dir {
+        return Err(Error::NotPermitted(format!(
+            "hard link to directory {shown}"
+        )));
+    }
+    if let Some((ino, _)) = tree.entry(dir, name)? {
+        if ino == tino {
+            return Ok(());
+        }
+        tree.remove_any(dir, name)?;
+    }
+    tree.link(tino, dir, name)?;
+    Ok(())
+}
+
+/// Sets mode, owner, times and extended attributes from a tar entry's header and PAX records.
+fn set_attrs<R: Read>(inode: &mut Inode, entry: &mut tar::Entry<'_, R>) -> Result<()> {
+    let h = entry.header();
+    let bad = |what: &str| Error::Invalid(format!("bad {what} in tar header"));
+    inode.perm = h.mode().map_err(|_| bad("mode"))? & 0o7777;
+    inode.uid = u32::try_from(h.uid().map_err(|_| bad("uid"))?).map_err(|_| bad("uid"))?;
+    inode.gid = u32::try_from(h.gid().map_err(|_| bad("gid"))?).map_err(|_| bad("gid"))?;
+    let mtime = Timestamp::from_secs(h.mtime().map_err(|_| bad("mtime"))? as i64);
+    inode.mtime = mtime;
+    inode.atime = mtime;
+    inode.ctime = mtime;
+    if let Some(exts) = entry
+        .pax_extensions()
+        .map_err(|e| Error::Invalid(format!("PAX header: {e}")))?
+    {
+        for ext in exts {
+            let ext = ext.map_err(|e| Error::Invalid(format!("PAX header: {e}")))?;
+            let key = ext.key_bytes();
+            if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                inode.set_xattr(name, ext.value_bytes());
+            } else if key == b"mtime" {
+                if let Some(t) = parse_pax_time(ext.value_bytes()) {
+                    inode.mtime = t;
+                    inode.ctime = t;
+                }
+            } else if key == b"atime" {
+                if let Some(t) = parse_pax_time(ext.value_bytes()) {
+                    inode.atime = t;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parses a PAX time (`seconds[.fraction]`).
+fn parse_pax_time(v: &[u8]) -> Option<Timestamp> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (sec, frac) = s.split_once('.').unwrap_or((s, ""));
+    let sec: i64 = sec.parse().ok()?;
+    let mut digits: String = frac.chars().take(9).collect();
+    while digits.len() < 9 {
+        digits.push('0');
+    }
+    let nsec: u32 = if frac.is_empty() {
+        0
+    } else {
+        digits.parse().ok()?
+    };
+    Some(Timestamp { sec, nsec })
+}
