@@ -1351,7 +1351,8 @@ impl Tree {
         Ok(self.lookup(dir, last)?.0)
     }
 
-    fn parent_of(&self, dir: Ino) -> Result<Ino> {
+    /// The parent of directory `dir` (the root is its own parent).
+    pub(crate) fn parent_of(&self, dir: Ino) -> Result<Ino> {
         if dir == Ino::ROOT {
             return Ok(Ino::ROOT);
         }

@@ -151,32 +151,48 @@ fn components(path: &[u8], limits: &ImportLimits) -> Result<Vec<Vec<u8>>> {
 }
 
 /// Finds the directory that holds the last component, creating missing parents as `tar -x` does.
+/// A parent that is a symlink is followed inside the tree, and a missing target is created.
 fn parent_dir(tree: &Tree, dirs: &[Vec<u8>]) -> Result<Ino> {
-    let mut path = Vec::new();
-    for (i, c) in dirs.iter().enumerate() {
-        if i > 0 {
-            path.push(b'/');
-        }
-        path.extend_from_slice(c);
-    }
-    if path.is_empty() {
-        return Ok(Ino::ROOT);
-    }
-    match tree.resolve(&path, true) {
-        Ok(ino) => {
-            if tree.inode(ino)?.kind != FileKind::Dir {
-                return Err(Error::NotDir(String::from_utf8_lossy(&path).into_owned()));
+    let mut budget = 40;
+    let comps: Vec<&[u8]> = dirs.iter().map(Vec::as_slice).collect();
+    ensure_dir(tree, Ino::ROOT, &comps, &mut budget)
+}
+
+fn ensure_dir(tree: &Tree, start: Ino, comps: &[&[u8]], budget: &mut u32) -> Result<Ino> {
+    let mut at = start;
+    for &c in comps {
+        match c {
+            b"" | b"." => continue,
+            b".." => {
+                at = tree.parent_of(at)?;
+                continue;
             }
-            Ok(ino)
+            _ => {}
         }
-        Err(Error::NotFound(_)) => {
-            let parent = parent_dir(tree, &dirs[..dirs.len() - 1])?;
-            let last = &dirs[dirs.len() - 1];
-            let inode = Inode::new(FileKind::Dir, 0o755, 0, 0, Timestamp::now());
-            tree.create_node(parent, last, inode)
-        }
-        Err(e) => Err(e),
+        at = match tree.entry(at, c)? {
+            None => tree.create_node(
+                at,
+                c,
+                Inode::new(FileKind::Dir, 0o755, 0, 0, Timestamp::now()),
+            )?,
+            Some((ino, FileKind::Dir)) => ino,
+            Some((ino, FileKind::Symlink)) => {
+                *budget = budget
+                    .checked_sub(1)
+                    .ok_or_else(|| Error::Loop(String::from_utf8_lossy(c).into_owned()))?;
+                let target = tree.readlink(ino)?;
+                let base = if target.starts_with(b"/") {
+                    Ino::ROOT
+                } else {
+                    at
+                };
+                let parts: Vec<&[u8]> = target.split(|&b| b == b'/').collect();
+                ensure_dir(tree, base, &parts, budget)?
+            }
+            Some(_) => return Err(Error::NotDir(String::from_utf8_lossy(c).into_owned())),
+        };
     }
+    Ok(at)
 }
 
 fn apply_entry<R: Read>(
