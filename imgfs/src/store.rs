@@ -607,6 +607,32 @@ impl Store {
         Ok(())
     }
 
+    /// `flush_chunks` and `sync_packs` in one batch. Calling the two in turn on one batch loses
+    /// the live-byte counts: each rewrites the whole pack record from the database, and of two
+    /// puts of a key in a batch only the last survives.
+    pub(crate) fn flush_and_sync_chunks(
+        &self,
+        b: &mut Batch,
+        pending: HashMap<ChunkDigest, ChunkRecord>,
+        live: HashMap<PackId, u64>,
+    ) -> Result<()> {
+        for (digest, rec) in pending {
+            b.put(&key::chunk(&digest), &rec.encode());
+        }
+        let synced: HashMap<PackId, u64> = self.inner.packs.sync()?.into_iter().collect();
+        let touched: std::collections::BTreeSet<PackId> =
+            live.keys().chain(synced.keys()).copied().collect();
+        for pack in touched {
+            let mut rec = self.pack_record(pack)?;
+            rec.live_bytes += live.get(&pack).copied().unwrap_or(0);
+            if let Some(&len) = synced.get(&pack) {
+                rec.synced_len = len;
+            }
+            b.put(&key::pack(pack), &rec.encode());
+        }
+        Ok(())
+    }
+
     /// Reads a stored chunk.
     pub(crate) fn chunk(&self, digest: &ChunkDigest) -> Result<(ChunkRecord, ChunkBytes)> {
         let v = self

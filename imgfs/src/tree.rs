@@ -1303,8 +1303,8 @@ impl Tree {
                 };
                 txn.put_extent(data, index, extent);
             }
-            self.store.flush_chunks(&mut txn.b, pending, live)?;
-            self.store.sync_packs(&mut txn.b)?;
+            self.store
+                .flush_and_sync_chunks(&mut txn.b, pending, live)?;
             txn.write()?;
         }
         self.scratch.lock().expect("poisoned").clear();
