@@ -249,6 +249,12 @@ impl PackStore {
         }
     }
 
+    /// The path of a pack file (for fsck, which reads packs without mapping them and names them in
+    /// its reports).
+    pub(crate) fn path(&self, pack: PackId) -> PathBuf {
+        pack_path(&self.dir, pack)
+    }
+
     /// The pack files on disk with their sizes (for fsck).
     pub fn files(&self) -> Result<Vec<(PackId, u64)>> {
         let mut out = Vec::new();

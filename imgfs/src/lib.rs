@@ -6,6 +6,7 @@
 
 pub mod chunks;
 pub mod error;
+pub mod fsck;
 pub mod ids;
 pub mod layer;
 pub mod meta;
