@@ -1,4 +1,5 @@
 //! Integration tests of the imgfs library (no FUSE, no root needed).
 
+mod fsck;
 mod layers;
 mod tree_ops;
