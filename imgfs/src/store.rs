@@ -480,12 +480,11 @@ impl Store {
         while let Some((k, _)) = scan.next_entry()? {
             let base = &k[prefix.len()..];
             let vkey = key::versioned(base, rec.id);
-            if base[0] == key::EXTENT {
-                if let Some(v) = meta.get(&vkey)? {
-                    if let Extent::Stored { digest, .. } = Extent::decode(&v)? {
-                        *unref.entry(digest).or_default() += 1;
-                    }
-                }
+            if base[0] == key::EXTENT
+                && let Some(v) = meta.get(&vkey)?
+                && let Extent::Stored { digest, .. } = Extent::decode(&v)?
+            {
+                *unref.entry(digest).or_default() += 1;
             }
             b.delete(&vkey);
             b.delete(k);
@@ -493,10 +492,10 @@ impl Store {
         drop(scan);
         let freed = self.unref_chunks(&mut b, &unref)?;
         b.delete(&key::snapshot(rec.id));
-        if let Some(v) = meta.get(&key::name(&rec.name))? {
-            if key::read_u64(&v) == rec.id.0 {
-                b.delete(&key::name(&rec.name));
-            }
+        if let Some(v) = meta.get(&key::name(&rec.name))?
+            && key::read_u64(&v) == rec.id.0
+        {
+            b.delete(&key::name(&rec.name));
         }
         meta.write(b, true)?;
         self.release_chunks(&freed)?;
@@ -677,10 +676,10 @@ impl Store {
             }
         }
         for (digest, (n, len)) in own {
-            if let Some(v) = meta.get(&key::chunk(&digest))? {
-                if ChunkRecord::decode(&v)?.refs <= n {
-                    usage.bytes += len as u64;
-                }
+            if let Some(v) = meta.get(&key::chunk(&digest))?
+                && ChunkRecord::decode(&v)?.refs <= n
+            {
+                usage.bytes += len as u64;
             }
         }
         Ok(usage)

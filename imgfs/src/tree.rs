@@ -470,23 +470,23 @@ impl Tree {
         current: Option<(Extent, SnapshotId)>,
         keep_upto: u64,
     ) -> Result<()> {
-        if let Some((Extent::Dirty, snap)) = current {
-            if snap == self.head() {
-                return Ok(());
-            }
+        if let Some((Extent::Dirty, snap)) = current
+            && snap == self.head()
+        {
+            return Ok(());
         }
         let cs = self.chunk_size();
         let f = self.scratch_file(data)?;
         let cstart = index * cs;
         // Clear whatever an earlier, truncated-away version left at this position.
         punch(&f, cstart, cs)?;
-        if let Some((Extent::Stored { digest, .. }, _)) = current {
-            if keep_upto > cstart {
-                let (_, bytes) = self.store.chunk(&digest)?;
-                let n = ((keep_upto - cstart) as usize).min(bytes.len());
-                f.write_all_at(&bytes[..n], cstart)
-                    .ctx(|| "copy up a chunk".into())?;
-            }
+        if let Some((Extent::Stored { digest, .. }, _)) = current
+            && keep_upto > cstart
+        {
+            let (_, bytes) = self.store.chunk(&digest)?;
+            let n = ((keep_upto - cstart) as usize).min(bytes.len());
+            f.write_all_at(&bytes[..n], cstart)
+                .ctx(|| "copy up a chunk".into())?;
         }
         txn.put_extent(data, index, Extent::Dirty);
         Ok(())
@@ -554,49 +554,49 @@ impl Tree {
         if inode.kind != FileKind::File {
             return Err(Error::IsDir(format!("inode {ino}")));
         }
-        if size < inode.size {
-            if let Some(data) = inode.data {
-                if size == 0 {
-                    // New content id: all old chunks vanish at once. Drop the head's own
-                    // versions of the old content, which nothing else can see.
-                    for (index, _, snap) in self.extents(data, 0, u64::MAX)? {
-                        if snap == self.head() {
+        if size < inode.size
+            && let Some(data) = inode.data
+        {
+            if size == 0 {
+                // New content id: all old chunks vanish at once. Drop the head's own
+                // versions of the old content, which nothing else can see.
+                for (index, _, snap) in self.extents(data, 0, u64::MAX)? {
+                    if snap == self.head() {
+                        txn.delete(&key::extent_base(data, index));
+                    }
+                }
+                self.drop_scratch(data);
+                inode.data = None;
+            } else {
+                let cs = self.chunk_size();
+                let f = self.scratch_file(data)?;
+                let boundary = size / cs;
+                for (index, extent, snap) in self.extents(data, boundary, u64::MAX)? {
+                    let cstart = index * cs;
+                    if cstart >= size {
+                        let below = match &self.parent {
+                            Some(p) => self
+                                .store
+                                .inner
+                                .meta
+                                .visible(&key::extent_base(data, index), p)?,
+                            None => None,
+                        };
+                        let lower_has_data = below
+                            .map(|(_, v)| Extent::decode(&v))
+                            .transpose()?
+                            .is_some_and(|e| e != Extent::Zero);
+                        if lower_has_data {
+                            txn.put_extent(data, index, Extent::Zero);
+                        } else if snap == self.head() {
                             txn.delete(&key::extent_base(data, index));
                         }
-                    }
-                    self.drop_scratch(data);
-                    inode.data = None;
-                } else {
-                    let cs = self.chunk_size();
-                    let f = self.scratch_file(data)?;
-                    let boundary = size / cs;
-                    for (index, extent, snap) in self.extents(data, boundary, u64::MAX)? {
-                        let cstart = index * cs;
-                        if cstart >= size {
-                            let below = match &self.parent {
-                                Some(p) => self
-                                    .store
-                                    .inner
-                                    .meta
-                                    .visible(&key::extent_base(data, index), p)?,
-                                None => None,
-                            };
-                            let lower_has_data = below
-                                .map(|(_, v)| Extent::decode(&v))
-                                .transpose()?
-                                .is_some_and(|e| e != Extent::Zero);
-                            if lower_has_data {
-                                txn.put_extent(data, index, Extent::Zero);
-                            } else if snap == self.head() {
-                                txn.delete(&key::extent_base(data, index));
-                            }
-                            if snap == self.head() {
-                                punch(&f, cstart, cs)?;
-                            }
-                        } else if extent != Extent::Zero {
-                            self.copy_up_chunk(txn, data, index, Some((extent, snap)), size)?;
-                            punch(&f, size, cstart + cs - size)?;
+                        if snap == self.head() {
+                            punch(&f, cstart, cs)?;
                         }
+                    } else if extent != Extent::Zero {
+                        self.copy_up_chunk(txn, data, index, Some((extent, snap)), size)?;
+                        punch(&f, size, cstart + cs - size)?;
                     }
                 }
             }
@@ -1152,14 +1152,14 @@ impl Tree {
             let mut own = Vec::new();
             while let Some((k, v)) = scan.next_entry()? {
                 let (base, snap) = key::split_version(k);
-                if snap == self.head() {
-                    if let Dentry::Entry { ino, kind } = Dentry::decode(v)? {
-                        own.push(DirEntry {
-                            name: base[prefix.len()..base.len() - 1].to_vec(),
-                            ino,
-                            kind,
-                        });
-                    }
+                if snap == self.head()
+                    && let Dentry::Entry { ino, kind } = Dentry::decode(v)?
+                {
+                    own.push(DirEntry {
+                        name: base[prefix.len()..base.len() - 1].to_vec(),
+                        ino,
+                        kind,
+                    });
                 }
             }
             own

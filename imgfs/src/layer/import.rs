@@ -255,13 +255,13 @@ fn apply_entry<R: Read>(
     };
 
     let existing = tree.entry(dir, name)?;
-    if let Some((ino, FileKind::Dir)) = existing {
-        if kind == FileKind::Dir {
-            // A directory that exists keeps its contents; the layer only sets its attributes.
-            let mut inode = tree.inode(ino)?;
-            set_attrs(&mut inode, entry)?;
-            return tree.put_inode(ino, &inode);
-        }
+    if let Some((ino, FileKind::Dir)) = existing
+        && kind == FileKind::Dir
+    {
+        // A directory that exists keeps its contents; the layer only sets its attributes.
+        let mut inode = tree.inode(ino)?;
+        set_attrs(&mut inode, entry)?;
+        return tree.put_inode(ino, &inode);
     }
     if existing.is_some() {
         tree.remove_any(dir, name)?;
@@ -378,10 +378,10 @@ fn set_attrs<R: Read>(inode: &mut Inode, entry: &mut tar::Entry<'_, R>) -> Resul
                     inode.mtime = t;
                     inode.ctime = t;
                 }
-            } else if key == b"atime" {
-                if let Some(t) = parse_pax_time(ext.value_bytes()) {
-                    inode.atime = t;
-                }
+            } else if key == b"atime"
+                && let Some(t) = parse_pax_time(ext.value_bytes())
+            {
+                inode.atime = t;
             }
         }
     }
