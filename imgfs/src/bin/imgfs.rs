@@ -86,6 +86,13 @@ enum Command {
         store: StoreArg,
         snapshots: Vec<String>,
     },
+    /// Check every reference and chunk digest of a store; with --repair, fix reference counts
+    /// and remove orphans (never data a snapshot refers to). Exits 1 if problems remain.
+    Fsck {
+        store: PathBuf,
+        #[arg(long)]
+        repair: bool,
+    },
     /// List the paths added (A), changed (M) and deleted (D) from snapshot A to snapshot B.
     Diff {
         #[command(flatten)]
@@ -250,6 +257,23 @@ fn run(cli: Cli) -> Result<()> {
                 s.remove(&name)
                     .with_context(|| format!("cannot remove snapshot {name}"))?;
                 println!("{name}");
+            }
+        }
+        Command::Fsck { store, repair } => {
+            let s = if repair {
+                Store::open(&store)
+            } else {
+                Store::open_read_only(&store)
+            }
+            .with_context(|| format!("cannot open store {}", store.display()))?;
+            let report = imgfs::fsck::check(&s, repair)?;
+            println!("{report}");
+            if !report.is_clean() {
+                anyhow::bail!(
+                    "{} problem(s) in store {}",
+                    report.problems.len(),
+                    store.display()
+                );
             }
         }
         Command::Diff { store, a, b } => {

@@ -356,11 +356,23 @@ fn hard_link<R: Read>(
 /// Sets mode, owner, times and extended attributes from a tar entry's header and PAX records.
 fn set_attrs<R: Read>(inode: &mut Inode, entry: &mut tar::Entry<'_, R>) -> Result<()> {
     let h = entry.header();
-    let bad = |what: &str| Error::Invalid(format!("bad {what} in tar header"));
-    inode.perm = h.mode().map_err(|_| bad("mode"))? & 0o7777;
-    inode.uid = u32::try_from(h.uid().map_err(|_| bad("uid"))?).map_err(|_| bad("uid"))?;
-    inode.gid = u32::try_from(h.gid().map_err(|_| bad("gid"))?).map_err(|_| bad("gid"))?;
-    let mtime = Timestamp::from_secs(h.mtime().map_err(|_| bad("mtime"))? as i64);
+    let old = h.as_old();
+    // An all-NUL or all-space numeric field means zero, as Go's archive/tar reads it.
+    let num = |parsed: std::io::Result<u64>, raw: &[u8], what: &str| -> Result<u64> {
+        parsed.or_else(|_| {
+            if raw.iter().all(|&b| b == 0 || b == b' ') {
+                Ok(0)
+            } else {
+                Err(Error::Invalid(format!("bad {what} in tar header")))
+            }
+        })
+    };
+    inode.perm = num(h.mode().map(u64::from), &old.mode, "mode")? as u32 & 0o7777;
+    inode.uid = u32::try_from(num(h.uid(), &old.uid, "uid")?)
+        .map_err(|_| Error::Invalid("uid over 2^32".into()))?;
+    inode.gid = u32::try_from(num(h.gid(), &old.gid, "gid")?)
+        .map_err(|_| Error::Invalid("gid over 2^32".into()))?;
+    let mtime = Timestamp::from_secs(num(h.mtime(), &old.mtime, "mtime")? as i64);
     inode.mtime = mtime;
     inode.atime = mtime;
     inode.ctime = mtime;

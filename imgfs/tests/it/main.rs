@@ -1,5 +1,6 @@
 //! Integration tests of the imgfs library (no FUSE, no root needed).
 
+mod crash;
 mod fsck;
 mod layers;
 mod tree_ops;
