@@ -11,12 +11,14 @@ pub mod ids;
 pub mod layer;
 pub mod meta;
 pub mod records;
+pub mod snapshot;
 pub mod store;
 pub mod tree;
 
 pub use error::{Error, Result};
 pub use ids::{ChunkDigest, DataId, Ino, SnapshotId};
 pub use records::{FileKind, Inode, SnapshotKind, SnapshotRecord, Timestamp};
+pub use snapshot::{SnapshotInfo, Snapshotter};
 pub use store::{Store, StoreOptions, Usage};
 pub use tree::{Attr, DirEntry, NewNode, RenameMode, SetAttr, Tree};
 

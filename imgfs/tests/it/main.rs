@@ -3,4 +3,5 @@
 mod crash;
 mod fsck;
 mod layers;
+mod snapshotter;
 mod tree_ops;
