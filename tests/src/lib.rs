@@ -2,6 +2,7 @@
 //! tree manifests, layer tars (well-formed and hostile), GNU tar as a reference, and cached
 //! root file system fixtures. Nothing here depends on img's own crates, so it can check them.
 
+pub mod fixtures;
 pub mod gnutar;
 pub mod layer;
 pub mod manifest;
