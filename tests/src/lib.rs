@@ -1,1 +1,11 @@
-//! placeholder
+//! Support code for img's cross-crate integration tests (the `it` test binary) and benchmarks:
+//! tree manifests, layer tars (well-formed and hostile), GNU tar as a reference, and cached
+//! root file system fixtures. Nothing here depends on img's own crates, so it can check them.
+
+pub mod fixtures;
+pub mod gnutar;
+pub mod layer;
+pub mod manifest;
+
+pub use layer::LayerBuilder;
+pub use manifest::{Manifest, assert_same};

@@ -1,0 +1,4 @@
+//! The cross-crate integration test binary: one binary for the whole workspace, one module per
+//! subject, so the test support library is linked once.
+
+mod support_selftest;
