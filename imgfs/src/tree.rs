@@ -146,6 +146,8 @@ impl Drop for Tree {
 struct Txn<'a> {
     tree: &'a Tree,
     b: Batch,
+    /// References to stored chunks that this group's overwrites and deletions drop.
+    unref: HashMap<ChunkDigest, u64>,
 }
 
 impl Txn<'_> {
@@ -170,8 +172,23 @@ impl Txn<'_> {
         self.put(&key::extent_base(data, index), &e.encode());
     }
 
-    fn write(self) -> Result<()> {
-        self.tree.store.inner.meta.write(self.b, false)
+    /// Notes that the head's own version `old` of an extent is being overwritten or deleted: if
+    /// it names a stored chunk, that reference goes away when the group is written.
+    fn drop_ref(&mut self, old: Extent, snap: SnapshotId) {
+        if let (Extent::Stored { digest, .. }, true) = (old, snap == self.tree.head()) {
+            *self.unref.entry(digest).or_default() += 1;
+        }
+    }
+
+    fn write(mut self) -> Result<()> {
+        let store = &self.tree.store;
+        if self.unref.is_empty() {
+            return store.inner.meta.write(self.b, false);
+        }
+        let _g = store.inner.chunk_lock.lock().expect("poisoned");
+        let freed = store.unref_chunks(&mut self.b, &self.unref)?;
+        store.inner.meta.write(self.b, false)?;
+        store.release_chunks(&freed)
     }
 }
 
@@ -251,6 +268,7 @@ impl Tree {
         Txn {
             tree: self,
             b: Batch::default(),
+            unref: HashMap::new(),
         }
     }
 
@@ -475,6 +493,9 @@ impl Tree {
         {
             return Ok(());
         }
+        if let Some((old, snap)) = current {
+            txn.drop_ref(old, snap);
+        }
         let cs = self.chunk_size();
         let f = self.scratch_file(data)?;
         let cstart = index * cs;
@@ -560,8 +581,9 @@ impl Tree {
             if size == 0 {
                 // New content id: all old chunks vanish at once. Drop the head's own
                 // versions of the old content, which nothing else can see.
-                for (index, _, snap) in self.extents(data, 0, u64::MAX)? {
+                for (index, extent, snap) in self.extents(data, 0, u64::MAX)? {
                     if snap == self.head() {
+                        txn.drop_ref(extent, snap);
                         txn.delete(&key::extent_base(data, index));
                     }
                 }
@@ -586,6 +608,7 @@ impl Tree {
                             .map(|(_, v)| Extent::decode(&v))
                             .transpose()?
                             .is_some_and(|e| e != Extent::Zero);
+                        txn.drop_ref(extent, snap);
                         if lower_has_data {
                             txn.put_extent(data, index, Extent::Zero);
                         } else if snap == self.head() {
@@ -1262,8 +1285,9 @@ impl Tree {
             }
             txn.delete(&key::inode_base(*ino));
             if let Some(d) = inode.data {
-                for (index, _, snap) in self.extents(d, 0, u64::MAX)? {
+                for (index, extent, snap) in self.extents(d, 0, u64::MAX)? {
                     if snap == head {
+                        txn.drop_ref(extent, snap);
                         txn.delete(&key::extent_base(d, index));
                     }
                 }

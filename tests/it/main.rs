@@ -1,4 +1,5 @@
 //! The cross-crate integration test binary: one binary for the whole workspace, one module per
 //! subject, so the test support library is linked once.
 
+mod imgfs_layers;
 mod support_selftest;
