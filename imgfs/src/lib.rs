@@ -7,6 +7,7 @@
 pub mod chunks;
 pub mod error;
 pub mod fsck;
+pub mod fuse;
 pub mod ids;
 pub mod layer;
 pub mod meta;

@@ -10,6 +10,9 @@ use clap::{Parser, Subcommand};
 use imgfs::layer::{self, ChangeKind, ImportLimits};
 use imgfs::{SnapshotKind, Store, StoreOptions};
 
+#[path = "imgfs/mount.rs"]
+mod mount;
+
 #[derive(Parser)]
 #[command(
     name = "imgfs",
@@ -93,6 +96,34 @@ enum Command {
         #[arg(long)]
         repair: bool,
     },
+    /// Mount a snapshot with FUSE: a committed one read-only, or with --writable a new active child
+    /// of it (or an active snapshot itself). Stays in the foreground until unmounted (fusermount3
+    /// -u, imgfs umount, SIGINT or SIGTERM); then commits the child as --commit NAME, if given.
+    Mount {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The snapshot to mount.
+        #[arg(long)]
+        snapshot: String,
+        /// Mount a writable child of the snapshot (or the active snapshot itself).
+        #[arg(long)]
+        writable: bool,
+        /// Key of the writable child (default: SNAPSHOT.mount-PID).
+        #[arg(long, requires = "writable")]
+        key: Option<String>,
+        /// Commit the writable child under this name when unmounted.
+        #[arg(long, requires = "writable")]
+        commit: Option<String>,
+        /// Detach once the mount is ready.
+        #[arg(long, short = 'd')]
+        daemon: bool,
+        /// FUSE worker threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        mountpoint: PathBuf,
+    },
+    /// Unmount an imgfs mount and wait until its process has finished (and committed).
+    Umount { mountpoint: PathBuf },
     /// List the paths added (A), changed (M) and deleted (D) from snapshot A to snapshot B.
     Diff {
         #[command(flatten)]
@@ -106,7 +137,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("IMGFS_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| "warn,fuser=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -276,6 +307,28 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
+        Command::Mount {
+            store,
+            snapshot,
+            writable,
+            key,
+            commit,
+            daemon,
+            threads,
+            mountpoint,
+        } => {
+            mount::run(mount::Args {
+                store: store.store,
+                snapshot,
+                writable,
+                key,
+                commit,
+                daemon,
+                threads,
+                mountpoint,
+            })?;
+        }
+        Command::Umount { mountpoint } => mount::umount(&mountpoint)?,
         Command::Diff { store, a, b } => {
             let s = open_read_only(&store)?;
             let ta = s.tree_read_only(&a)?;

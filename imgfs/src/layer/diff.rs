@@ -289,5 +289,6 @@ pub fn changes(top: &Tree, base: Option<&Tree>) -> Result<Vec<Change>> {
         };
         out.push(Change { path: plain, kind });
     }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }

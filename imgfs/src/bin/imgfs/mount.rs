@@ -1,0 +1,205 @@
+//! `imgfs mount` and `imgfs umount`: the process that serves a mount, its readiness report,
+//! signal handling, and the commit when the mount ends.
+
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use imgfs::fuse::{self, MountOptions};
+use imgfs::{SnapshotKind, Store};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+
+pub struct Args {
+    pub store: PathBuf,
+    pub snapshot: String,
+    pub writable: bool,
+    pub key: Option<String>,
+    pub commit: Option<String>,
+    pub daemon: bool,
+    pub threads: usize,
+    pub mountpoint: PathBuf,
+}
+
+/// Forks; the parent waits until the child says the mount is ready (exit 0) or dies (exit 1,
+/// after the child printed why). Must run before any thread exists: rocksdb and fuser start some.
+fn daemonize() -> Result<OwnedFd> {
+    let (read, write) = nix::unistd::pipe().context("cannot create a pipe")?;
+    // SAFETY: `run` calls this before anything starts a thread, so the child is a complete copy
+    // of a single-threaded process.
+    match unsafe { nix::unistd::fork() }.context("cannot fork")? {
+        nix::unistd::ForkResult::Parent { .. } => {
+            drop(write);
+            let mut byte = [0u8; 1];
+            let ready = matches!(std::fs::File::from(read).read(&mut byte), Ok(1));
+            std::process::exit(if ready { 0 } else { 1 });
+        }
+        nix::unistd::ForkResult::Child => {
+            drop(read);
+            nix::unistd::setsid().context("setsid")?;
+            Ok(write)
+        }
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let ready_pipe = if args.daemon {
+        Some(daemonize()?)
+    } else {
+        None
+    };
+    // Block the termination signals in every thread (threads inherit the mask); one thread waits
+    // for them and unmounts, so every way out goes through the unmount and the commit.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGHUP);
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&signals), None).context("cannot block signals")?;
+
+    let store = if args.writable {
+        Store::open(&args.store)
+    } else {
+        Store::open_read_only(&args.store)
+    }
+    .with_context(|| format!("cannot open store {}", args.store.display()))?;
+    let rec = store.stat(&args.snapshot)?;
+    let key = match (args.writable, rec.kind) {
+        (false, _) => args.snapshot.clone(),
+        (true, SnapshotKind::Committed) => {
+            let key = args
+                .key
+                .clone()
+                .unwrap_or_else(|| format!("{}.mount-{}", args.snapshot, std::process::id()));
+            store.prepare(&key, Some(&args.snapshot))?;
+            key
+        }
+        (true, SnapshotKind::Active) => args.snapshot.clone(),
+        (true, _) => bail!("snapshot {} is neither committed nor active", args.snapshot),
+    };
+    let tree = if args.writable {
+        store.tree(&key)?
+    } else {
+        store.tree_read_only(&key)?
+    };
+    let opts = MountOptions {
+        threads: args.threads,
+        ..Default::default()
+    };
+    let (session, mut unmounter) = fuse::session(tree, &args.mountpoint, &opts)
+        .with_context(|| format!("cannot mount {}", args.mountpoint.display()))?;
+    let background = session.spawn().context("cannot start serving the mount")?;
+    let what = if args.writable {
+        "writable snapshot"
+    } else {
+        "snapshot"
+    };
+    eprintln!(
+        "imgfs: mounted {what} {key} at {}",
+        args.mountpoint.display()
+    );
+    if let Some(pipe) = ready_pipe {
+        let _ = std::fs::File::from(pipe).write_all(b"1");
+    }
+
+    std::thread::spawn(move || {
+        if let Ok(sig) = signals.wait() {
+            eprintln!("imgfs: {sig}: unmounting");
+            if let Err(e) = unmounter.unmount() {
+                eprintln!("imgfs: unmount failed: {e}");
+            }
+        }
+    });
+    background.join().context("serving the mount failed")?;
+
+    if let Some(name) = &args.commit {
+        let rec = store
+            .commit(name, &key)
+            .with_context(|| format!("cannot commit {key} as {name}"))?;
+        eprintln!("imgfs: committed {key} as {}", rec.name);
+    } else if args.writable {
+        eprintln!("imgfs: snapshot {key} stays active");
+    }
+    Ok(())
+}
+
+/// The pid of the imgfs process serving `mountpoint`, from its file-system name (`imgfs:PID`).
+fn server_pid(mountpoint: &Path) -> Result<Option<i32>> {
+    let want = std::fs::canonicalize(mountpoint)
+        .with_context(|| format!("cannot resolve {}", mountpoint.display()))?;
+    let want = want.to_string_lossy();
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .context("cannot read /proc/self/mountinfo")?;
+    // The last mount on a path is the visible one.
+    let mut found = None;
+    for line in info.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        if fields.get(4).map(|p| unescape(p)).as_deref() != Some(&*want) {
+            continue;
+        }
+        found = Some(fields.get(sep + 2).copied().unwrap_or("").to_string());
+    }
+    match found {
+        None => Ok(None),
+        Some(source) => match source.strip_prefix("imgfs:") {
+            Some(pid) => Ok(pid.parse().ok()),
+            None => bail!(
+                "{} is not an imgfs mount (its source is {source})",
+                mountpoint.display()
+            ),
+        },
+    }
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                out.push(
+                    d.iter()
+                        .fold(0u8, |acc, c| acc.wrapping_mul(8).wrapping_add(c - b'0')),
+                );
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Unmounts an imgfs mount and waits for its process to finish (its commit included), so the
+/// store is free for the next command when this returns.
+pub fn umount(mountpoint: &Path) -> Result<()> {
+    let Some(pid) = server_pid(mountpoint)? else {
+        bail!("{} is not mounted", mountpoint.display());
+    };
+    let status = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(mountpoint)
+        .status()
+        .context("cannot run fusermount3")?;
+    if !status.success() {
+        bail!("fusermount3 -u {} failed", mountpoint.display());
+    }
+    let start = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        if start.elapsed() > Duration::from_secs(600) {
+            bail!("imgfs process {pid} is still running 10 minutes after the unmount");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}

@@ -1,0 +1,1033 @@
+//! The FUSE adapter: serves one snapshot's `Tree` to the kernel. The only module that imports
+//! fuser.
+//!
+//! Every handler runs its body through `serve`, which turns a library error into an errno in one
+//! place (`errno`) and a panic into EIO plus a log line, so no request can take the mount down.
+//! imgfs is the only writer of the trees it serves, so the kernel may cache entries, attributes,
+//! directory listings and file pages for as long as it likes (`TTL`); every change made through the
+//! mount invalidates what it must by the kernel's own bookkeeping.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+};
+
+use crate::error::Error;
+use crate::ids::Ino;
+use crate::records::{FileKind, Timestamp};
+use crate::tree::{Attr, DirEntry, NewNode, RenameMode, SetAttr, Tree};
+
+/// How long the kernel may trust what we told it. imgfs is the only writer of a tree, so "forever".
+const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Options for `mount`.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// Worker threads reading `/dev/fuse` (each with its own cloned fd).
+    pub threads: usize,
+    /// Let every user reach the mount (`allow_other`), with the kernel checking permissions.
+    pub allow_other: bool,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            threads: 2,
+            allow_other: true,
+        }
+    }
+}
+
+/// A snapshot served over FUSE.
+pub struct FuseFs {
+    tree: Arc<Tree>,
+    next_fh: AtomicU64,
+    /// Open directories: the listing taken at opendir, so offsets stay valid while it changes.
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+}
+
+/// Turns a library error into the errno the kernel gets, logging the ones that mean trouble.
+/// The one place that decides how errors reach FUSE.
+fn errno(op: &str, e: &Error) -> Errno {
+    match e {
+        Error::Io { .. } | Error::Corrupt(_) | Error::Db(_) => {
+            tracing::error!(op, error = %e, "request failed");
+        }
+        _ => tracing::debug!(op, error = %e, "request refused"),
+    }
+    Errno::from_i32(e.errno())
+}
+
+/// Runs a handler body; an error or a panic becomes an errno reply.
+fn serve<R>(
+    op: &str,
+    reply: R,
+    body: impl FnOnce(R) -> Result<(), (R, Error)>,
+    fail: impl FnOnce(R, Errno),
+) {
+    // The reply is moved into the body; if the body panics, dropping the reply sends EIO.
+    match catch_unwind(AssertUnwindSafe(|| body(reply))) {
+        Ok(Ok(())) => {}
+        Ok(Err((reply, e))) => fail(reply, errno(op, &e)),
+        Err(_) => tracing::error!(op, "request handler panicked; replied EIO"),
+    }
+}
+
+fn system_time(t: Timestamp) -> SystemTime {
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs()) + Duration::from_nanos(t.nsec as u64)
+    }
+}
+
+fn timestamp(t: SystemTime) -> Timestamp {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Timestamp {
+            sec: d.as_secs() as i64,
+            nsec: d.subsec_nanos(),
+        },
+        Err(e) => {
+            let d = e.duration();
+            let mut sec = -(d.as_secs() as i64);
+            let mut nsec = d.subsec_nanos();
+            if nsec > 0 {
+                sec -= 1;
+                nsec = 1_000_000_000 - nsec;
+            }
+            Timestamp { sec, nsec }
+        }
+    }
+}
+
+fn file_type(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::CharDev => FileType::CharDevice,
+        FileKind::BlockDev => FileType::BlockDevice,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino.0),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: system_time(a.atime),
+        mtime: system_time(a.mtime),
+        ctime: system_time(a.ctime),
+        crtime: system_time(a.ctime),
+        kind: file_type(a.kind),
+        perm: a.perm as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev as u32,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+/// What a negative lookup replies: an entry with inode 0 makes the kernel cache the miss.
+fn negative_attr() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn ino(i: INodeNo) -> Ino {
+    Ino(i.0)
+}
+
+fn name(n: &OsStr) -> &[u8] {
+    n.as_bytes()
+}
+
+fn time_or_now(t: Option<TimeOrNow>) -> Option<Timestamp> {
+    t.map(|t| match t {
+        TimeOrNow::SpecificTime(t) => timestamp(t),
+        TimeOrNow::Now => Timestamp::now(),
+    })
+}
+
+impl FuseFs {
+    pub fn new(tree: Tree) -> FuseFs {
+        FuseFs {
+            tree: Arc::new(tree),
+            next_fh: AtomicU64::new(1),
+            dirs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The owner and mode of a new inode in `parent`: the caller's ids, except that a setgid
+    /// directory passes on its group (and, to subdirectories, its setgid bit), as ext4 does.
+    fn new_node(
+        &self,
+        req: &Request,
+        parent: Ino,
+        kind: FileKind,
+        mode: u32,
+    ) -> Result<NewNode, Error> {
+        let p = self.tree.getattr(parent)?;
+        let mut perm = mode & 0o7777;
+        let mut gid = req.gid();
+        if p.perm & libc::S_ISGID != 0 {
+            gid = p.gid;
+            if kind == FileKind::Dir {
+                perm |= libc::S_ISGID;
+            }
+        }
+        Ok(NewNode::new(kind, perm, req.uid(), gid))
+    }
+
+    fn entry_reply(&self, reply: ReplyEntry, attr: &Attr) {
+        reply.entry(&TTL, &file_attr(attr), Generation(0));
+    }
+
+    fn open_flags(&self) -> FopenFlags {
+        // Pages of a file stay valid across opens: every write to this tree comes through us.
+        FopenFlags::FOPEN_KEEP_CACHE
+    }
+}
+
+/// Mounts `tree` at `mountpoint` and serves it on background threads until it is unmounted.
+pub fn mount(
+    tree: Tree,
+    mountpoint: &Path,
+    opts: &MountOptions,
+) -> std::io::Result<fuser::BackgroundSession> {
+    let (session, _) = session(tree, mountpoint, opts)?;
+    session.spawn()
+}
+
+/// Mounts `tree` and returns the session (not yet serving) and a handle that unmounts it.
+pub fn session(
+    tree: Tree,
+    mountpoint: &Path,
+    opts: &MountOptions,
+) -> std::io::Result<(fuser::Session<FuseFs>, fuser::SessionUnmounter)> {
+    let writable = tree.is_writable();
+    let mut mount_options = vec![
+        MountOption::FSName(format!("imgfs:{}", std::process::id())),
+        MountOption::Subtype("imgfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::Dev,
+        MountOption::Suid,
+    ];
+    mount_options.push(if writable {
+        MountOption::RW
+    } else {
+        MountOption::RO
+    });
+    let mut config = Config::default();
+    config.mount_options = mount_options;
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = true;
+    let mut session = fuser::Session::new(FuseFs::new(tree), mountpoint, &config)?;
+    let unmounter = session.unmount_callable();
+    Ok((session, unmounter))
+}
+
+impl Filesystem for FuseFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let wanted = [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_ASYNC_DIO,
+        ];
+        for flag in wanted {
+            if config.add_capabilities(flag).is_err() {
+                tracing::info!(?flag, "kernel does not offer FUSE capability");
+            }
+        }
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
+        serve(
+            "lookup",
+            reply,
+            |reply| match self.tree.lookup(ino(parent), name(n)) {
+                Ok((i, inode)) => {
+                    self.entry_reply(reply, &Attr::of(i, &inode));
+                    Ok(())
+                }
+                Err(Error::NotFound(_)) => {
+                    reply.entry(&TTL, &negative_attr(), Generation(0));
+                    Ok(())
+                }
+                Err(e) => Err((reply, e)),
+            },
+            |r, e| r.error(e),
+        );
+    }
+
+    fn getattr(&self, _req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        serve(
+            "getattr",
+            reply,
+            |reply| match self.tree.getattr(ino(i)) {
+                Ok(a) => {
+                    reply.attr(&TTL, &file_attr(&a));
+                    Ok(())
+                }
+                Err(e) => Err((reply, e)),
+            },
+            |r, e| r.error(e),
+        );
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            perm: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime: time_or_now(atime),
+            mtime: time_or_now(mtime),
+            ctime: ctime.map(timestamp),
+        };
+        serve(
+            "setattr",
+            reply,
+            |reply| match self.tree.setattr(ino(i), &set) {
+                Ok(a) => {
+                    reply.attr(&TTL, &file_attr(&a));
+                    Ok(())
+                }
+                Err(e) => Err((reply, e)),
+            },
+            |r, e| r.error(e),
+        );
+    }
+
+    fn readlink(&self, _req: &Request, i: INodeNo, reply: ReplyData) {
+        serve(
+            "readlink",
+            reply,
+            |reply| match self.tree.readlink(ino(i)) {
+                Ok(t) => {
+                    reply.data(&t);
+                    Ok(())
+                }
+                Err(e) => Err((reply, e)),
+            },
+            |r, e| r.error(e),
+        );
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        serve(
+            "mknod",
+            reply,
+            |reply| {
+                let Some(kind) = FileKind::from_mode(mode) else {
+                    return Err((reply, Error::Invalid(format!("mknod mode {mode:o}"))));
+                };
+                let r = self
+                    .new_node(req, ino(parent), kind, mode)
+                    .and_then(|mut node| {
+                        node.rdev = rdev as u64;
+                        self.tree.mknod(ino(parent), name(n), &node)
+                    });
+                match r {
+                    Ok((i, inode)) => {
+                        self.entry_reply(reply, &Attr::of(i, &inode));
+                        Ok(())
+                    }
+                    Err(e) => Err((reply, e)),
+                }
+            },
+            |r, e| r.error(e),
+        );
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        serve(
+            "mkdir",
+            reply,
+            |reply| {
+                let r = self
+                    .new_node(req, ino(parent), FileKind::Dir, mode)
+                    .and_then(|node| self.tree.mknod(ino(parent), name(n), &node));
+                match r {
+                    Ok((i, inode)) => {
+                        self.entry_reply(reply, &Attr::of(i, &inode));
+                        Ok(())
+                    }
+                    Err(e) => Err((reply, e)),
+                }
+            },
+            |r, e| r.error(e),
+        );
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        serve(
+            "unlink",
+            reply,
+            |reply| match self.tree.unlink(ino(parent), name(n)) {
+                Ok(()) => {
+                    reply.ok();
+                    Ok(())
+                }
+                Err(e) => Err((reply, e)),
+            },
+            |r, e| r.error(e),
+        );
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        serve(
+            "rmdir",
+            reply,
+            |reply| match self.tree.rmdir(ino(parent), name(n)) {
+                Ok(()) => {
+                    reply.ok();
+                    Ok(())
+                }
+                Err(e) => Err((reply, e)),
+            },
+            |r, e| r.error(e),
+        );
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        serve(
+            "symlink",
+            reply,
+            |reply| {
+                let r = self
+                    .new_node(req, ino(parent), FileKind::Symlink, 0o777)
+                    .and_then(|mut node| {
+                        node.perm = 0o777;
+                        node.target = target.as_os_str().as_bytes().to_vec();
+                        self.tree.mknod(ino(parent), name(link), &node)
+                    });
+                match r {
+                    Ok((i, inode)) => {
+                        self.entry_reply(reply, &Attr::of(i, &inode));
+                        Ok(())
+                    }
+                    Err(e) => Err((reply, e)),
+                }
+            },
+            |r, e| r.error(e),
+        );
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        serve(
+            "rename",
+            reply,
+            |reply| {
+                let mode = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+                    RenameMode::Exchange
+                } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+                    RenameMode::NoReplace
+                } else if flags.is_empty() {
+                    RenameMode::Replace
+                } else {
+                    return Err((reply, Error::Invalid(format!("rename flags {flags:?}"))));
+                };
+                match self
+                    .tree
+                    .rename(ino(parent), name(n), ino(newparent), name(newname), mode)
+                {
+                    Ok(()) => {
+                        reply.ok();
+                        Ok(())
+                    }
+                    Err(e) => Err((reply, e)),
+                }
+            },
+            |r, e| r.error(e),
+        );
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        serve(
+            "link",
+            reply,
+            |reply| match self.tree.link(ino(i), ino(newparent), name(newname)) {
+                Ok(inode) => {
+                    self.entry_reply(reply, &Attr::of(ino(i), &inode));
+                    Ok(())
+                }
+                Err(e) => Err((reply, e)),
+            },
+            |r, e| r.error(e),
+        );
+    }
+
+    fn open(&self, _req: &Request, _i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.opened(FileHandle(0), self.open_flags());
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        serve(
+            "read",
+            reply,
+            |reply| match self.tree.read(ino(i), offset, size) {
+                Ok(data) => {
+                    reply.data(&data);
+                    Ok(())
+                }
+                Err(e) => Err((reply, e)),
+            },
+            |r, e| r.error(e),
+        );
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        serve(
+            "write",
+            reply,
+            |reply| match self.tree.write(ino(i), offset, data) {
+                Ok(n) => {
+                    reply.written(n as u32);
+                    Ok(())
+                }
+                Err(e) => Err((reply, e)),
+            },
+            |r, e| r.error(e),
+        );
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        _fh: FileHandle,
+        _lock: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        serve(
+            "fsync",
+            reply,
+            |reply| match self.tree.fsync() {
+                Ok(()) => {
+                    reply.ok();
+                    Ok(())
+                }
+                Err(e) => Err((reply, e)),
+            },
+            |r, e| r.error(e),
+        );
+    }
+
+    fn opendir(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        serve(
+            "opendir",
+            reply,
+            |reply| match self.tree.readdir(ino(i)) {
+                Ok(entries) => {
+                    let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                    self.dirs
+                        .lock()
+                        .expect("poisoned")
+                        .insert(fh, Arc::new(entries));
+                    reply.opened(
+                        FileHandle(fh),
+                        FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+                    );
+                    Ok(())
+                }
+                Err(e) => Err((reply, e)),
+            },
+            |r, e| r.error(e),
+        );
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectory,
+    ) {
+        serve(
+            "readdir",
+            reply,
+            |mut reply| {
+                let Some(entries) = self.dirs.lock().expect("poisoned").get(&fh.0).cloned() else {
+                    return Err((reply, Error::Invalid("directory handle".into())));
+                };
+                let parent = match self.tree.parent_of(ino(i)) {
+                    Ok(p) => p,
+                    Err(e) => return Err((reply, e)),
+                };
+                let dots = [(i.0, b".".as_slice()), (parent.0, b"..".as_slice())];
+                let total = entries.len() as u64 + 2;
+                for off in offset..total {
+                    let full = if off < 2 {
+                        let (n, nm) = dots[off as usize];
+                        reply.add(
+                            INodeNo(n),
+                            off + 1,
+                            FileType::Directory,
+                            OsStr::from_bytes(nm),
+                        )
+                    } else {
+                        let e = &entries[(off - 2) as usize];
+                        reply.add(
+                            INodeNo(e.ino.0),
+                            off + 1,
+                            file_type(e.kind),
+                            OsStr::from_bytes(&e.name),
+                        )
+                    };
+                    if full {
+                        break;
+                    }
+                }
+                reply.ok();
+                Ok(())
+            },
+            |r, e| r.error(e),
+        );
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectoryPlus,
+    ) {
+        serve(
+            "readdirplus",
+            reply,
+            |mut reply| {
+                let Some(entries) = self.dirs.lock().expect("poisoned").get(&fh.0).cloned() else {
+                    return Err((reply, Error::Invalid("directory handle".into())));
+                };
+                let total = entries.len() as u64 + 2;
+                for off in offset..total {
+                    // `.` and `..` carry no attributes the kernel would cache, as in libfuse.
+                    let (n, nm, attr) = if off < 2 {
+                        let n = if off == 0 {
+                            ino(i)
+                        } else {
+                            match self.tree.parent_of(ino(i)) {
+                                Ok(p) => p,
+                                Err(e) => return Err((reply, e)),
+                            }
+                        };
+                        let attr = match self.tree.getattr(n) {
+                            Ok(a) => a,
+                            Err(e) => return Err((reply, e)),
+                        };
+                        (
+                            n,
+                            if off == 0 {
+                                b".".as_slice()
+                            } else {
+                                b"..".as_slice()
+                            },
+                            attr,
+                        )
+                    } else {
+                        let e = &entries[(off - 2) as usize];
+                        match self.tree.getattr(e.ino) {
+                            Ok(a) => (e.ino, e.name.as_slice(), a),
+                            // Removed since opendir: skip it rather than fail the listing.
+                            Err(Error::Stale(_)) => continue,
+                            Err(err) => return Err((reply, err)),
+                        }
+                    };
+                    if reply.add(
+                        INodeNo(n.0),
+                        off + 1,
+                        OsStr::from_bytes(nm),
+                        &TTL,
+                        &file_attr(&attr),
+                        Generation(0),
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok();
+                Ok(())
+            },
+            |r, e| r.error(e),
+        );
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.dirs.lock().expect("poisoned").remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        serve(
+            "fsyncdir",
+            reply,
+            |reply| match self.tree.fsync() {
+                Ok(()) => {
+                    reply.ok();
+                    Ok(())
+                }
+                Err(e) => Err((reply, e)),
+            },
+            |r, e| r.error(e),
+        );
+    }
+
+    fn statfs(&self, _req: &Request, _i: INodeNo, reply: ReplyStatfs) {
+        match nix::sys::statvfs::statvfs(self.tree.store().root()) {
+            Ok(s) => reply.statfs(
+                s.blocks(),
+                s.blocks_free(),
+                s.blocks_available(),
+                s.files(),
+                s.files_free(),
+                s.fragment_size() as u32,
+                255,
+                s.fragment_size() as u32,
+            ),
+            Err(e) => reply.error(Errno::from_i32(e as i32)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        n: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        serve(
+            "setxattr",
+            reply,
+            |reply| {
+                let exists = match self.tree.getxattr(ino(i), name(n)) {
+                    Ok(_) => true,
+                    Err(Error::NoAttr(_)) => false,
+                    Err(e) => return Err((reply, e)),
+                };
+                if flags & libc::XATTR_CREATE != 0 && exists {
+                    return Err((
+                        reply,
+                        Error::Exists(String::from_utf8_lossy(name(n)).into_owned()),
+                    ));
+                }
+                if flags & libc::XATTR_REPLACE != 0 && !exists {
+                    return Err((
+                        reply,
+                        Error::NoAttr(String::from_utf8_lossy(name(n)).into_owned()),
+                    ));
+                }
+                match self.tree.setxattr(ino(i), name(n), value) {
+                    Ok(()) => {
+                        reply.ok();
+                        Ok(())
+                    }
+                    Err(e) => Err((reply, e)),
+                }
+            },
+            |r, e| r.error(e),
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, i: INodeNo, n: &OsStr, size: u32, reply: ReplyXattr) {
+        serve(
+            "getxattr",
+            reply,
+            |reply| match self.tree.getxattr(ino(i), name(n)) {
+                Ok(v) if size == 0 => {
+                    reply.size(v.len() as u32);
+                    Ok(())
+                }
+                Ok(v) if v.len() > size as usize => {
+                    reply.error(Errno::from_i32(libc::ERANGE));
+                    Ok(())
+                }
+                Ok(v) => {
+                    reply.data(&v);
+                    Ok(())
+                }
+                Err(e) => Err((reply, e)),
+            },
+            |r, e| r.error(e),
+        );
+    }
+
+    fn listxattr(&self, _req: &Request, i: INodeNo, size: u32, reply: ReplyXattr) {
+        serve(
+            "listxattr",
+            reply,
+            |reply| match self.tree.listxattr(ino(i)) {
+                Ok(names) => {
+                    let mut buf = Vec::new();
+                    for n in names {
+                        buf.extend_from_slice(&n);
+                        buf.push(0);
+                    }
+                    if size == 0 {
+                        reply.size(buf.len() as u32);
+                    } else if buf.len() > size as usize {
+                        reply.error(Errno::from_i32(libc::ERANGE));
+                    } else {
+                        reply.data(&buf);
+                    }
+                    Ok(())
+                }
+                Err(e) => Err((reply, e)),
+            },
+            |r, e| r.error(e),
+        );
+    }
+
+    fn removexattr(&self, _req: &Request, i: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        serve(
+            "removexattr",
+            reply,
+            |reply| match self.tree.removexattr(ino(i), name(n)) {
+                Ok(()) => {
+                    reply.ok();
+                    Ok(())
+                }
+                Err(e) => Err((reply, e)),
+            },
+            |r, e| r.error(e),
+        );
+    }
+
+    fn access(&self, _req: &Request, _i: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // With default_permissions the kernel has already checked the mode bits.
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        serve(
+            "create",
+            reply,
+            |reply| {
+                let r = self
+                    .new_node(req, ino(parent), FileKind::File, mode)
+                    .and_then(|node| self.tree.mknod(ino(parent), name(n), &node));
+                match r {
+                    Ok((i, inode)) => {
+                        let _ = flags;
+                        reply.created(
+                            &TTL,
+                            &file_attr(&Attr::of(i, &inode)),
+                            Generation(0),
+                            FileHandle(0),
+                            self.open_flags(),
+                        );
+                        Ok(())
+                    }
+                    Err(e) => Err((reply, e)),
+                }
+            },
+            |r, e| r.error(e),
+        );
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        serve(
+            "fallocate",
+            reply,
+            |reply| {
+                let r = match mode {
+                    0 => self.tree.getattr(ino(i)).and_then(|a| {
+                        let end = offset.saturating_add(length);
+                        if end > a.size {
+                            self.tree
+                                .setattr(
+                                    ino(i),
+                                    &SetAttr {
+                                        size: Some(end),
+                                        ..Default::default()
+                                    },
+                                )
+                                .map(|_| ())
+                        } else {
+                            Ok(())
+                        }
+                    }),
+                    libc::FALLOC_FL_KEEP_SIZE => self.tree.getattr(ino(i)).map(|_| ()),
+                    _ => Err(Error::io(
+                        "fallocate",
+                        std::io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+                    )),
+                };
+                match r {
+                    Ok(()) => {
+                        reply.ok();
+                        Ok(())
+                    }
+                    Err(e) => Err((reply, e)),
+                }
+            },
+            |r, e| r.error(e),
+        );
+    }
+}
