@@ -1150,6 +1150,142 @@ proptest! {
     }
 }
 
+// ---- fixed sequences ----
+
+/// Runs a concrete sequence, panicking on the first difference.
+fn run(ops: &[Op]) {
+    let ops = ops.iter().map(|op| op.map(|p| Pick::Path(p.clone())));
+    if let Err(e) = Harness::new().run(ops) {
+        panic!("{e}");
+    }
+}
+
+/// The errnos the plain directory and imgfs fail the last of `ops` with, after running the
+/// others; both must fail.
+fn errnos(ops: &[Op]) -> (i32, i32) {
+    let (last, setup) = ops.split_last().expect("an operation");
+    let mut h = Harness::new();
+    for op in setup {
+        h.step(op).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let plain = apply_plain(&h.plain, last).expect_err("the plain directory refuses");
+    let tree = apply_tree(h.tree(), last).expect_err("imgfs refuses");
+    (plain, tree.errno())
+}
+
+fn mkdir(path: &str) -> Op {
+    Op::Mkdir {
+        path: path.into(),
+        perm: Perm(0o755),
+    }
+}
+
+fn create(path: &str) -> Op {
+    Op::Create {
+        path: path.into(),
+        perm: Perm(0o644),
+    }
+}
+
+fn rename(from: &str, to: &str, mode: RenameMode) -> Op {
+    Op::Rename {
+        from: from.into(),
+        to: to.into(),
+        mode,
+    }
+}
+
+// Each pair `both_allowed` accepts, shown to occur. If one of these fails because imgfs now
+// reports what Linux does, drop its pair from `both_allowed`.
+
+#[test]
+fn rename_of_a_file_onto_its_nonempty_parent_may_fail_either_way() {
+    if !have_root() {
+        return;
+    }
+    let ops = [
+        mkdir("a"),
+        create("a/x"),
+        rename("a/x", "a", RenameMode::Replace),
+    ];
+    assert_eq!(errnos(&ops), (libc::ENOTEMPTY, libc::EISDIR));
+    run(&ops);
+}
+
+#[test]
+fn noreplace_of_a_directory_onto_a_name_below_it_may_fail_either_way() {
+    if !have_root() {
+        return;
+    }
+    let ops = [
+        mkdir("a"),
+        mkdir("a/b"),
+        rename("a", "a/b", RenameMode::NoReplace),
+    ];
+    assert_eq!(errnos(&ops), (libc::EEXIST, libc::EINVAL));
+    run(&ops);
+}
+
+#[test]
+fn exchange_of_a_directory_with_a_missing_name_below_it_may_fail_either_way() {
+    if !have_root() {
+        return;
+    }
+    let ops = [mkdir("a"), rename("a", "a/b", RenameMode::Exchange)];
+    assert_eq!(errnos(&ops), (libc::ENOENT, libc::EINVAL));
+    run(&ops);
+}
+
+#[test]
+fn hard_link_of_a_directory_onto_an_existing_name_may_fail_either_way() {
+    if !have_root() {
+        return;
+    }
+    let ops = [
+        mkdir("a"),
+        create("b"),
+        Op::Link {
+            from: "a".into(),
+            to: "b".into(),
+        },
+    ];
+    assert_eq!(errnos(&ops), (libc::EEXIST, libc::EPERM));
+    run(&ops);
+}
+
+#[test]
+fn data_across_chunk_boundaries_survives_commits_truncation_and_removal() {
+    if !have_root() {
+        return;
+    }
+    let write = |path: &str, offset, len, seed| Op::Write {
+        path: path.into(),
+        offset,
+        len,
+        seed,
+    };
+    let truncate = |size| Op::Truncate {
+        path: "f".into(),
+        size,
+    };
+    run(&[
+        create("f"),
+        write("f", CHUNK - 3, 20 * 1024, 7),
+        Op::Commit,
+        truncate(2 * CHUNK + 1),
+        write("f", 3 * CHUNK + 5, 100, 9),
+        Op::Link {
+            from: "f".into(),
+            to: "g".into(),
+        },
+        Op::Commit,
+        truncate(0),
+        write("g", CHUNK, 1, 0),
+        Op::Reopen,
+        write("g", 0, CHUNK as usize, 3),
+    ]);
+}
+
 /// Regression tests for imgfs bugs this model test found. They fail until `tree.rs` is fixed;
 /// `cargo test -p imgfs -- --skip known_bugs` runs everything else. They call `Tree` directly,
 /// need no root, and say in a comment where the cause is.
