@@ -9,9 +9,13 @@
 //! misunderstandings. The cost is that the test needs root (lchown, `trusted.` xattrs) and a file
 //! system with user xattrs under the temporary directory.
 //!
-//! Operations the VFS decides before a file system is asked (permission checks, clearing setuid
-//! on chown, setgid directory inheritance, xattrs on symlinks) are kept out of the generated
-//! sequences: through FUSE, imgfs never sees them, so a disagreement there says nothing about it.
+//! What the kernel or `Tree`'s caller decides rather than `Tree` is kept out of the generated
+//! sequences, so that a disagreement says something about imgfs: permission checks and user
+//! xattrs on symlinks (the VFS refuses them before a FUSE file system is asked), clearing setuid
+//! on chown (the kernel sends it as a mode change), and the group of new entries in setgid
+//! directories (`Tree::mknod` takes the owner its caller gives). Symlink targets are relative and
+//! never contain `..`: the plain directory cannot be made a chroot, so a target that climbs out
+//! of it would resolve differently from imgfs's chroot-like `Tree::resolve` for a dull reason.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -261,8 +265,8 @@ fn either() -> impl Strategy<Value = Pick> {
 }
 
 fn perm() -> impl Strategy<Value = Perm> {
-    // No setuid or setgid: the kernel clears them on chown and makes setgid directories pass
-    // their group on, before a FUSE file system would see the request. The sticky bit is inert.
+    // No setuid or setgid (see the top of this file for why). The sticky bit changes nothing
+    // here, since root may remove anything.
     (0u32..=0o777, any::<bool>()).prop_map(|(p, sticky)| Perm(p | if sticky { 0o1000 } else { 0 }))
 }
 
