@@ -3,5 +3,6 @@
 mod crash;
 mod fsck;
 mod layers;
+mod model;
 mod snapshotter;
 mod tree_ops;
