@@ -683,7 +683,7 @@ impl<'a> Checker<'a> {
                                 refs.count += 1;
                                 refs.importing_only &= importing;
                             }
-                            Ok(Extent::Dirty) => {
+                            Ok(Extent::Dirty { .. }) => {
                                 self.check_dirty(snap, &parsed, data, &mut scratch_seen)
                             }
                             Ok(Extent::Zero) => {}
@@ -763,7 +763,7 @@ impl<'a> Checker<'a> {
             });
             return;
         }
-        let path = self.store.scratch_dir(snap).join(data.0.to_string());
+        let path = self.store.scratch_path(snap);
         let exists = *seen.entry((snap, data)).or_insert_with(|| path.is_file());
         if !exists {
             self.problem(Problem::MissingScratch {
@@ -1150,7 +1150,7 @@ impl<'a> Checker<'a> {
         Ok(())
     }
 
-    /// Check 7 for scratch space: a directory per active snapshot, nothing else.
+    /// Check 7 for scratch space: a file per active snapshot, nothing else.
     fn scratch(&mut self) -> Result<()> {
         let dir = self.store.root().join("scratch");
         let rd = match std::fs::read_dir(&dir) {

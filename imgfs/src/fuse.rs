@@ -270,6 +270,9 @@ impl Filesystem for FuseFs {
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_ASYNC_DIO,
+            // We clear setuid/setgid and capabilities ourselves (see `setattr` and `write`), so
+            // the kernel does not ask for security.capability before every write.
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ];
         for flag in wanted {
             if config.add_capabilities(flag).is_err() {
@@ -318,7 +321,7 @@ impl Filesystem for FuseFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         i: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -334,6 +337,11 @@ impl Filesystem for FuseFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        // With HANDLE_KILLPRIV_V2 the kernel leaves killing privileges to us, and fuser 0.18 does
+        // not pass on its FATTR_KILL_SUIDGID flag, so apply the kernel's own rules: chown clears
+        // setuid/setgid and capabilities; a truncate clears capabilities, and setuid/setgid too
+        // unless the caller is root (CAP_FSETID). A mode given in the same call wins.
+        let chown = uid.is_some() || gid.is_some();
         let set = SetAttr {
             perm: mode.map(|m| m & 0o7777),
             uid,
@@ -342,6 +350,8 @@ impl Filesystem for FuseFs {
             atime: time_or_now(atime),
             mtime: time_or_now(mtime),
             ctime: ctime.map(timestamp),
+            kill_suid: mode.is_none() && (chown || (size.is_some() && req.uid() != 0)),
+            kill_caps: chown || size.is_some(),
         };
         serve(
             "setattr",
@@ -592,15 +602,16 @@ impl Filesystem for FuseFs {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         serve(
             "write",
             reply,
-            |reply| match self.tree.write(ino(i), offset, data) {
+            |reply| match self.tree.write_as(ino(i), offset, data, kill) {
                 Ok(n) => {
                     reply.written(n as u32);
                     Ok(())
@@ -619,7 +630,9 @@ impl Filesystem for FuseFs {
         _lock: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing is buffered here, so close(2) has nothing to report. ENOSYS tells the kernel
+        // to stop sending FLUSH at all: one round trip less for every close.
+        reply.error(Errno::ENOSYS);
     }
 
     fn fsync(

@@ -313,16 +313,21 @@ pub enum Extent {
     Zero,
     /// In the chunk store. `len` may be shorter than the chunk size (the file's last chunk).
     Stored { digest: ChunkDigest, len: u32 },
-    /// Written in an active snapshot and not yet hashed: it is in that snapshot's scratch file
-    /// for the data id, at `index * chunk_size`.
-    Dirty,
+    /// Written in an active snapshot and not yet hashed: its bytes are in slot `slot` of that
+    /// snapshot's scratch file, at `slot * chunk_size`.
+    Dirty { slot: u64 },
 }
 
 impl Extent {
     pub fn encode(&self) -> Vec<u8> {
         match *self {
             Extent::Zero => vec![0],
-            Extent::Dirty => vec![2],
+            Extent::Dirty { slot } => {
+                let mut w = Writer(Vec::with_capacity(9));
+                w.u8(2);
+                w.u64(slot);
+                w.0
+            }
             Extent::Stored { digest, len } => {
                 let mut w = Writer(Vec::with_capacity(37));
                 w.u8(1);
@@ -337,7 +342,7 @@ impl Extent {
         let mut r = Reader::new(buf, "extent");
         match r.u8()? {
             0 => Ok(Extent::Zero),
-            2 => Ok(Extent::Dirty),
+            2 => Ok(Extent::Dirty { slot: r.u64()? }),
             1 => {
                 let digest = ChunkDigest(r.array()?);
                 Ok(Extent::Stored {

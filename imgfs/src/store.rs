@@ -227,7 +227,7 @@ impl Store {
                     .and_then(|n| n.parse().ok())
                     .map(SnapshotId);
                 if !id.is_some_and(|id| live.contains(&id)) {
-                    let _ = std::fs::remove_dir_all(entry.path());
+                    let _ = std::fs::remove_file(entry.path());
                 }
             }
         }
@@ -349,6 +349,8 @@ impl Store {
             b.put(&key::change(rec.id, &base), &[]);
         }
         self.inner.meta.write(b, false)?;
+        // Lifecycle changes are rare: let other processes (read-only opens) see them now.
+        self.inner.meta.flush_wal()?;
         Ok(rec)
     }
 
@@ -414,7 +416,7 @@ impl Store {
         }
         b.put(&key::name(name), &rec.id.0.to_be_bytes());
         self.inner.meta.write(b, true)?;
-        let _ = std::fs::remove_dir_all(self.scratch_dir(rec.id));
+        let _ = std::fs::remove_file(self.scratch_path(rec.id));
         Ok(done)
     }
 
@@ -499,7 +501,7 @@ impl Store {
         }
         meta.write(b, true)?;
         self.release_chunks(&freed)?;
-        let _ = std::fs::remove_dir_all(self.scratch_dir(rec.id));
+        let _ = std::fs::remove_file(self.scratch_path(rec.id));
         Ok(())
     }
 
@@ -644,7 +646,9 @@ impl Store {
         Ok((rec, bytes))
     }
 
-    pub(crate) fn scratch_dir(&self, snap: SnapshotId) -> PathBuf {
+    /// The scratch file of an active snapshot: a sparse file of chunk-sized slots holding the
+    /// snapshot's dirty chunks.
+    pub(crate) fn scratch_path(&self, snap: SnapshotId) -> PathBuf {
         self.inner.root.join("scratch").join(snap.0.to_string())
     }
 
@@ -668,7 +672,7 @@ impl Store {
                     Some(Ok(Extent::Stored { digest, len })) => {
                         own.entry(digest).or_insert((0, len)).0 += 1
                     }
-                    Some(Ok(Extent::Dirty)) => usage.bytes += self.inner.chunk_size as u64,
+                    Some(Ok(Extent::Dirty { .. })) => usage.bytes += self.inner.chunk_size as u64,
                     Some(Err(e)) => return Err(e),
                     _ => {}
                 },

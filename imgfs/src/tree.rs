@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, IoContext, Result};
@@ -105,6 +106,25 @@ pub struct SetAttr {
     pub atime: Option<Timestamp>,
     pub mtime: Option<Timestamp>,
     pub ctime: Option<Timestamp>,
+    /// Clear setuid, and setgid where the group may execute (what chown does, and a truncate
+    /// by a caller without CAP_FSETID).
+    pub kill_suid: bool,
+    /// Remove the `security.capability` attribute (what chown and truncate do).
+    pub kill_caps: bool,
+}
+
+/// The extended attribute that holds file capabilities; writes and chown remove it.
+pub const XATTR_CAPS: &[u8] = b"security.capability";
+
+impl Inode {
+    /// Clears the setuid bit, and setgid where it means "set group id" (group-executable), as
+    /// the kernel's `should_remove_suid` does.
+    pub(crate) fn kill_suid(&mut self) {
+        self.perm &= !libc::S_ISUID;
+        if self.perm & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
+            self.perm &= !libc::S_ISGID;
+        }
+    }
 }
 
 /// How `rename` treats an existing target.
@@ -126,7 +146,10 @@ pub struct Tree {
     parent: Option<Chain>,
     writable: bool,
     lock: Mutex<()>,
-    scratch: Mutex<HashMap<DataId, Arc<File>>>,
+    /// The head snapshot's scratch file, opened on first use.
+    scratch: Mutex<Option<Arc<File>>>,
+    /// The next free slot of the scratch file.
+    next_slot: AtomicU64,
 }
 
 impl Drop for Tree {
@@ -225,6 +248,21 @@ impl Tree {
                 rec.name
             )));
         }
+        // Slots already used by the head's dirty chunks (a reopened active snapshot).
+        let mut next_slot = 0;
+        if writable {
+            let prefix = key::change_prefix(rec.id);
+            let mut scan = store.inner.meta.prefix(&prefix);
+            while let Some((k, _)) = scan.next_entry()? {
+                let base = &k[prefix.len()..];
+                if base[0] == key::EXTENT
+                    && let Some(v) = store.inner.meta.get(&key::versioned(base, rec.id))?
+                    && let Extent::Dirty { slot } = Extent::decode(&v)?
+                {
+                    next_slot = next_slot.max(slot + 1);
+                }
+            }
+        }
         let parent = chain.parent();
         Ok(Tree {
             store,
@@ -233,7 +271,8 @@ impl Tree {
             parent,
             writable,
             lock: Mutex::new(()),
-            scratch: Mutex::new(HashMap::new()),
+            scratch: Mutex::new(None),
+            next_slot: AtomicU64::new(next_slot),
         })
     }
 
@@ -427,9 +466,8 @@ impl Tree {
                         dst[..hi - lo].copy_from_slice(&bytes[lo..hi]);
                     }
                 }
-                Extent::Dirty => {
-                    let f = self.scratch_file(data)?;
-                    read_full_at(&f, dst, from)?;
+                Extent::Dirty { slot } => {
+                    read_full_at(&*self.scratch()?, dst, slot * cs + (from - cstart))?;
                 }
             }
         }
@@ -451,16 +489,17 @@ impl Tree {
 
     // ---- scratch files ----
 
-    fn scratch_file(&self, data: DataId) -> Result<Arc<File>> {
-        let mut files = self.scratch.lock().expect("poisoned");
-        if let Some(f) = files.get(&data) {
+    fn scratch(&self) -> Result<Arc<File>> {
+        let mut file = self.scratch.lock().expect("poisoned");
+        if let Some(f) = &*file {
             return Ok(f.clone());
         }
-        let dir = self.store.scratch_dir(self.head());
-        if self.writable {
-            std::fs::create_dir_all(&dir).ctx(|| format!("create {}", dir.display()))?;
+        let path = self.store.scratch_path(self.head());
+        if self.writable
+            && let Some(dir) = path.parent()
+        {
+            std::fs::create_dir_all(dir).ctx(|| format!("create {}", dir.display()))?;
         }
-        let path = dir.join(data.0.to_string());
         let f = OpenOptions::new()
             .read(true)
             .write(self.writable)
@@ -469,17 +508,18 @@ impl Tree {
             .open(&path)
             .ctx(|| format!("open scratch file {}", path.display()))?;
         let f = Arc::new(f);
-        files.insert(data, f.clone());
+        *file = Some(f.clone());
         Ok(f)
     }
 
-    fn drop_scratch(&self, data: DataId) {
-        self.scratch.lock().expect("poisoned").remove(&data);
-        let _ = std::fs::remove_file(self.store.scratch_dir(self.head()).join(data.0.to_string()));
+    /// Frees a slot's space; the slot number is not reused until the snapshot is committed.
+    fn free_slot(&self, slot: u64) -> Result<()> {
+        let cs = self.chunk_size();
+        punch(&*self.scratch()?, slot * cs, cs)
     }
 
-    /// Makes chunk `index` of `data` dirty in the head snapshot, copying its current bytes into
-    /// the scratch file unless `covered` says the caller overwrites all of them.
+    /// Makes chunk `index` of `data` dirty in the head snapshot and returns its slot, copying
+    /// the chunk's current bytes below `keep_upto` (a file offset) into the slot.
     fn copy_up_chunk(
         &self,
         txn: &mut Txn<'_>,
@@ -487,39 +527,49 @@ impl Tree {
         index: u64,
         current: Option<(Extent, SnapshotId)>,
         keep_upto: u64,
-    ) -> Result<()> {
-        if let Some((Extent::Dirty, snap)) = current
+    ) -> Result<u64> {
+        if let Some((Extent::Dirty { slot }, snap)) = current
             && snap == self.head()
         {
-            return Ok(());
+            return Ok(slot);
         }
         if let Some((old, snap)) = current {
             txn.drop_ref(old, snap);
         }
         let cs = self.chunk_size();
-        let f = self.scratch_file(data)?;
+        let slot = self.next_slot.fetch_add(1, Ordering::Relaxed);
         let cstart = index * cs;
-        // Clear whatever an earlier, truncated-away version left at this position.
-        punch(&f, cstart, cs)?;
         if let Some((Extent::Stored { digest, .. }, _)) = current
             && keep_upto > cstart
         {
             let (_, bytes) = self.store.chunk(&digest)?;
             let n = ((keep_upto - cstart) as usize).min(bytes.len());
-            f.write_all_at(&bytes[..n], cstart)
+            self.scratch()?
+                .write_all_at(&bytes[..n], slot * cs)
                 .ctx(|| "copy up a chunk".into())?;
         }
-        txn.put_extent(data, index, Extent::Dirty);
-        Ok(())
+        txn.put_extent(data, index, Extent::Dirty { slot });
+        Ok(slot)
     }
 
     /// Writes `buf` at `offset`. Only the chunks the write touches are copied up.
+    /// Like the kernel's write path, it removes `security.capability`.
     pub fn write(&self, ino: Ino, offset: u64, buf: &[u8]) -> Result<usize> {
+        self.write_as(ino, offset, buf, false)
+    }
+
+    /// `write`, also clearing setuid/setgid when `kill_suid` (the caller lacks CAP_FSETID and the
+    /// kernel asked, as FUSE_WRITE_KILL_SUIDGID does).
+    pub fn write_as(&self, ino: Ino, offset: u64, buf: &[u8], kill_suid: bool) -> Result<usize> {
         let _g = self.writer()?;
         let mut inode = self.inode(ino)?;
         if inode.kind != FileKind::File {
             return Err(Error::IsDir(format!("inode {ino}")));
         }
+        if kill_suid {
+            inode.kill_suid();
+        }
+        inode.remove_xattr(XATTR_CAPS);
         let end = offset
             .checked_add(buf.len() as u64)
             .ok_or_else(|| Error::Invalid("offset".into()))?;
@@ -540,12 +590,10 @@ impl Tree {
                 .into_iter()
                 .map(|(i, e, s)| (i, (e, s)))
                 .collect();
+            let f = self.scratch()?;
             for index in first..=last {
                 let cstart = index * cs;
                 let current = existing.get(&index).copied();
-                if matches!(current, Some((Extent::Dirty, s)) if s == self.head()) {
-                    continue;
-                }
                 // Old bytes outside the written range survive only below the old size.
                 let covers_start = offset <= cstart;
                 let covers_end = end >= (cstart + cs).min(inode.size.max(cstart));
@@ -554,11 +602,15 @@ impl Tree {
                 } else {
                     inode.size
                 };
-                self.copy_up_chunk(&mut txn, data, index, current, keep)?;
-            }
-            let f = self.scratch_file(data)?;
-            f.write_all_at(buf, offset)
+                let slot = self.copy_up_chunk(&mut txn, data, index, current, keep)?;
+                let from = offset.max(cstart);
+                let to = end.min(cstart + cs);
+                f.write_all_at(
+                    &buf[(from - offset) as usize..(to - offset) as usize],
+                    slot * cs + (from - cstart),
+                )
                 .ctx(|| format!("write inode {ino}"))?;
+            }
             inode.size = inode.size.max(end);
         }
         let now = Timestamp::now();
@@ -584,14 +636,15 @@ impl Tree {
                 for (index, extent, snap) in self.extents(data, 0, u64::MAX)? {
                     if snap == self.head() {
                         txn.drop_ref(extent, snap);
+                        if let Extent::Dirty { slot } = extent {
+                            self.free_slot(slot)?;
+                        }
                         txn.delete(&key::extent_base(data, index));
                     }
                 }
-                self.drop_scratch(data);
                 inode.data = None;
             } else {
                 let cs = self.chunk_size();
-                let f = self.scratch_file(data)?;
                 let boundary = size / cs;
                 for (index, extent, snap) in self.extents(data, boundary, u64::MAX)? {
                     let cstart = index * cs;
@@ -614,12 +667,18 @@ impl Tree {
                         } else if snap == self.head() {
                             txn.delete(&key::extent_base(data, index));
                         }
-                        if snap == self.head() {
-                            punch(&f, cstart, cs)?;
+                        if let (Extent::Dirty { slot }, true) = (extent, snap == self.head()) {
+                            self.free_slot(slot)?;
                         }
                     } else if extent != Extent::Zero {
-                        self.copy_up_chunk(txn, data, index, Some((extent, snap)), size)?;
-                        punch(&f, size, cstart + cs - size)?;
+                        // Bytes past the new end must read as zeros if the file grows again.
+                        let slot =
+                            self.copy_up_chunk(txn, data, index, Some((extent, snap)), size)?;
+                        punch(
+                            &*self.scratch()?,
+                            slot * cs + (size - cstart),
+                            cstart + cs - size,
+                        )?;
                     }
                 }
             }
@@ -637,6 +696,12 @@ impl Tree {
         if let Some(size) = set.size {
             self.truncate(&mut txn, ino, &mut inode, size)?;
             inode.mtime = now;
+        }
+        if set.kill_suid && inode.kind != FileKind::Dir {
+            inode.kill_suid();
+        }
+        if set.kill_caps {
+            inode.remove_xattr(XATTR_CAPS);
         }
         if let Some(p) = set.perm {
             inode.perm = p & 0o7777;
@@ -872,6 +937,10 @@ impl Tree {
             (RenameMode::NoReplace, Some(_)) => return Err(Error::Exists(show(nname))),
             (RenameMode::Exchange, None) => return Err(Error::NotFound(show(nname))),
             (RenameMode::Exchange, Some((tino, tkind))) => {
+                if tino == sino {
+                    // Two names of one inode: like rename(2), an exchange of them changes nothing.
+                    return Ok(());
+                }
                 if tkind == FileKind::Dir && self.is_ancestor(tino, odir)? {
                     return Err(Error::Invalid(format!(
                         "cannot move {} below itself",
@@ -1023,14 +1092,8 @@ impl Tree {
 
     /// Makes this tree's writes durable: scratch data and the metadata log.
     pub fn fsync(&self) -> Result<()> {
-        let files: Vec<Arc<File>> = self
-            .scratch
-            .lock()
-            .expect("poisoned")
-            .values()
-            .cloned()
-            .collect();
-        for f in files {
+        let file = self.scratch.lock().expect("poisoned").clone();
+        if let Some(f) = file {
             f.sync_data().ctx(|| "sync scratch file".into())?;
         }
         self.store.inner.meta.sync_wal()
@@ -1239,7 +1302,7 @@ impl Tree {
         let prefix = key::change_prefix(head);
         let mut sizes: HashMap<DataId, u64> = HashMap::new();
         let mut orphans: Vec<(Ino, Inode)> = Vec::new();
-        let mut dirty: Vec<(DataId, u64)> = Vec::new();
+        let mut dirty: Vec<(DataId, u64, u64)> = Vec::new();
         {
             let mut scan = meta.prefix(&prefix);
             while let Some((k, _)) = scan.next_entry()? {
@@ -1261,10 +1324,11 @@ impl Tree {
                         let Some(v) = meta.get(&key::versioned(base, head))? else {
                             continue;
                         };
-                        if Extent::decode(&v)? == Extent::Dirty {
+                        if let Extent::Dirty { slot } = Extent::decode(&v)? {
                             dirty.push((
                                 DataId(key::read_u64(&base[1..])),
                                 key::read_u64(&base[9..]),
+                                slot,
                             ));
                         }
                     }
@@ -1291,7 +1355,6 @@ impl Tree {
                         txn.delete(&key::extent_base(d, index));
                     }
                 }
-                self.drop_scratch(d);
             }
         }
         txn.write()?;
@@ -1302,7 +1365,8 @@ impl Tree {
             let mut pending = HashMap::new();
             let mut live = HashMap::new();
             let mut buf = vec![0u8; cs as usize];
-            for &(data, index) in group {
+            let f = self.scratch()?;
+            for &(data, index, slot) in group {
                 let Some(&size) = sizes.get(&data) else {
                     // Content no inode of this snapshot uses any more (an orphan's).
                     txn.delete(&key::extent_base(data, index));
@@ -1314,8 +1378,7 @@ impl Tree {
                     continue;
                 }
                 let len = (size - cstart).min(cs) as usize;
-                let f = self.scratch_file(data)?;
-                read_full_at(&f, &mut buf[..len], cstart)?;
+                read_full_at(&f, &mut buf[..len], slot * cs)?;
                 let chunk = &buf[..len];
                 let extent = if chunk.iter().all(|&b| b == 0) {
                     Extent::Zero
@@ -1331,7 +1394,7 @@ impl Tree {
                 .flush_and_sync_chunks(&mut txn.b, pending, live)?;
             txn.write()?;
         }
-        self.scratch.lock().expect("poisoned").clear();
+        *self.scratch.lock().expect("poisoned") = None;
         Ok(())
     }
 
@@ -1352,6 +1415,9 @@ impl Tree {
         let mut dir = Ino::ROOT;
         for c in dirs {
             dir = self.walk(dir, c, &mut follows)?;
+        }
+        if dir != Ino::ROOT {
+            self.dir_inode(dir)?;
         }
         Ok((dir, last))
     }

@@ -221,7 +221,10 @@ fn damaged_metadata_is_named_and_left_alone_by_repair() {
             ),
             (key::change(a, &dangling), vec![]),
             (key::change(a, &stale), vec![]),
-            (key::versioned(&dirty, a), Extent::Dirty.encode()),
+            (
+                key::versioned(&dirty, a),
+                Extent::Dirty { slot: 0 }.encode(),
+            ),
             (key::change(a, &dirty), vec![]),
             (key::name("lost"), 12345u64.to_be_bytes().to_vec()),
         ],

@@ -749,17 +749,6 @@ fn apply_tree(t: &Tree, op: &Op) -> imgfs::Result<()> {
         Op::Rename { from, to, mode } => {
             let (odir, oname) = parent(from)?;
             let (ndir, nname) = parent(to)?;
-            // KNOWN IMGFS BUG, pinned by `known_bugs::exchange_of_two_names_of_one_inode_changes_
-            // nothing`: imgfs corrupts the inode's back-links here, where Linux does nothing.
-            // Skipping the call keeps this test finding other bugs; delete this once it is fixed.
-            if *mode == RenameMode::Exchange
-                && t.entry(odir, &oname)?.is_some_and(|(ino, _)| {
-                    t.entry(ndir, &nname)
-                        .is_ok_and(|target| target.is_some_and(|(tino, _)| tino == ino))
-                })
-            {
-                return Ok(());
-            }
             t.rename(odir, &oname, ndir, &nname, *mode)?;
         }
         Op::Link { from, to } => {
@@ -1290,10 +1279,9 @@ fn data_across_chunk_boundaries_survives_commits_truncation_and_removal() {
     ]);
 }
 
-/// Regression tests for imgfs bugs this model test found. They fail until `tree.rs` is fixed;
-/// `cargo test -p imgfs -- --skip known_bugs` runs everything else. They call `Tree` directly,
-/// need no root, and say in a comment where the cause is.
-mod known_bugs {
+/// Regression tests for imgfs bugs this model test found. They call `Tree` directly, need no
+/// root, and say in a comment where the cause was.
+mod found_bugs {
     use imgfs::{FileKind, Ino, NewNode, RenameMode, Store, StoreOptions};
 
     /// Found by the model test as: create a, link a b, rename(a, b, RENAME_EXCHANGE), unlink a.
