@@ -2,4 +2,5 @@
 //! subject, so the test support library is linked once.
 
 mod imgfs_layers;
+mod mount;
 mod support_selftest;

@@ -1,0 +1,401 @@
+//! imgfs mounted with FUSE, in-process: what is written through a mount is what the snapshot
+//! holds and exports; privileges are cleared as the kernel clears them on ext4; other users get
+//! the kernel's permission checks; inode numbers survive copy-up and remount.
+//!
+//! These need root and /dev/fuse. Without them a test prints why and passes, except with
+//! CI=true, where it fails: CI must run them.
+
+use std::ffi::CString;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use imgfs::fuse::{self, MountOptions};
+use imgfs::layer::{self, ImportLimits};
+use imgfs::{Store, StoreOptions};
+use tests::fixtures;
+use tests::gnutar::extract_with_gnu_tar;
+use tests::{Manifest, assert_same};
+
+/// True if this machine can run FUSE tests; panics under CI=true if it cannot.
+fn fuse_available() -> bool {
+    let missing = if !nix::unistd::Uid::effective().is_root() {
+        Some("not root")
+    } else if !Path::new("/dev/fuse").exists() {
+        Some("no /dev/fuse")
+    } else {
+        None
+    };
+    match missing {
+        None => true,
+        Some(why) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CI must run FUSE tests: {why}")
+        }
+        Some(why) => {
+            eprintln!("skipping: {why}");
+            false
+        }
+    }
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    store: Store,
+}
+
+impl Fixture {
+    /// A store holding the busybox root file system as `base`.
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let store = Store::create(&dir.path().join("store"), StoreOptions::default()).unwrap();
+        let tar = std::fs::read(fixtures::busybox_rootfs_tar().unwrap()).unwrap();
+        layer::import_layer(&store, "base", None, &tar[..], &ImportLimits::default()).unwrap();
+        Fixture { dir, store }
+    }
+
+    fn mnt(&self, name: &str) -> std::path::PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    /// Mounts snapshot `name` (writable if it is active) until the returned session is dropped.
+    fn mount(&self, name: &str, at: &Path) -> fuser::BackgroundSession {
+        let tree = if self.store.stat(name).unwrap().kind == imgfs::SnapshotKind::Active {
+            self.store.tree(name).unwrap()
+        } else {
+            self.store.tree_read_only(name).unwrap()
+        };
+        fuse::mount(tree, at, &MountOptions::default()).unwrap()
+    }
+
+    fn export_full(&self, name: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        layer::export_layer(&self.store, name, true, &mut out).unwrap();
+        out
+    }
+}
+
+/// Unmounts and waits for the serving threads. Retries EBUSY for a while: a process forked by
+/// another test thread can hold a descriptor into this mount until it calls exec.
+fn unmount(session: fuser::BackgroundSession, mnt: &Path) {
+    for _ in 0..100 {
+        let out = Command::new("fusermount3")
+            .arg("-u")
+            .arg(mnt)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            session.join().unwrap();
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("{} stayed busy", mnt.display());
+}
+
+fn as_user(uid: u32, script: &str, cwd: &Path) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--clear-groups".into(),
+        ])
+        .args(["sh", "-c", script])
+        .current_dir(cwd)
+        .output()
+        .unwrap()
+}
+
+fn setxattr(path: &Path, name: &str, value: &[u8]) {
+    let p = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+    let r = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "setxattr {name} on {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+fn has_xattr(path: &Path, name: &str) -> bool {
+    let p = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    // SAFETY: a size query with a null buffer.
+    unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
+}
+
+/// A series of changes a build step might make, applied below `root`.
+fn change_tree(root: &Path) {
+    use std::os::unix::fs::symlink;
+    let w = |p: &str, data: &[u8]| std::fs::write(root.join(p), data).unwrap();
+    std::fs::create_dir_all(root.join("app/lib/deep")).unwrap();
+    w("app/lib/deep/a.txt", b"alpha");
+    w("app/big", &vec![0x5a; 300_000]);
+    w(
+        "etc/passwd",
+        b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/app:/bin/sh\n",
+    );
+    symlink("lib/deep/a.txt", root.join("app/link")).unwrap();
+    std::fs::hard_link(root.join("app/big"), root.join("app/big-again")).unwrap();
+    std::fs::set_permissions(root.join("app/big"), std::fs::Permissions::from_mode(0o751)).unwrap();
+    std::os::unix::fs::lchown(root.join("app/lib"), Some(1000), Some(1000)).unwrap();
+    std::fs::rename(root.join("app/lib"), root.join("app/libs")).unwrap();
+    std::fs::remove_file(root.join("bin/busybox")).unwrap_or(());
+    nix::unistd::mkfifo(
+        &root.join("app/fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    setxattr(&root.join("app/big"), "user.origin", b"test");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(root.join("app/big"))
+        .unwrap();
+    f.set_len(100_000).unwrap();
+}
+
+#[test]
+fn what_is_written_through_a_mount_is_what_the_snapshot_holds_and_exports() {
+    if !fuse_available() {
+        return;
+    }
+    let f = Fixture::new();
+    f.store.prepare("work", Some("base")).unwrap();
+    let mnt = f.mnt("m");
+    let session = f.mount("work", &mnt);
+    change_tree(&mnt);
+    let seen = Manifest::of_dir(&mnt).unwrap().without_mtime();
+    unmount(session, &mnt);
+    f.store.commit("child", "work").unwrap();
+
+    // The same tree, mounted again from the committed snapshot.
+    let again = f.mnt("again");
+    let session = f.mount("child", &again);
+    assert_same(&seen, &Manifest::of_dir(&again).unwrap().without_mtime());
+    unmount(session, &again);
+
+    // And as GNU tar unpacks its export. (Only the sparse file's size differs in kind: tar
+    // writes its zeros out.)
+    let out = f.dir.path().join("export");
+    std::fs::create_dir_all(&out).unwrap();
+    extract_with_gnu_tar(&f.export_full("child")[..], &out).unwrap();
+    assert_same(&seen, &Manifest::of_dir(&out).unwrap().without_mtime());
+    let report = imgfs::fsck::check(&f.store, false).unwrap();
+    assert!(report.is_clean(), "{report}");
+}
+
+/// Runs the same privilege-changing steps on `root` and returns what each left behind.
+fn privilege_steps(root: &Path) -> Vec<(String, u32, bool)> {
+    let file = root.join("tool");
+    let mut out = Vec::new();
+    let mut record = |what: &str| {
+        let m = std::fs::symlink_metadata(&file).unwrap();
+        out.push((
+            what.to_string(),
+            m.mode() & 0o7777,
+            has_xattr(&file, "security.capability"),
+        ));
+    };
+    let caps = [
+        0x01, 0, 0, 0x02, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ]; // cap_net_raw+ep
+    let reset = |file: &Path| {
+        std::fs::write(file, b"#!/bin/sh\n").unwrap();
+        std::os::unix::fs::chown(file, Some(1000), Some(1000)).unwrap();
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o6777)).unwrap();
+        setxattr(file, "security.capability", &caps);
+    };
+    reset(&file);
+    record("start");
+    as_user(1000, "echo more >> tool", root);
+    record("write by owner");
+    reset(&file);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .unwrap();
+    std::io::Write::write_all(
+        &mut std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap(),
+        b"x",
+    )
+    .unwrap();
+    record("write by root");
+    reset(&file);
+    std::os::unix::fs::chown(&file, Some(1000), Some(1000)).unwrap();
+    record("chown by root");
+    reset(&file);
+    as_user(1000, "truncate -s 1 tool", root);
+    record("truncate by owner");
+    out
+}
+
+#[test]
+fn setuid_bits_and_capabilities_are_cleared_as_the_kernel_clears_them_on_ext4() {
+    if !fuse_available() {
+        return;
+    }
+    let f = Fixture::new();
+    let native = f.mnt("native");
+    std::fs::set_permissions(&native, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let want = privilege_steps(&native);
+    // The point of the test is that some steps clear something; make sure they do here.
+    assert!(
+        want.iter().any(|(_, mode, _)| mode & 0o4000 == 0),
+        "{want:?}"
+    );
+
+    f.store.prepare("work", Some("base")).unwrap();
+    let mnt = f.mnt("m");
+    let session = f.mount("work", &mnt);
+    let dir = mnt.join("tmp");
+    let got = privilege_steps(&dir);
+    unmount(session, &mnt);
+    assert_eq!(
+        got, want,
+        "imgfs (left) must clear what ext4 (right) clears"
+    );
+}
+
+#[test]
+fn other_users_get_the_kernels_permission_checks_and_their_umask() {
+    if !fuse_available() {
+        return;
+    }
+    let f = Fixture::new();
+    f.store.prepare("work", Some("base")).unwrap();
+    let mnt = f.mnt("m");
+    let session = f.mount("work", &mnt);
+    std::fs::write(mnt.join("etc/secret"), b"s").unwrap();
+    std::fs::set_permissions(
+        mnt.join("etc/secret"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::create_dir_all(mnt.join("shared")).unwrap();
+    std::fs::set_permissions(mnt.join("shared"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+
+    let r = as_user(
+        1000,
+        "cat etc/passwd >/dev/null && ! cat etc/secret 2>/dev/null && ! touch etc/new 2>/dev/null",
+        &mnt,
+    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let r = as_user(
+        1000,
+        "umask 027 && echo hi > shared/mine && mkdir shared/d",
+        &mnt,
+    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let m = std::fs::metadata(mnt.join("shared/mine")).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (1000, 1000, 0o640));
+    assert_eq!(
+        std::fs::metadata(mnt.join("shared/d")).unwrap().mode() & 0o777,
+        0o750
+    );
+    // The sticky bit: another user may not delete it.
+    let r = as_user(65534, "rm -f shared/mine", &mnt);
+    assert!(!r.status.success());
+    unmount(session, &mnt);
+}
+
+#[test]
+fn files_beyond_4_gib_and_sparse_files_read_back() {
+    if !fuse_available() {
+        return;
+    }
+    let f = Fixture::new();
+    f.store.prepare("work", Some("base")).unwrap();
+    let mnt = f.mnt("m");
+    let session = f.mount("work", &mnt);
+    let path = mnt.join("sparse");
+    let file = std::fs::File::create(&path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, b"end", 5 << 30).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, b"start", 10).unwrap();
+    drop(file);
+    let file = std::fs::File::open(&path).unwrap();
+    assert_eq!(file.metadata().unwrap().len(), (5 << 30) + 3);
+    let mut buf = [1u8; 8];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, (5 << 30) - 5).unwrap();
+    assert_eq!(&buf, b"\0\0\0\0\0end");
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, 3 << 30).unwrap();
+    assert_eq!(buf, [0; 8], "the hole reads as zeros");
+    drop(file);
+    unmount(session, &mnt);
+    f.store.commit("child", "work").unwrap();
+    // Committed: the holes became zero extents, not 5 GiB of stored chunks.
+    assert!(f.store.usage("child").unwrap().bytes < 1 << 20);
+}
+
+#[test]
+fn inode_numbers_survive_copy_up_and_remount() {
+    if !fuse_available() {
+        return;
+    }
+    let f = Fixture::new();
+    f.store.prepare("work", Some("base")).unwrap();
+    let mnt = f.mnt("m");
+    let session = f.mount("work", &mnt);
+    let before = std::fs::metadata(mnt.join("etc/passwd")).unwrap();
+    std::fs::write(mnt.join("etc/passwd"), b"changed\n").unwrap();
+    std::fs::hard_link(mnt.join("etc/passwd"), mnt.join("etc/passwd.hard")).unwrap();
+    let after = std::fs::metadata(mnt.join("etc/passwd")).unwrap();
+    let link = std::fs::metadata(mnt.join("etc/passwd.hard")).unwrap();
+    assert_eq!(before.ino(), after.ino(), "copy-up keeps the inode number");
+    assert_eq!((link.ino(), link.nlink()), (after.ino(), 2));
+    unmount(session, &mnt);
+    f.store.commit("child", "work").unwrap();
+
+    let again = f.mnt("again");
+    let session = f.mount("child", &again);
+    let remounted = std::fs::metadata(again.join("etc/passwd")).unwrap();
+    assert_eq!((remounted.ino(), remounted.nlink()), (after.ino(), 2));
+    assert_eq!(
+        std::fs::read(again.join("etc/passwd")).unwrap(),
+        b"changed\n"
+    );
+    unmount(session, &again);
+}
+
+#[test]
+fn a_read_only_mount_works_beside_a_writer_and_refuses_writes() {
+    if !fuse_available() {
+        return;
+    }
+    let f = Fixture::new();
+    // `f.store` is this process's writer; a read-only open serves the mount.
+    let ro = Store::open_read_only(f.store.root()).unwrap();
+    let mnt = f.mnt("m");
+    let session = fuse::mount(
+        ro.tree_read_only("base").unwrap(),
+        &mnt,
+        &MountOptions::default(),
+    )
+    .unwrap();
+    assert!(mnt.join("bin/sh").symlink_metadata().is_ok());
+    let err = std::fs::write(mnt.join("etc/x"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    unmount(session, &mnt);
+    // A second writer of one active snapshot is refused.
+    f.store.prepare("work", Some("base")).unwrap();
+    let _first = f.store.tree("work").unwrap();
+    let second = f.store.tree("work").map(|_| ()).unwrap_err();
+    assert!(
+        second.to_string().contains("already open for writing"),
+        "{second}"
+    );
+}
