@@ -117,6 +117,9 @@ enum Command {
         /// Detach once the mount is ready.
         #[arg(long, short = 'd')]
         daemon: bool,
+        /// With --daemon, where messages go after detaching (default: discarded).
+        #[arg(long, requires = "daemon")]
+        log: Option<PathBuf>,
         /// FUSE worker threads.
         #[arg(long, default_value_t = 2)]
         threads: usize,
@@ -314,6 +317,7 @@ fn run(cli: Cli) -> Result<()> {
             key,
             commit,
             daemon,
+            log,
             threads,
             mountpoint,
         } => {
@@ -324,6 +328,7 @@ fn run(cli: Cli) -> Result<()> {
                 key,
                 commit,
                 daemon,
+                log,
                 threads,
                 mountpoint,
             })?;

@@ -4,5 +4,6 @@ mod crash;
 mod fsck;
 mod layers;
 mod model;
+mod mount_cli;
 mod snapshotter;
 mod tree_ops;

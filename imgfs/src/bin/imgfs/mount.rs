@@ -18,6 +18,7 @@ pub struct Args {
     pub key: Option<String>,
     pub commit: Option<String>,
     pub daemon: bool,
+    pub log: Option<PathBuf>,
     pub threads: usize,
     pub mountpoint: PathBuf,
 }
@@ -86,7 +87,7 @@ pub fn run(args: Args) -> Result<()> {
         threads: args.threads,
         ..Default::default()
     };
-    let (session, mut unmounter) = fuse::session(tree, &args.mountpoint, &opts)
+    let (session, _) = fuse::session(tree, &args.mountpoint, &opts)
         .with_context(|| format!("cannot mount {}", args.mountpoint.display()))?;
     let background = session.spawn().context("cannot start serving the mount")?;
     let what = if args.writable {
@@ -100,13 +101,17 @@ pub fn run(args: Args) -> Result<()> {
     );
     if let Some(pipe) = ready_pipe {
         let _ = std::fs::File::from(pipe).write_all(b"1");
+        // Let go of the caller's terminal or pipes: whoever started us may be waiting for EOF.
+        detach_stdio(args.log.as_deref())?;
     }
 
+    // fuser's own unmounter is emptied when the session starts serving, so unmount by path.
+    let mountpoint = args.mountpoint.clone();
     std::thread::spawn(move || {
         if let Ok(sig) = signals.wait() {
             eprintln!("imgfs: {sig}: unmounting");
-            if let Err(e) = unmounter.unmount() {
-                eprintln!("imgfs: unmount failed: {e}");
+            if let Err(e) = unmount_path(&mountpoint) {
+                eprintln!("imgfs: unmount failed: {e:#}");
             }
         }
     });
@@ -121,6 +126,75 @@ pub fn run(args: Args) -> Result<()> {
         eprintln!("imgfs: snapshot {key} stays active");
     }
     Ok(())
+}
+
+fn detach_stdio(log: Option<&Path>) -> Result<()> {
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .context("open /dev/null")?;
+    let out = match log {
+        Some(p) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .with_context(|| format!("cannot open log {}", p.display()))?,
+        None => null.try_clone().context("dup /dev/null")?,
+    };
+    nix::unistd::dup2_stdin(&null).context("dup2")?;
+    nix::unistd::dup2_stdout(&out).context("dup2")?;
+    nix::unistd::dup2_stderr(&out).context("dup2")?;
+    Ok(())
+}
+
+/// Unmounts a FUSE mount: umount2(2) as root, fusermount3 otherwise. A mount still busy after
+/// two seconds of retries is detached lazily: it disappears from the tree now and ends when the
+/// last file in it is closed.
+fn unmount_path(mountpoint: &Path) -> Result<()> {
+    use nix::mount::{MntFlags, umount2};
+    let root = nix::unistd::Uid::effective().is_root();
+    let attempt = |lazy: bool| -> Result<bool> {
+        if root {
+            let flags = if lazy {
+                MntFlags::MNT_DETACH
+            } else {
+                MntFlags::empty()
+            };
+            return match umount2(mountpoint, flags) {
+                Ok(()) => Ok(true),
+                Err(nix::errno::Errno::EBUSY) => Ok(false),
+                Err(e) => Err(anyhow::anyhow!(
+                    "cannot unmount {}: {e}",
+                    mountpoint.display()
+                )),
+            };
+        }
+        let out = std::process::Command::new("fusermount3")
+            .arg(if lazy { "-uz" } else { "-u" })
+            .arg(mountpoint)
+            .output()
+            .context("cannot run fusermount3")?;
+        if out.status.success() {
+            return Ok(true);
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("busy") {
+            return Ok(false);
+        }
+        bail!("fusermount3 -u {}: {}", mountpoint.display(), err.trim())
+    };
+    for _ in 0..40 {
+        if attempt(false)? {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "imgfs: {} is busy; detaching it lazily",
+        mountpoint.display()
+    );
+    attempt(true).map(|_| ())
 }
 
 /// The pid of the imgfs process serving `mountpoint`, from its file-system name (`imgfs:PID`).
@@ -186,14 +260,7 @@ pub fn umount(mountpoint: &Path) -> Result<()> {
     let Some(pid) = server_pid(mountpoint)? else {
         bail!("{} is not mounted", mountpoint.display());
     };
-    let status = std::process::Command::new("fusermount3")
-        .arg("-u")
-        .arg(mountpoint)
-        .status()
-        .context("cannot run fusermount3")?;
-    if !status.success() {
-        bail!("fusermount3 -u {} failed", mountpoint.display());
-    }
+    unmount_path(mountpoint)?;
     let start = Instant::now();
     while Path::new(&format!("/proc/{pid}")).exists() {
         if start.elapsed() > Duration::from_secs(600) {
