@@ -322,6 +322,11 @@ impl Tree {
 
     /// Looks up `name` in `dir`.
     pub fn lookup(&self, dir: Ino, name: &[u8]) -> Result<(Ino, Inode)> {
+        // The kernel leaves the NAME_MAX check to the file system (FUSE only refuses names over
+        // 1024 bytes), and POSIX wants ENAMETOOLONG for an overlong component, not ENOENT.
+        if name.len() > NAME_MAX {
+            return Err(Error::NameTooLong(show(name)));
+        }
         match self.entry(dir, name)? {
             Some((ino, _)) => Ok((ino, self.inode(ino)?)),
             None => {

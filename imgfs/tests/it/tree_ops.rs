@@ -114,3 +114,20 @@ fn rename_and_truncate_behave_like_posix() {
         .collect();
     assert_eq!(names, vec![b"e".to_vec()]);
 }
+
+#[test]
+fn lookup_of_an_overlong_name_is_name_too_long_not_not_found() {
+    let (_d, s) = store();
+    s.prepare("a", None).unwrap();
+    let t = s.tree("a").unwrap();
+    let long = vec![b'x'; imgfs::tree::NAME_MAX + 1];
+    assert!(matches!(
+        t.lookup(Ino::ROOT, &long),
+        Err(imgfs::Error::NameTooLong(_))
+    ));
+    let max = vec![b'x'; imgfs::tree::NAME_MAX];
+    assert!(matches!(
+        t.lookup(Ino::ROOT, &max),
+        Err(imgfs::Error::NotFound(_))
+    ));
+}
