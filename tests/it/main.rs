@@ -2,4 +2,5 @@
 //! subject, so the test support library is linked once.
 
 mod imgfs_layers;
+mod posix;
 mod support_selftest;
