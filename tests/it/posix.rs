@@ -34,7 +34,7 @@ const PJDFSTEST_EXPECTED_FAILURES: &[&str] = &[];
 /// The pjdfstest configuration: every optional feature Linux has, and the Debian names of the
 /// dummy users (nobody's group is `nogroup` there). The `erofs_*` cases stay skipped because they
 /// need the mount remounted read-only (`allow_remount`), and `link::link_count_max` because
-/// glibc reports no sane LINK_MAX for FUSE.
+/// `pathconf` reports no LINK_MAX for FUSE (nor for overlayfs).
 const PJDFSTEST_CONFIG: &str = r#"
 [features]
 posix_fallocate = {}
@@ -578,7 +578,7 @@ fn a_tree_made_by_concurrent_writers_survives_commit_and_remount() -> anyhow::Re
     let mount = scratch.mount("stressed", None, "again")?;
     let after = Manifest::of_dir(&mount.point)?;
     assert_same(&before, &after);
-    // Every entry is a sample here: the name pool keeps the tree at a few hundred at most.
+    // Every entry is in the sample: the tree stays at a few thousand entries.
     assert_eq!(
         inode_numbers(&mount.point)?,
         inodes,
