@@ -1027,6 +1027,10 @@ impl Filesystem for FuseFs {
                         }
                     }),
                     libc::FALLOC_FL_KEEP_SIZE => self.tree.getattr(ino(i)).map(|_| ()),
+                    // The kernel accepts PUNCH_HOLE only together with KEEP_SIZE.
+                    m if m == libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE => {
+                        self.tree.punch_hole(ino(i), offset, length)
+                    }
                     _ => Err(Error::io(
                         "fallocate",
                         std::io::Error::from_raw_os_error(libc::EOPNOTSUPP),

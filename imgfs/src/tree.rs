@@ -361,6 +361,11 @@ impl Tree {
 
     /// Looks up `name` in `dir`.
     pub fn lookup(&self, dir: Ino, name: &[u8]) -> Result<(Ino, Inode)> {
+        // The kernel leaves the NAME_MAX check to the file system (FUSE only refuses names over
+        // 1024 bytes), and POSIX wants ENAMETOOLONG for an overlong component, not ENOENT.
+        if name.len() > NAME_MAX {
+            return Err(Error::NameTooLong(show(name)));
+        }
         match self.entry(dir, name)? {
             Some((ino, _)) => Ok((ino, self.inode(ino)?)),
             None => {
@@ -685,6 +690,49 @@ impl Tree {
         }
         inode.size = size;
         Ok(())
+    }
+
+    /// Zeros `len` bytes at `offset` without changing the size (fallocate with
+    /// FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE). Whole chunks in the range become holes in this
+    /// snapshot; a chunk the range only partly covers is copied up and zeroed there. Writing
+    /// zeros through `write` instead was rejected: it would store a range of any length as data.
+    pub fn punch_hole(&self, ino: Ino, offset: u64, len: u64) -> Result<()> {
+        let _g = self.writer()?;
+        let mut inode = self.inode(ino)?;
+        if inode.kind != FileKind::File {
+            return Err(Error::IsDir(format!("inode {ino}")));
+        }
+        let end = offset.saturating_add(len).min(inode.size);
+        let mut txn = self.txn();
+        if let (Some(data), true) = (inode.data, offset < end) {
+            let cs = self.chunk_size();
+            let (first, last) = (offset / cs, (end - 1) / cs);
+            let f = self.scratch_file(data)?;
+            for (index, extent, snap) in self.extents(data, first, last)? {
+                if extent == Extent::Zero {
+                    continue;
+                }
+                let cstart = index * cs;
+                let from = offset.max(cstart);
+                let to = end.min(cstart + cs);
+                // Bytes past the size read as zeros anyway, so a range to the end is whole.
+                if from == cstart && (to == cstart + cs || to == inode.size) {
+                    txn.drop_ref(extent, snap);
+                    txn.put_extent(data, index, Extent::Zero);
+                    if extent == Extent::Dirty && snap == self.head() {
+                        punch(&f, cstart, cs)?;
+                    }
+                } else {
+                    self.copy_up_chunk(&mut txn, data, index, Some((extent, snap)), inode.size)?;
+                    punch(&f, from, to - from)?;
+                }
+            }
+        }
+        let now = Timestamp::now();
+        inode.mtime = now;
+        inode.ctime = now;
+        txn.put_inode(ino, &inode);
+        txn.write()
     }
 
     /// chmod, chown, truncate and utimens in one call.

@@ -3,4 +3,5 @@
 
 mod imgfs_layers;
 mod mount;
+mod posix;
 mod support_selftest;

@@ -70,6 +70,37 @@ fn a_write_in_the_middle_of_a_big_committed_file_copies_one_chunk() {
 }
 
 #[test]
+fn punch_hole_zeros_the_range_in_the_child_only_and_keeps_the_size() {
+    let (_d, s) = store();
+    s.prepare("a", None).unwrap();
+    let t = s.tree("a").unwrap();
+    let (ino, _) = t.mknod(Ino::ROOT, b"f", &file(0o644)).unwrap();
+    let cs = t.chunk_size() as usize;
+    let data: Vec<u8> = (0..cs * 4 + 100).map(|i| (i % 251) as u8 + 1).collect();
+    t.write(ino, 0, &data).unwrap();
+    drop(t);
+    s.commit("A", "a").unwrap();
+    s.prepare("b", Some("A")).unwrap();
+    let t = s.tree("b").unwrap();
+    // Part of chunk 0, all of chunks 1 and 2, part of chunk 3; then the tail through the end.
+    let (from, to) = (cs / 2, cs * 3 + 10);
+    t.punch_hole(ino, from as u64, (to - from) as u64).unwrap();
+    t.write(ino, (cs * 2) as u64, b"new").unwrap();
+    t.punch_hole(ino, (cs * 4) as u64, 1 << 30).unwrap();
+    let mut expect = data.clone();
+    expect[from..to].fill(0);
+    expect[cs * 2..cs * 2 + 3].copy_from_slice(b"new");
+    expect[cs * 4..].fill(0);
+    let size = data.len() as u32;
+    assert_eq!(t.getattr(ino).unwrap().size, size as u64);
+    assert_eq!(t.read(ino, 0, size).unwrap(), expect);
+    drop(t);
+    s.commit("B", "b").unwrap();
+    assert_eq!(s.tree("B").unwrap().read(ino, 0, size).unwrap(), expect);
+    assert_eq!(s.tree("A").unwrap().read(ino, 0, size).unwrap(), data);
+}
+
+#[test]
 fn rename_and_truncate_behave_like_posix() {
     let (_d, s) = store();
     s.prepare("a", None).unwrap();
@@ -113,4 +144,21 @@ fn rename_and_truncate_behave_like_posix() {
         .map(|e| e.name)
         .collect();
     assert_eq!(names, vec![b"e".to_vec()]);
+}
+
+#[test]
+fn lookup_of_an_overlong_name_is_name_too_long_not_not_found() {
+    let (_d, s) = store();
+    s.prepare("a", None).unwrap();
+    let t = s.tree("a").unwrap();
+    let long = vec![b'x'; imgfs::tree::NAME_MAX + 1];
+    assert!(matches!(
+        t.lookup(Ino::ROOT, &long),
+        Err(imgfs::Error::NameTooLong(_))
+    ));
+    let max = vec![b'x'; imgfs::tree::NAME_MAX];
+    assert!(matches!(
+        t.lookup(Ino::ROOT, &max),
+        Err(imgfs::Error::NotFound(_))
+    ));
 }
