@@ -24,7 +24,7 @@ fn export(c: &mut Criterion) {
         .collect();
 
     let mut g = c.benchmark_group("export");
-    g.measurement_time(Duration::from_secs(3));
+    g.measurement_time(Duration::from_secs(4));
     for (label, fx) in &parents {
         g.bench_function(BenchmarkId::new("diff_one_file", label), |b| {
             b.iter(|| export_layer(&fx.store, "one", false, std::io::sink()).expect("export"))

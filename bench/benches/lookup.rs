@@ -1,7 +1,9 @@
 //! Path lookup (`Tree::lookup` + `getattr`) of an unchanged file in a snapshot 1 deep and 64 deep
 //! over a 10k-entry base, each snapshot of the chain changing some other files. One seek finds the
 //! newest visible version whatever the depth, so depth 64 should cost about what depth 1 does.
-//! The `open_tree` group shows the one cost that does grow with depth: reading the chain.
+//! The `open_tree` group shows the one cost that does grow with depth: reading the chain, and
+//! `lookup_siblings` what versions written by snapshots outside the chain cost: a file that 1000
+//! sibling snapshots each changed, against an untouched one, looked up in a later child.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -65,5 +67,45 @@ fn lookup(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, lookup);
+/// How many committed siblings change the looked-up file in `lookup_siblings`.
+const SIBLINGS: usize = 1000;
+
+fn siblings(c: &mut Criterion) {
+    let fx =
+        Fixture::with_base("imgfs-bench-siblings", 10, 1000).expect("failed to build the base");
+    for i in 0..SIBLINGS {
+        commit_writes(
+            &fx.store,
+            &format!("sib{i}"),
+            "base",
+            &[TARGET],
+            format!("sibling {i}\n").as_bytes(),
+        )
+        .expect("failed to commit a sibling");
+    }
+    // Created after the siblings, so its id is above theirs and every sibling version of the
+    // target sorts between the child's seek position and the base's version.
+    commit_writes(&fx.store, "child", "base", &[(0, 0)], b"child\n").expect("commit the child");
+    let tree = fx.store.tree("child").expect("open");
+    let (dir, _) = tree
+        .lookup(Ino::ROOT, dir_name(TARGET.0).as_bytes())
+        .expect("directory");
+
+    let mut g = c.benchmark_group("lookup_siblings");
+    g.measurement_time(Duration::from_secs(3));
+    for (label, f) in [("untouched", TARGET.1 + 1), ("changed_by_1000", TARGET.1)] {
+        let name = file_name(f);
+        g.bench_function(label, |b| {
+            b.iter(|| {
+                let (ino, _) = tree
+                    .lookup(dir, black_box(name.as_bytes()))
+                    .expect("lookup");
+                tree.getattr(ino).expect("getattr")
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, lookup, siblings);
 criterion_main!(benches);
