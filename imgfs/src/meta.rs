@@ -109,6 +109,15 @@ pub mod key {
         k
     }
 
+    /// A key greater than every version of `base` and smaller than any other base's keys: where a
+    /// scan resumes to skip the remaining versions of `base`.
+    pub fn after_versions(base: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(base.len() + 9);
+        k.extend_from_slice(base);
+        k.extend_from_slice(&[0xff; 9]);
+        k
+    }
+
     /// Splits a versioned key into its unversioned part and snapshot id.
     pub fn split_version(key: &[u8]) -> (&[u8], SnapshotId) {
         let (base, v) = key.split_at(key.len() - 8);
@@ -282,11 +291,14 @@ impl MetaDb {
         self.scan(prefix, prefix)
     }
 
-    /// The newest version of `base` that is visible from `chain`: one seek, then a step past
-    /// each version written by a snapshot outside the chain (siblings, descendants).
+    /// The newest version of `base` that is visible from `chain`: one seek to the head's
+    /// version. Versions written outside the chain (siblings, descendants) are stepped over a few
+    /// at a time, then jumped over with a seek to the next chain id below them, so the cost is
+    /// bounded by the chain's depth however many siblings wrote the key.
     pub fn visible(&self, base: &[u8], chain: &Chain) -> Result<Option<(SnapshotId, Vec<u8>)>> {
         let start = key::versioned(base, chain.head());
         let mut scan = self.scan(base, &start);
+        let mut strays = 0;
         while let Some((k, v)) = scan.next_entry()? {
             if k.len() != base.len() + 8 {
                 continue;
@@ -295,8 +307,59 @@ impl MetaDb {
             if chain.contains(snap) {
                 return Ok(Some((snap, v.to_vec())));
             }
+            strays += 1;
+            if strays >= STRAY_STEPS {
+                match chain.next_below(snap) {
+                    Some(id) => scan.seek(&key::versioned(base, id)),
+                    None => return Ok(None),
+                }
+            }
         }
         Ok(None)
+    }
+
+    /// Calls `f(base, snapshot, value)` for each distinct unversioned key under `prefix` (from
+    /// `start` on), in key order, with its version visible from `chain`; keys with no visible
+    /// version are left out. Stops when `f` returns false. One range scan: versions outside the
+    /// chain and those older than the visible one are stepped over, then skipped with a seek, as
+    /// in `visible`.
+    pub fn visible_range(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        chain: &Chain,
+        mut f: impl FnMut(&[u8], SnapshotId, &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        let mut scan = self.scan(prefix, start);
+        let mut current: Vec<u8> = Vec::new();
+        let mut decided = false;
+        let mut strays = 0;
+        while let Some((k, v)) = scan.next_entry()? {
+            let (base, snap) = key::split_version(k);
+            if base != current.as_slice() {
+                current.clear();
+                current.extend_from_slice(base);
+                decided = false;
+                strays = 0;
+            }
+            if !decided && chain.contains(snap) {
+                decided = true;
+                if !f(base, snap, v)? {
+                    return Ok(());
+                }
+                continue;
+            }
+            strays += 1;
+            if strays >= STRAY_STEPS {
+                let target = match (decided, chain.next_below(snap)) {
+                    (false, Some(id)) => key::versioned(&current, id),
+                    _ => key::after_versions(&current),
+                };
+                scan.seek(&target);
+                strays = 0;
+            }
+        }
+        Ok(())
     }
 
     /// Compacts the whole key space (used after large removals, and by benchmarks).
@@ -304,6 +367,10 @@ impl MetaDb {
         self.db.compact_range::<&[u8], &[u8]>(None, None);
     }
 }
+
+/// How many versions from outside a chain a scan steps over one by one before it seeks past the
+/// rest: a step is much cheaper than a seek, and most keys have one or two versions.
+pub const STRAY_STEPS: usize = 4;
 
 /// A bounded forward iterator over a key range.
 pub struct Scan<'a> {
@@ -359,6 +426,12 @@ impl Chain {
 
     pub fn contains(&self, id: SnapshotId) -> bool {
         self.ids.binary_search_by(|x| id.cmp(x)).is_ok()
+    }
+
+    /// The newest snapshot of the chain older than `id`.
+    pub fn next_below(&self, id: SnapshotId) -> Option<SnapshotId> {
+        let i = self.ids.partition_point(|x| *x >= id);
+        self.ids.get(i).copied()
     }
 
     /// The chain without its head: what the parent sees.

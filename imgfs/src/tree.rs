@@ -384,27 +384,20 @@ impl Tree {
 
     fn entries(&self, dir: Ino, limit: usize) -> Result<Vec<DirEntry>> {
         let prefix = key::dir_prefix(dir);
-        let mut scan = self.store.inner.meta.prefix(&prefix);
         let mut out = Vec::new();
-        let mut decided: Vec<u8> = Vec::new();
-        while let Some((k, v)) = scan.next_entry()? {
-            let (base, snap) = key::split_version(k);
-            if base == decided.as_slice() || !self.chain.contains(snap) {
-                continue;
-            }
-            decided.clear();
-            decided.extend_from_slice(base);
-            if let Dentry::Entry { ino, kind } = Dentry::decode(v)? {
-                out.push(DirEntry {
-                    name: base[prefix.len()..base.len() - 1].to_vec(),
-                    ino,
-                    kind,
-                });
-                if out.len() >= limit {
-                    break;
+        self.store
+            .inner
+            .meta
+            .visible_range(&prefix, &prefix, &self.chain, |base, _, v| {
+                if let Dentry::Entry { ino, kind } = Dentry::decode(v)? {
+                    out.push(DirEntry {
+                        name: base[prefix.len()..base.len() - 1].to_vec(),
+                        ino,
+                        kind,
+                    });
                 }
-            }
-        }
+                Ok(out.len() < limit)
+            })?;
         Ok(out)
     }
 
@@ -425,19 +418,18 @@ impl Tree {
     ) -> Result<Vec<(u64, Extent, SnapshotId)>> {
         let prefix = key::data_prefix(data);
         let start = key::extent_base(data, first);
-        let mut scan = self.store.inner.meta.scan(&prefix, &start);
-        let mut out: Vec<(u64, Extent, SnapshotId)> = Vec::new();
-        while let Some((k, v)) = scan.next_entry()? {
-            let (base, snap) = key::split_version(k);
-            let index = key::read_u64(&base[9..]);
-            if index > last {
-                break;
-            }
-            if out.last().is_some_and(|(i, _, _)| *i == index) || !self.chain.contains(snap) {
-                continue;
-            }
-            out.push((index, Extent::decode(v)?, snap));
-        }
+        let mut out = Vec::new();
+        self.store
+            .inner
+            .meta
+            .visible_range(&prefix, &start, &self.chain, |base, snap, v| {
+                let index = key::read_u64(&base[9..]);
+                if index > last {
+                    return Ok(false);
+                }
+                out.push((index, Extent::decode(v)?, snap));
+                Ok(true)
+            })?;
         Ok(out)
     }
 
@@ -707,7 +699,6 @@ impl Tree {
         if let (Some(data), true) = (inode.data, offset < end) {
             let cs = self.chunk_size();
             let (first, last) = (offset / cs, (end - 1) / cs);
-            let f = self.scratch_file(data)?;
             for (index, extent, snap) in self.extents(data, first, last)? {
                 if extent == Extent::Zero {
                     continue;
@@ -719,12 +710,18 @@ impl Tree {
                 if from == cstart && (to == cstart + cs || to == inode.size) {
                     txn.drop_ref(extent, snap);
                     txn.put_extent(data, index, Extent::Zero);
-                    if extent == Extent::Dirty && snap == self.head() {
-                        punch(&f, cstart, cs)?;
+                    if let (Extent::Dirty { slot }, true) = (extent, snap == self.head()) {
+                        self.free_slot(slot)?;
                     }
                 } else {
-                    self.copy_up_chunk(&mut txn, data, index, Some((extent, snap)), inode.size)?;
-                    punch(&f, from, to - from)?;
+                    let slot = self.copy_up_chunk(
+                        &mut txn,
+                        data,
+                        index,
+                        Some((extent, snap)),
+                        inode.size,
+                    )?;
+                    punch(&*self.scratch()?, slot * cs + (from - cstart), to - from)?;
                 }
             }
         }
@@ -1159,7 +1156,31 @@ impl Tree {
 
     /// Creates `name` in `dir` with a complete inode record in one batch, without touching the
     /// directory's times (a layer sets those from its own entry, as tar does).
-    pub(crate) fn create_node(&self, dir: Ino, name: &[u8], mut inode: Inode) -> Result<Ino> {
+    pub(crate) fn create_node(&self, dir: Ino, name: &[u8], inode: Inode) -> Result<Ino> {
+        Ok(self.create_with(dir, name, inode, None)?.0)
+    }
+
+    /// Creates the regular file `name` in `dir` with its whole content from `reader`, hashed
+    /// straight into the chunk store (no scratch file), all in one batch. Returns the inode and
+    /// the number of bytes read.
+    pub(crate) fn create_file(
+        &self,
+        dir: Ino,
+        name: &[u8],
+        inode: Inode,
+        reader: &mut dyn std::io::Read,
+        limit: u64,
+    ) -> Result<(Ino, u64)> {
+        self.create_with(dir, name, inode, Some((reader, limit)))
+    }
+
+    fn create_with(
+        &self,
+        dir: Ino,
+        name: &[u8],
+        mut inode: Inode,
+        content: Option<(&mut dyn std::io::Read, u64)>,
+    ) -> Result<(Ino, u64)> {
         check_name(name)?;
         let _g = self.writer()?;
         let mut parent = self.dir_inode(dir)?;
@@ -1172,6 +1193,15 @@ impl Tree {
             name: name.to_vec(),
         }];
         let mut txn = self.txn();
+        let mut total = 0;
+        let _chunks = match content {
+            Some((reader, limit)) => {
+                let guard = self.store.inner.chunk_lock.lock().expect("poisoned");
+                total = self.fill(&mut txn, &mut inode, reader, limit)?;
+                Some(guard)
+            }
+            None => None,
+        };
         txn.put_inode(ino, &inode);
         txn.put(
             &key::dentry_base(dir, name),
@@ -1186,7 +1216,7 @@ impl Tree {
             txn.put_inode(dir, &parent);
         }
         txn.write()?;
-        Ok(ino)
+        Ok((ino, total))
     }
 
     /// Removes `name` from `dir` whatever it is; a directory goes with everything below it (the
@@ -1208,24 +1238,20 @@ impl Tree {
         txn.write()
     }
 
-    /// Writes the whole content of the empty regular file `ino` from `reader`, hashing it
-    /// straight into the chunk store (no scratch file). Returns the number of bytes written.
-    pub(crate) fn fill_file(
+    /// Reads a file's whole content into new chunks, adding its extents and chunk records to
+    /// `txn` and its size and data id to `inode`. Caller holds `chunk_lock`.
+    fn fill(
         &self,
-        ino: Ino,
+        txn: &mut Txn<'_>,
+        inode: &mut Inode,
         reader: &mut dyn std::io::Read,
         limit: u64,
     ) -> Result<u64> {
-        let _g = self.writer()?;
-        let mut inode = self.inode(ino)?;
         let cs = self.chunk_size() as usize;
         let data = DataId(self.store.alloc_id()?);
         let mut buf = vec![0u8; cs];
         let mut total = 0u64;
         let mut index = 0u64;
-        let mut txn = self.txn();
-        let inner = &self.store.inner;
-        let chunk_guard = inner.chunk_lock.lock().expect("poisoned");
         let mut pending: HashMap<ChunkDigest, ChunkRecord> = HashMap::new();
         let mut live: HashMap<PackId, u64> = HashMap::new();
         loop {
@@ -1260,9 +1286,6 @@ impl Tree {
         self.store.flush_chunks(&mut txn.b, pending, live)?;
         inode.size = total;
         inode.data = (total > 0).then_some(data);
-        txn.put_inode(ino, &inode);
-        txn.write()?;
-        drop(chunk_guard);
         Ok(total)
     }
 

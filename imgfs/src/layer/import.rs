@@ -7,6 +7,7 @@
 //! leaves nothing behind: the half-filled snapshot is removed (or rolled back at the next open
 //! if the process dies).
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 
 use flate2::read::MultiGzDecoder;
@@ -94,6 +95,7 @@ fn apply(tree: &Tree, input: impl Read, limits: &ImportLimits) -> Result<(String
     };
     let mut hashing = HashingReader::new(stream, limits.max_bytes);
     let mut entries = 0u64;
+    let mut parents = Parents::default();
     {
         let mut archive = tar::Archive::new(&mut hashing);
         let iter = archive.entries().map_err(|e| layer_err("read layer", e))?;
@@ -108,7 +110,7 @@ fn apply(tree: &Tree, input: impl Read, limits: &ImportLimits) -> Result<(String
             }
             let path = entry.path_bytes().into_owned();
             let shown = String::from_utf8_lossy(&path).into_owned();
-            apply_entry(tree, &mut entry, &path, limits).map_err(|e| match e {
+            apply_entry(tree, &mut entry, &path, limits, &mut parents).map_err(|e| match e {
                 Error::Limit(_) => e,
                 e => Error::Layer(format!("layer entry {shown}: {e}")),
             })?;
@@ -152,6 +154,28 @@ fn components(path: &[u8], limits: &ImportLimits) -> Result<Vec<Vec<u8>>> {
 
 /// Finds the directory that holds the last component, creating missing parents as `tar -x` does.
 /// A parent that is a symlink is followed inside the tree, and a missing target is created.
+/// Directories already resolved in this import, by path: most entries of a layer share their
+/// parent with the entry before. Cleared whenever an entry removes anything, which is the only
+/// way a resolved path can come to mean something else.
+#[derive(Default)]
+struct Parents(HashMap<Vec<u8>, Ino>);
+
+impl Parents {
+    fn get(&mut self, tree: &Tree, dirs: &[Vec<u8>]) -> Result<Ino> {
+        let path = join(dirs);
+        if let Some(ino) = self.0.get(&path) {
+            return Ok(*ino);
+        }
+        let ino = parent_dir(tree, dirs)?;
+        self.0.insert(path, ino);
+        Ok(ino)
+    }
+
+    fn invalidate(&mut self) {
+        self.0.clear();
+    }
+}
+
 fn parent_dir(tree: &Tree, dirs: &[Vec<u8>]) -> Result<Ino> {
     let mut budget = 40;
     let comps: Vec<&[u8]> = dirs.iter().map(Vec::as_slice).collect();
@@ -200,6 +224,7 @@ fn apply_entry<R: Read>(
     entry: &mut tar::Entry<'_, R>,
     path: &[u8],
     limits: &ImportLimits,
+    parents: &mut Parents,
 ) -> Result<()> {
     let comps = components(path, limits)?;
     let Some((name, dirs)) = comps.split_last() else {
@@ -212,13 +237,14 @@ fn apply_entry<R: Read>(
         }
         return Ok(());
     };
-    let dir = parent_dir(tree, dirs)?;
+    let dir = parents.get(tree, dirs)?;
 
     if name.as_slice() == OPAQUE_MARKER {
         if dir == Ino::ROOT {
             // An opaque root hides everything of the parent snapshot.
             for e in tree.readdir(Ino::ROOT)? {
                 if !own_entry(tree, Ino::ROOT, &e.name)? {
+                    parents.invalidate();
                     tree.remove_any(Ino::ROOT, &e.name)?;
                 }
             }
@@ -226,12 +252,14 @@ fn apply_entry<R: Read>(
         }
         let joined = join(dirs);
         let (pdir, pname) = tree.resolve_parent(&joined)?;
+        parents.invalidate();
         tree.make_opaque(pdir, pname)?;
         return Ok(());
     }
     if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
         // A whiteout deletes the name in the lower layers only; one this layer added stays.
         if tree.entry(dir, target)?.is_some() && !own_entry(tree, dir, target)? {
+            parents.invalidate();
             tree.remove_any(dir, target)?;
         }
         return Ok(());
@@ -247,7 +275,7 @@ fn apply_entry<R: Read>(
         tar::EntryType::Char => FileKind::CharDev,
         tar::EntryType::Block => FileKind::BlockDev,
         tar::EntryType::Fifo => FileKind::Fifo,
-        tar::EntryType::Link => return hard_link(tree, entry, dir, name, limits),
+        tar::EntryType::Link => return hard_link(tree, entry, dir, name, limits, parents),
         other => {
             tracing::warn!(entry = %String::from_utf8_lossy(path), kind = ?other, "skipping tar entry of unsupported type");
             return Ok(());
@@ -264,6 +292,7 @@ fn apply_entry<R: Read>(
         return tree.put_inode(ino, &inode);
     }
     if existing.is_some() {
+        parents.invalidate();
         tree.remove_any(dir, name)?;
     }
     let mut inode = Inode::new(kind, 0, 0, 0, Timestamp::now());
@@ -282,15 +311,16 @@ fn apply_entry<R: Read>(
         }
         _ => {}
     }
-    let ino = tree.create_node(dir, name, inode)?;
-    if kind == FileKind::File {
-        let expected = entry.size();
-        let written = tree.fill_file(ino, entry, limits.max_bytes)?;
-        if written != expected {
-            return Err(Error::Layer(format!(
-                "truncated: header says {expected} bytes, the layer has {written}"
-            )));
-        }
+    if kind != FileKind::File {
+        tree.create_node(dir, name, inode)?;
+        return Ok(());
+    }
+    let expected = entry.size();
+    let (_, written) = tree.create_file(dir, name, inode, entry, limits.max_bytes)?;
+    if written != expected {
+        return Err(Error::Layer(format!(
+            "truncated: header says {expected} bytes, the layer has {written}"
+        )));
     }
     Ok(())
 }
@@ -328,6 +358,7 @@ fn hard_link<R: Read>(
     dir: Ino,
     name: &[u8],
     limits: &ImportLimits,
+    parents: &mut Parents,
 ) -> Result<()> {
     let target = entry
         .link_name_bytes()
@@ -347,6 +378,7 @@ fn hard_link<R: Read>(
         if ino == tino {
             return Ok(());
         }
+        parents.invalidate();
         tree.remove_any(dir, name)?;
     }
     tree.link(tino, dir, name)?;

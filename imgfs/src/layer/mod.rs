@@ -21,36 +21,67 @@ pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
 /// The entry that marks a directory as opaque (nothing below it in lower layers shows through).
 pub const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 
-/// A reader that hashes and counts what passes through it.
+/// A reader that counts what passes through it, stops at a limit, and has it hashed on another
+/// thread: the layer's diff id costs ~0.15 s of CPU per 200 MB, which the importer would
+/// otherwise pay on its own core.
 pub(crate) struct HashingReader<R> {
     inner: R,
-    hasher: Sha256,
+    batch: Vec<u8>,
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    hasher: Option<std::thread::JoinHandle<[u8; 32]>>,
     count: u64,
     limit: u64,
 }
 
+const HASH_BATCH: usize = 256 << 10;
+
 impl<R: Read> HashingReader<R> {
     pub(crate) fn new(inner: R, limit: u64) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(16);
+        let hasher = std::thread::Builder::new()
+            .name("imgfs-diffid".into())
+            .spawn(move || {
+                let mut h = Sha256::new();
+                for buf in rx {
+                    h.update(&buf);
+                }
+                h.finalize().into()
+            })
+            .expect("spawn the diff id hasher");
         HashingReader {
             inner,
-            hasher: Sha256::new(),
+            batch: Vec::with_capacity(HASH_BATCH),
+            tx: Some(tx),
+            hasher: Some(hasher),
             count: 0,
             limit,
         }
     }
 
-    pub(crate) fn finish(self) -> (String, u64) {
-        (
-            format!("sha256:{}", hex::encode(self.hasher.finalize())),
-            self.count,
-        )
+    fn send(&mut self) {
+        let full = std::mem::replace(&mut self.batch, Vec::with_capacity(HASH_BATCH));
+        if let Some(tx) = &self.tx {
+            // The hasher only stops when we drop the sender, so a send cannot fail.
+            let _ = tx.send(full);
+        }
+    }
+
+    pub(crate) fn finish(mut self) -> (String, u64) {
+        self.send();
+        self.tx = None;
+        let digest = self
+            .hasher
+            .take()
+            .expect("hasher runs until finish")
+            .join()
+            .expect("the hasher does not panic");
+        (format!("sha256:{}", hex::encode(digest)), self.count)
     }
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
         self.count += n as u64;
         if self.count > self.limit {
             return Err(std::io::Error::new(
@@ -60,6 +91,10 @@ impl<R: Read> Read for HashingReader<R> {
                     self.limit
                 ),
             ));
+        }
+        self.batch.extend_from_slice(&buf[..n]);
+        if self.batch.len() >= HASH_BATCH {
+            self.send();
         }
         Ok(n)
     }

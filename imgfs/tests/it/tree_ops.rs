@@ -162,3 +162,52 @@ fn lookup_of_an_overlong_name_is_name_too_long_not_not_found() {
         Err(imgfs::Error::NotFound(_))
     ));
 }
+
+#[test]
+fn many_siblings_changing_the_same_keys_stay_invisible_to_each_other() {
+    let (_d, s) = store();
+    s.prepare("a", None).unwrap();
+    let t = s.tree("a").unwrap();
+    let (dir, _) = t
+        .mknod(Ino::ROOT, b"d", &NewNode::new(FileKind::Dir, 0o755, 0, 0))
+        .unwrap();
+    let (f, _) = t.mknod(dir, b"f", &file(0o644)).unwrap();
+    t.write(f, 0, b"base").unwrap();
+    for n in [b"x".as_slice(), b"y", b"z"] {
+        t.mknod(dir, n, &file(0o644)).unwrap();
+    }
+    drop(t);
+    s.commit("base", "a").unwrap();
+
+    // Each sibling rewrites f, deletes y, adds its own name: many versions of the same keys,
+    // all outside the chain of any other sibling.
+    for i in 0..40 {
+        let key = format!("w{i}");
+        s.prepare(&key, Some("base")).unwrap();
+        let t = s.tree(&key).unwrap();
+        t.write(f, 0, format!("sibling {i:02}").as_bytes()).unwrap();
+        t.unlink(dir, b"y").unwrap();
+        t.mknod(dir, format!("s{i}").as_bytes(), &file(0o600))
+            .unwrap();
+        drop(t);
+        s.commit(&format!("sib{i}"), &key).unwrap();
+    }
+    let names = |t: &imgfs::Tree| -> Vec<String> {
+        t.readdir(dir)
+            .unwrap()
+            .into_iter()
+            .map(|e| String::from_utf8(e.name).unwrap())
+            .collect()
+    };
+    s.prepare("fresh", Some("base")).unwrap();
+    let t = s.tree("fresh").unwrap();
+    assert_eq!(t.read(f, 0, 100).unwrap(), b"base");
+    assert_eq!(names(&t), ["f", "x", "y", "z"]);
+    assert!(t.lookup(dir, b"s7").is_err());
+    drop(t);
+    s.prepare("on17", Some("sib17")).unwrap();
+    let t = s.tree("on17").unwrap();
+    assert_eq!(t.read(f, 0, 100).unwrap(), b"sibling 17");
+    assert_eq!(names(&t), ["f", "s17", "x", "z"]);
+    assert!(t.lookup(dir, b"y").is_err());
+}
