@@ -406,7 +406,7 @@ impl Store {
         drop(tree);
         let _g = self.inner.chunk_lock.lock().expect("poisoned");
         let mut b = Batch::default();
-        self.sync_packs(&mut b)?;
+        self.flush_chunks(&mut b, HashMap::new(), HashMap::new(), true)?;
         let mut done = rec.clone();
         done.kind = SnapshotKind::Committed;
         done.name = name.to_string();
@@ -429,17 +429,6 @@ impl Store {
         let mut b = Batch::default();
         b.put(&key::snapshot(rec.id), &rec.encode());
         self.inner.meta.write(b, true)
-    }
-
-    /// fsyncs the packs appended to and records their synced length in `b`. Caller holds
-    /// `chunk_lock`.
-    pub(crate) fn sync_packs(&self, b: &mut Batch) -> Result<()> {
-        for (pack, len) in self.inner.packs.sync()? {
-            let mut rec = self.pack_record(pack)?;
-            rec.synced_len = len;
-            b.put(&key::pack(pack), &rec.encode());
-        }
-        Ok(())
     }
 
     fn pack_record(&self, pack: PackId) -> Result<PackRecord> {
@@ -590,37 +579,25 @@ impl Store {
         Ok(digest)
     }
 
-    /// Writes the chunk records and pack live-byte counts that `put_chunk` accumulated.
+    /// Writes the chunk records and pack live-byte counts that `put_chunk` accumulated. With
+    /// `sync`, first fsyncs every pack appended to and records its synced length too: a batch that
+    /// names new chunk bytes may only be written after they are durable. Each pack record is
+    /// written once: of two puts of a key in one batch only the last survives.
     pub(crate) fn flush_chunks(
         &self,
         b: &mut Batch,
         pending: HashMap<ChunkDigest, ChunkRecord>,
         live: HashMap<PackId, u64>,
+        sync: bool,
     ) -> Result<()> {
         for (digest, rec) in pending {
             b.put(&key::chunk(&digest), &rec.encode());
         }
-        for (pack, d) in live {
-            let mut rec = self.pack_record(pack)?;
-            rec.live_bytes += d;
-            b.put(&key::pack(pack), &rec.encode());
-        }
-        Ok(())
-    }
-
-    /// `flush_chunks` and `sync_packs` in one batch. Calling the two in turn on one batch loses
-    /// the live-byte counts: each rewrites the whole pack record from the database, and of two
-    /// puts of a key in a batch only the last survives.
-    pub(crate) fn flush_and_sync_chunks(
-        &self,
-        b: &mut Batch,
-        pending: HashMap<ChunkDigest, ChunkRecord>,
-        live: HashMap<PackId, u64>,
-    ) -> Result<()> {
-        for (digest, rec) in pending {
-            b.put(&key::chunk(&digest), &rec.encode());
-        }
-        let synced: HashMap<PackId, u64> = self.inner.packs.sync()?.into_iter().collect();
+        let synced: HashMap<PackId, u64> = if sync {
+            self.inner.packs.sync()?.into_iter().collect()
+        } else {
+            HashMap::new()
+        };
         let touched: std::collections::BTreeSet<PackId> =
             live.keys().chain(synced.keys()).copied().collect();
         for pack in touched {

@@ -773,38 +773,11 @@ impl Tree {
 
     /// Creates a file, directory, symlink, device, fifo or socket named `name` in `dir`.
     pub fn mknod(&self, dir: Ino, name: &[u8], node: &NewNode) -> Result<(Ino, Inode)> {
-        check_name(name)?;
-        let _g = self.writer()?;
-        let mut parent = self.dir_inode(dir)?;
-        if self.entry(dir, name)?.is_some() {
-            return Err(Error::Exists(show(name)));
-        }
-        let ino = Ino(self.store.alloc_id()?);
         let now = Timestamp::now();
         let mut inode = Inode::new(node.kind, node.perm, node.uid, node.gid, now);
         inode.rdev = node.rdev;
         inode.target = node.target.clone();
-        inode.links.push(Link {
-            dir,
-            name: name.to_vec(),
-        });
-        let mut txn = self.txn();
-        txn.put_inode(ino, &inode);
-        txn.put(
-            &key::dentry_base(dir, name),
-            &Dentry::Entry {
-                ino,
-                kind: node.kind,
-            }
-            .encode(),
-        );
-        if node.kind == FileKind::Dir {
-            parent.subdirs += 1;
-        }
-        parent.mtime = now;
-        parent.ctime = now;
-        txn.put_inode(dir, &parent);
-        txn.write()?;
+        let (ino, inode, _) = self.create_with(dir, name, inode, None, Some(now))?;
         Ok((ino, inode))
     }
 
@@ -1157,7 +1130,7 @@ impl Tree {
     /// Creates `name` in `dir` with a complete inode record in one batch, without touching the
     /// directory's times (a layer sets those from its own entry, as tar does).
     pub(crate) fn create_node(&self, dir: Ino, name: &[u8], inode: Inode) -> Result<Ino> {
-        Ok(self.create_with(dir, name, inode, None)?.0)
+        Ok(self.create_with(dir, name, inode, None, None)?.0)
     }
 
     /// Creates the regular file `name` in `dir` with its whole content from `reader`, hashed
@@ -1171,16 +1144,21 @@ impl Tree {
         reader: &mut dyn std::io::Read,
         limit: u64,
     ) -> Result<(Ino, u64)> {
-        self.create_with(dir, name, inode, Some((reader, limit)))
+        let (ino, _, total) = self.create_with(dir, name, inode, Some((reader, limit)), None)?;
+        Ok((ino, total))
     }
 
+    /// Inserts `name` in `dir` pointing at a new inode with record `inode` (and, for a file, its
+    /// whole content from `content`), in one batch. With `touch`, the directory's mtime and ctime
+    /// become that time, as a create through the file system does; a layer sets them itself.
     fn create_with(
         &self,
         dir: Ino,
         name: &[u8],
         mut inode: Inode,
         content: Option<(&mut dyn std::io::Read, u64)>,
-    ) -> Result<(Ino, u64)> {
+        touch: Option<Timestamp>,
+    ) -> Result<(Ino, Inode, u64)> {
         check_name(name)?;
         let _g = self.writer()?;
         let mut parent = self.dir_inode(dir)?;
@@ -1213,10 +1191,16 @@ impl Tree {
         );
         if inode.kind == FileKind::Dir {
             parent.subdirs += 1;
+        }
+        if let Some(now) = touch {
+            parent.mtime = now;
+            parent.ctime = now;
+        }
+        if inode.kind == FileKind::Dir || touch.is_some() {
             txn.put_inode(dir, &parent);
         }
         txn.write()?;
-        Ok((ino, total))
+        Ok((ino, inode, total))
     }
 
     /// Removes `name` from `dir` whatever it is; a directory goes with everything below it (the
@@ -1283,7 +1267,7 @@ impl Tree {
                 break;
             }
         }
-        self.store.flush_chunks(&mut txn.b, pending, live)?;
+        self.store.flush_chunks(&mut txn.b, pending, live, false)?;
         inode.size = total;
         inode.data = (total > 0).then_some(data);
         Ok(total)
@@ -1461,8 +1445,7 @@ impl Tree {
                 };
                 txn.put_extent(data, index, extent);
             }
-            self.store
-                .flush_and_sync_chunks(&mut txn.b, pending, live)?;
+            self.store.flush_chunks(&mut txn.b, pending, live, true)?;
             txn.write()?;
         }
         *self.scratch.lock().expect("poisoned") = None;
