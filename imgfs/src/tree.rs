@@ -191,6 +191,10 @@ impl Txn<'_> {
         self.put(&key::inode_base(ino), &inode.encode());
     }
 
+    fn put_dentry(&mut self, dir: Ino, name: &[u8], d: Dentry) {
+        self.put(&key::dentry_base(dir, name), &d.encode());
+    }
+
     fn put_extent(&mut self, data: DataId, index: u64, e: Extent) {
         self.put(&key::extent_base(data, index), &e.encode());
     }
@@ -806,13 +810,13 @@ impl Tree {
         parent.ctime = now;
         let mut txn = self.txn();
         txn.put_inode(ino, &inode);
-        txn.put(
-            &key::dentry_base(dir, name),
-            &Dentry::Entry {
+        txn.put_dentry(
+            dir,
+            name,
+            Dentry::Entry {
                 ino,
                 kind: inode.kind,
-            }
-            .encode(),
+            },
         );
         txn.put_inode(dir, &parent);
         txn.write()?;
@@ -822,15 +826,14 @@ impl Tree {
     /// Removes the head's entry `name` from `dir`: a deletion marker when an ancestor has the
     /// name, otherwise the head's own key goes away entirely.
     fn remove_entry(&self, txn: &mut Txn<'_>, dir: Ino, name: &[u8]) -> Result<()> {
-        let base = key::dentry_base(dir, name);
         let lower = match &self.parent {
             Some(p) => self.entry_in(p, dir, name)?,
             None => None,
         };
         if lower.is_some() {
-            txn.put(&base, &Dentry::Deleted.encode());
+            txn.put_dentry(dir, name, Dentry::Deleted);
         } else {
-            txn.delete(&base);
+            txn.delete(&key::dentry_base(dir, name));
         }
         Ok(())
     }
@@ -967,21 +970,21 @@ impl Tree {
                 }
                 self.relink(&mut txn, sino, (odir, oname), (ndir, nname), now)?;
                 self.relink(&mut txn, tino, (ndir, nname), (odir, oname), now)?;
-                txn.put(
-                    &key::dentry_base(ndir, nname),
-                    &Dentry::Entry {
+                txn.put_dentry(
+                    ndir,
+                    nname,
+                    Dentry::Entry {
                         ino: sino,
                         kind: skind,
-                    }
-                    .encode(),
+                    },
                 );
-                txn.put(
-                    &key::dentry_base(odir, oname),
-                    &Dentry::Entry {
+                txn.put_dentry(
+                    odir,
+                    oname,
+                    Dentry::Entry {
                         ino: tino,
                         kind: tkind,
-                    }
-                    .encode(),
+                    },
                 );
                 if skind == FileKind::Dir {
                     *subdir_delta.entry(odir).or_default() -= 1;
@@ -1013,13 +1016,13 @@ impl Tree {
                 }
                 self.relink(&mut txn, sino, (odir, oname), (ndir, nname), now)?;
                 self.remove_entry(&mut txn, odir, oname)?;
-                txn.put(
-                    &key::dentry_base(ndir, nname),
-                    &Dentry::Entry {
+                txn.put_dentry(
+                    ndir,
+                    nname,
+                    Dentry::Entry {
                         ino: sino,
                         kind: skind,
-                    }
-                    .encode(),
+                    },
                 );
                 if skind == FileKind::Dir {
                     *subdir_delta.entry(odir).or_default() -= 1;
@@ -1181,13 +1184,13 @@ impl Tree {
             None => None,
         };
         txn.put_inode(ino, &inode);
-        txn.put(
-            &key::dentry_base(dir, name),
-            &Dentry::Entry {
+        txn.put_dentry(
+            dir,
+            name,
+            Dentry::Entry {
                 ino,
                 kind: inode.kind,
-            }
-            .encode(),
+            },
         );
         if inode.kind == FileKind::Dir {
             parent.subdirs += 1;
@@ -1308,13 +1311,13 @@ impl Tree {
         inode.subdirs = 0;
         for e in &own {
             txn.delete(&key::dentry_base(old, &e.name));
-            txn.put(
-                &key::dentry_base(ino, &e.name),
-                &Dentry::Entry {
+            txn.put_dentry(
+                ino,
+                &e.name,
+                Dentry::Entry {
                     ino: e.ino,
                     kind: e.kind,
-                }
-                .encode(),
+                },
             );
             let mut child = self.inode(e.ino)?;
             for l in &mut child.links {
@@ -1333,13 +1336,13 @@ impl Tree {
         old_inode.links.clear();
         txn.put_inode(old, &old_inode);
         txn.put_inode(ino, &inode);
-        txn.put(
-            &key::dentry_base(dir, name),
-            &Dentry::Entry {
+        txn.put_dentry(
+            dir,
+            name,
+            Dentry::Entry {
                 ino,
                 kind: FileKind::Dir,
-            }
-            .encode(),
+            },
         );
         txn.write()?;
         Ok(ino)
