@@ -69,18 +69,68 @@ fn errno(op: &str, e: &Error) -> Errno {
     Errno::from_i32(e.errno())
 }
 
-/// Runs a handler body; an error or a panic becomes an errno reply.
-fn serve<R>(
+/// A reply that can carry an errno: every fuser reply type, so `serve` can answer errors itself.
+trait ErrorReply {
+    fn fail(self, e: Errno);
+}
+
+macro_rules! error_reply {
+    ($($t:ty),*) => {$(
+        impl ErrorReply for $t {
+            fn fail(self, e: Errno) {
+                self.error(e);
+            }
+        }
+    )*};
+}
+
+error_reply!(
+    ReplyEntry,
+    ReplyAttr,
+    ReplyData,
+    ReplyEmpty,
+    ReplyOpen,
+    ReplyWrite,
+    ReplyCreate,
+    ReplyXattr,
+    ReplyDirectory,
+    ReplyDirectoryPlus
+);
+
+/// Runs a handler: `body` computes the answer from the tree, `send` replies with it. An error
+/// becomes its errno (`errno`) and a panic in `body` becomes EIO, so no request can take the
+/// mount down.
+fn serve<R: ErrorReply, T>(
     op: &str,
     reply: R,
-    body: impl FnOnce(R) -> Result<(), (R, Error)>,
-    fail: impl FnOnce(R, Errno),
+    body: impl FnOnce() -> Result<T, Error>,
+    send: impl FnOnce(R, T),
 ) {
-    // The reply is moved into the body; if the body panics, dropping the reply sends EIO.
-    match catch_unwind(AssertUnwindSafe(|| body(reply))) {
-        Ok(Ok(())) => {}
-        Ok(Err((reply, e))) => fail(reply, errno(op, &e)),
-        Err(_) => tracing::error!(op, "request handler panicked; replied EIO"),
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(v)) => send(reply, v),
+        Ok(Err(e)) => reply.fail(errno(op, &e)),
+        Err(_) => {
+            tracing::error!(op, "request handler panicked; replied EIO");
+            reply.fail(Errno::EIO);
+        }
+    }
+}
+
+/// `serve` for replies filled piece by piece (directory listings): `fill` adds to the reply,
+/// which is sent once it succeeds.
+fn serve_mut<R: ErrorReply>(
+    op: &str,
+    mut reply: R,
+    fill: impl FnOnce(&mut R) -> Result<(), Error>,
+    send: impl FnOnce(R),
+) {
+    match catch_unwind(AssertUnwindSafe(|| fill(&mut reply))) {
+        Ok(Ok(())) => send(reply),
+        Ok(Err(e)) => reply.fail(errno(op, &e)),
+        Err(_) => {
+            tracing::error!(op, "request handler panicked; replied EIO");
+            reply.fail(Errno::EIO);
+        }
     }
 }
 
@@ -213,6 +263,16 @@ impl FuseFs {
         reply.entry(&TTL, &file_attr(attr), Generation(0));
     }
 
+    /// The listing an open directory handle took at opendir.
+    fn listing(&self, fh: FileHandle) -> Result<Arc<Vec<DirEntry>>, Error> {
+        self.dirs
+            .lock()
+            .expect("poisoned")
+            .get(&fh.0)
+            .cloned()
+            .ok_or_else(|| Error::Invalid("directory handle".into()))
+    }
+
     fn open_flags(&self) -> FopenFlags {
         // Pages of a file stay valid across opens: every write to this tree comes through us.
         FopenFlags::FOPEN_KEEP_CACHE
@@ -286,36 +346,24 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
-        serve(
-            "lookup",
-            reply,
-            |reply| match self.tree.lookup(ino(parent), name(n)) {
-                Ok((i, inode)) => {
-                    self.entry_reply(reply, &Attr::of(i, &inode));
-                    Ok(())
-                }
-                Err(Error::NotFound(_)) => {
-                    reply.entry(&TTL, &negative_attr(), Generation(0));
-                    Ok(())
-                }
-                Err(e) => Err((reply, e)),
-            },
-            |r, e| r.error(e),
-        );
+        let found = || match self.tree.lookup(ino(parent), name(n)) {
+            Ok((i, inode)) => Ok(Some(Attr::of(i, &inode))),
+            Err(Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        };
+        serve("lookup", reply, found, |reply, attr| match attr {
+            Some(a) => self.entry_reply(reply, &a),
+            // An entry with inode 0 makes the kernel cache the miss.
+            None => reply.entry(&TTL, &negative_attr(), Generation(0)),
+        });
     }
 
     fn getattr(&self, _req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         serve(
             "getattr",
             reply,
-            |reply| match self.tree.getattr(ino(i)) {
-                Ok(a) => {
-                    reply.attr(&TTL, &file_attr(&a));
-                    Ok(())
-                }
-                Err(e) => Err((reply, e)),
-            },
-            |r, e| r.error(e),
+            || self.tree.getattr(ino(i)),
+            |r, a| r.attr(&TTL, &file_attr(&a)),
         );
     }
 
@@ -356,14 +404,8 @@ impl Filesystem for FuseFs {
         serve(
             "setattr",
             reply,
-            |reply| match self.tree.setattr(ino(i), &set) {
-                Ok(a) => {
-                    reply.attr(&TTL, &file_attr(&a));
-                    Ok(())
-                }
-                Err(e) => Err((reply, e)),
-            },
-            |r, e| r.error(e),
+            || self.tree.setattr(ino(i), &set),
+            |r, a| r.attr(&TTL, &file_attr(&a)),
         );
     }
 
@@ -371,14 +413,8 @@ impl Filesystem for FuseFs {
         serve(
             "readlink",
             reply,
-            |reply| match self.tree.readlink(ino(i)) {
-                Ok(t) => {
-                    reply.data(&t);
-                    Ok(())
-                }
-                Err(e) => Err((reply, e)),
-            },
-            |r, e| r.error(e),
+            || self.tree.readlink(ino(i)),
+            |r, t| r.data(&t),
         );
     }
 
@@ -392,29 +428,16 @@ impl Filesystem for FuseFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        serve(
-            "mknod",
-            reply,
-            |reply| {
-                let Some(kind) = FileKind::from_mode(mode) else {
-                    return Err((reply, Error::Invalid(format!("mknod mode {mode:o}"))));
-                };
-                let r = self
-                    .new_node(req, ino(parent), kind, mode)
-                    .and_then(|mut node| {
-                        node.rdev = rdev as u64;
-                        self.tree.mknod(ino(parent), name(n), &node)
-                    });
-                match r {
-                    Ok((i, inode)) => {
-                        self.entry_reply(reply, &Attr::of(i, &inode));
-                        Ok(())
-                    }
-                    Err(e) => Err((reply, e)),
-                }
-            },
-            |r, e| r.error(e),
-        );
+        let made = || {
+            let kind = FileKind::from_mode(mode)
+                .ok_or_else(|| Error::Invalid(format!("mknod mode {mode:o}")))?;
+            let mut node = self.new_node(req, ino(parent), kind, mode)?;
+            node.rdev = rdev as u64;
+            self.tree.mknod(ino(parent), name(n), &node)
+        };
+        serve("mknod", reply, made, |r, (i, inode)| {
+            self.entry_reply(r, &Attr::of(i, &inode))
+        });
     }
 
     fn mkdir(
@@ -426,37 +449,21 @@ impl Filesystem for FuseFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        serve(
-            "mkdir",
-            reply,
-            |reply| {
-                let r = self
-                    .new_node(req, ino(parent), FileKind::Dir, mode)
-                    .and_then(|node| self.tree.mknod(ino(parent), name(n), &node));
-                match r {
-                    Ok((i, inode)) => {
-                        self.entry_reply(reply, &Attr::of(i, &inode));
-                        Ok(())
-                    }
-                    Err(e) => Err((reply, e)),
-                }
-            },
-            |r, e| r.error(e),
-        );
+        let made = || {
+            let node = self.new_node(req, ino(parent), FileKind::Dir, mode)?;
+            self.tree.mknod(ino(parent), name(n), &node)
+        };
+        serve("mkdir", reply, made, |r, (i, inode)| {
+            self.entry_reply(r, &Attr::of(i, &inode))
+        });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         serve(
             "unlink",
             reply,
-            |reply| match self.tree.unlink(ino(parent), name(n)) {
-                Ok(()) => {
-                    reply.ok();
-                    Ok(())
-                }
-                Err(e) => Err((reply, e)),
-            },
-            |r, e| r.error(e),
+            || self.tree.unlink(ino(parent), name(n)),
+            |r, ()| r.ok(),
         );
     }
 
@@ -464,14 +471,8 @@ impl Filesystem for FuseFs {
         serve(
             "rmdir",
             reply,
-            |reply| match self.tree.rmdir(ino(parent), name(n)) {
-                Ok(()) => {
-                    reply.ok();
-                    Ok(())
-                }
-                Err(e) => Err((reply, e)),
-            },
-            |r, e| r.error(e),
+            || self.tree.rmdir(ino(parent), name(n)),
+            |r, ()| r.ok(),
         );
     }
 
@@ -483,27 +484,15 @@ impl Filesystem for FuseFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        serve(
-            "symlink",
-            reply,
-            |reply| {
-                let r = self
-                    .new_node(req, ino(parent), FileKind::Symlink, 0o777)
-                    .and_then(|mut node| {
-                        node.perm = 0o777;
-                        node.target = target.as_os_str().as_bytes().to_vec();
-                        self.tree.mknod(ino(parent), name(link), &node)
-                    });
-                match r {
-                    Ok((i, inode)) => {
-                        self.entry_reply(reply, &Attr::of(i, &inode));
-                        Ok(())
-                    }
-                    Err(e) => Err((reply, e)),
-                }
-            },
-            |r, e| r.error(e),
-        );
+        let made = || {
+            let mut node = self.new_node(req, ino(parent), FileKind::Symlink, 0o777)?;
+            node.perm = 0o777;
+            node.target = target.as_os_str().as_bytes().to_vec();
+            self.tree.mknod(ino(parent), name(link), &node)
+        };
+        serve("symlink", reply, made, |r, (i, inode)| {
+            self.entry_reply(r, &Attr::of(i, &inode))
+        });
     }
 
     fn rename(
@@ -516,32 +505,20 @@ impl Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        serve(
-            "rename",
-            reply,
-            |reply| {
-                let mode = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
-                    RenameMode::Exchange
-                } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
-                    RenameMode::NoReplace
-                } else if flags.is_empty() {
-                    RenameMode::Replace
-                } else {
-                    return Err((reply, Error::Invalid(format!("rename flags {flags:?}"))));
-                };
-                match self
-                    .tree
-                    .rename(ino(parent), name(n), ino(newparent), name(newname), mode)
-                {
-                    Ok(()) => {
-                        reply.ok();
-                        Ok(())
-                    }
-                    Err(e) => Err((reply, e)),
-                }
-            },
-            |r, e| r.error(e),
-        );
+        let renamed = || {
+            let mode = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+                RenameMode::Exchange
+            } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+                RenameMode::NoReplace
+            } else if flags.is_empty() {
+                RenameMode::Replace
+            } else {
+                return Err(Error::Invalid(format!("rename flags {flags:?}")));
+            };
+            self.tree
+                .rename(ino(parent), name(n), ino(newparent), name(newname), mode)
+        };
+        serve("rename", reply, renamed, |r, ()| r.ok());
     }
 
     fn link(
@@ -552,18 +529,10 @@ impl Filesystem for FuseFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        serve(
-            "link",
-            reply,
-            |reply| match self.tree.link(ino(i), ino(newparent), name(newname)) {
-                Ok(inode) => {
-                    self.entry_reply(reply, &Attr::of(ino(i), &inode));
-                    Ok(())
-                }
-                Err(e) => Err((reply, e)),
-            },
-            |r, e| r.error(e),
-        );
+        let linked = || self.tree.link(ino(i), ino(newparent), name(newname));
+        serve("link", reply, linked, |r, inode| {
+            self.entry_reply(r, &Attr::of(ino(i), &inode))
+        });
     }
 
     fn open(&self, _req: &Request, _i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -584,14 +553,8 @@ impl Filesystem for FuseFs {
         serve(
             "read",
             reply,
-            |reply| match self.tree.read(ino(i), offset, size) {
-                Ok(data) => {
-                    reply.data(&data);
-                    Ok(())
-                }
-                Err(e) => Err((reply, e)),
-            },
-            |r, e| r.error(e),
+            || self.tree.read(ino(i), offset, size),
+            |r, data| r.data(&data),
         );
     }
 
@@ -611,14 +574,8 @@ impl Filesystem for FuseFs {
         serve(
             "write",
             reply,
-            |reply| match self.tree.write_as(ino(i), offset, data, kill) {
-                Ok(n) => {
-                    reply.written(n as u32);
-                    Ok(())
-                }
-                Err(e) => Err((reply, e)),
-            },
-            |r, e| r.error(e),
+            || self.tree.write_as(ino(i), offset, data, kill),
+            |r, n| r.written(n as u32),
         );
     }
 
@@ -643,40 +600,25 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        serve(
-            "fsync",
-            reply,
-            |reply| match self.tree.fsync() {
-                Ok(()) => {
-                    reply.ok();
-                    Ok(())
-                }
-                Err(e) => Err((reply, e)),
-            },
-            |r, e| r.error(e),
-        );
+        serve("fsync", reply, || self.tree.fsync(), |r, ()| r.ok());
     }
 
     fn opendir(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         serve(
             "opendir",
             reply,
-            |reply| match self.tree.readdir(ino(i)) {
-                Ok(entries) => {
-                    let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                    self.dirs
-                        .lock()
-                        .expect("poisoned")
-                        .insert(fh, Arc::new(entries));
-                    reply.opened(
-                        FileHandle(fh),
-                        FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
-                    );
-                    Ok(())
-                }
-                Err(e) => Err((reply, e)),
+            || self.tree.readdir(ino(i)),
+            |reply, entries| {
+                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                self.dirs
+                    .lock()
+                    .expect("poisoned")
+                    .insert(fh, Arc::new(entries));
+                reply.opened(
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+                );
             },
-            |r, e| r.error(e),
         );
     }
 
@@ -688,46 +630,35 @@ impl Filesystem for FuseFs {
         offset: u64,
         reply: ReplyDirectory,
     ) {
-        serve(
-            "readdir",
-            reply,
-            |mut reply| {
-                let Some(entries) = self.dirs.lock().expect("poisoned").get(&fh.0).cloned() else {
-                    return Err((reply, Error::Invalid("directory handle".into())));
+        let fill = |reply: &mut ReplyDirectory| {
+            let entries = self.listing(fh)?;
+            let parent = self.tree.parent_of(ino(i))?;
+            let dots = [(i.0, b".".as_slice()), (parent.0, b"..".as_slice())];
+            for off in offset..entries.len() as u64 + 2 {
+                let full = if off < 2 {
+                    let (n, nm) = dots[off as usize];
+                    reply.add(
+                        INodeNo(n),
+                        off + 1,
+                        FileType::Directory,
+                        OsStr::from_bytes(nm),
+                    )
+                } else {
+                    let e = &entries[(off - 2) as usize];
+                    reply.add(
+                        INodeNo(e.ino.0),
+                        off + 1,
+                        file_type(e.kind),
+                        OsStr::from_bytes(&e.name),
+                    )
                 };
-                let parent = match self.tree.parent_of(ino(i)) {
-                    Ok(p) => p,
-                    Err(e) => return Err((reply, e)),
-                };
-                let dots = [(i.0, b".".as_slice()), (parent.0, b"..".as_slice())];
-                let total = entries.len() as u64 + 2;
-                for off in offset..total {
-                    let full = if off < 2 {
-                        let (n, nm) = dots[off as usize];
-                        reply.add(
-                            INodeNo(n),
-                            off + 1,
-                            FileType::Directory,
-                            OsStr::from_bytes(nm),
-                        )
-                    } else {
-                        let e = &entries[(off - 2) as usize];
-                        reply.add(
-                            INodeNo(e.ino.0),
-                            off + 1,
-                            file_type(e.kind),
-                            OsStr::from_bytes(&e.name),
-                        )
-                    };
-                    if full {
-                        break;
-                    }
+                if full {
+                    break;
                 }
-                reply.ok();
-                Ok(())
-            },
-            |r, e| r.error(e),
-        );
+            }
+            Ok(())
+        };
+        serve_mut("readdir", reply, fill, |r| r.ok());
     }
 
     fn readdirplus(
@@ -738,63 +669,37 @@ impl Filesystem for FuseFs {
         offset: u64,
         reply: ReplyDirectoryPlus,
     ) {
-        serve(
-            "readdirplus",
-            reply,
-            |mut reply| {
-                let Some(entries) = self.dirs.lock().expect("poisoned").get(&fh.0).cloned() else {
-                    return Err((reply, Error::Invalid("directory handle".into())));
-                };
-                let total = entries.len() as u64 + 2;
-                for off in offset..total {
-                    // `.` and `..` carry no attributes the kernel would cache, as in libfuse.
-                    let (n, nm, attr) = if off < 2 {
-                        let n = if off == 0 {
-                            ino(i)
-                        } else {
-                            match self.tree.parent_of(ino(i)) {
-                                Ok(p) => p,
-                                Err(e) => return Err((reply, e)),
-                            }
-                        };
-                        let attr = match self.tree.getattr(n) {
-                            Ok(a) => a,
-                            Err(e) => return Err((reply, e)),
-                        };
-                        (
-                            n,
-                            if off == 0 {
-                                b".".as_slice()
-                            } else {
-                                b"..".as_slice()
-                            },
-                            attr,
-                        )
-                    } else {
+        let fill = |reply: &mut ReplyDirectoryPlus| {
+            let entries = self.listing(fh)?;
+            for off in offset..entries.len() as u64 + 2 {
+                let (n, nm) = match off {
+                    0 => (ino(i), b".".as_slice()),
+                    1 => (self.tree.parent_of(ino(i))?, b"..".as_slice()),
+                    _ => {
                         let e = &entries[(off - 2) as usize];
-                        match self.tree.getattr(e.ino) {
-                            Ok(a) => (e.ino, e.name.as_slice(), a),
-                            // Removed since opendir: skip it rather than fail the listing.
-                            Err(Error::Stale(_)) => continue,
-                            Err(err) => return Err((reply, err)),
-                        }
-                    };
-                    if reply.add(
-                        INodeNo(n.0),
-                        off + 1,
-                        OsStr::from_bytes(nm),
-                        &TTL,
-                        &file_attr(&attr),
-                        Generation(0),
-                    ) {
-                        break;
+                        (e.ino, e.name.as_slice())
                     }
+                };
+                let attr = match self.tree.getattr(n) {
+                    Ok(a) => a,
+                    // Removed since opendir: skip it rather than fail the listing.
+                    Err(Error::Stale(_)) if off >= 2 => continue,
+                    Err(e) => return Err(e),
+                };
+                if reply.add(
+                    INodeNo(n.0),
+                    off + 1,
+                    OsStr::from_bytes(nm),
+                    &TTL,
+                    &file_attr(&attr),
+                    Generation(0),
+                ) {
+                    break;
                 }
-                reply.ok();
-                Ok(())
-            },
-            |r, e| r.error(e),
-        );
+            }
+            Ok(())
+        };
+        serve_mut("readdirplus", reply, fill, |r| r.ok());
     }
 
     fn releasedir(
@@ -817,18 +722,7 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        serve(
-            "fsyncdir",
-            reply,
-            |reply| match self.tree.fsync() {
-                Ok(()) => {
-                    reply.ok();
-                    Ok(())
-                }
-                Err(e) => Err((reply, e)),
-            },
-            |r, e| r.error(e),
-        );
+        serve("fsyncdir", reply, || self.tree.fsync(), |r, ()| r.ok());
     }
 
     fn statfs(&self, _req: &Request, _i: INodeNo, reply: ReplyStatfs) {
@@ -857,100 +751,53 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        serve(
-            "setxattr",
-            reply,
-            |reply| {
-                let exists = match self.tree.getxattr(ino(i), name(n)) {
-                    Ok(_) => true,
-                    Err(Error::NoAttr(_)) => false,
-                    Err(e) => return Err((reply, e)),
-                };
-                if flags & libc::XATTR_CREATE != 0 && exists {
-                    return Err((
-                        reply,
-                        Error::Exists(String::from_utf8_lossy(name(n)).into_owned()),
-                    ));
-                }
-                if flags & libc::XATTR_REPLACE != 0 && !exists {
-                    return Err((
-                        reply,
-                        Error::NoAttr(String::from_utf8_lossy(name(n)).into_owned()),
-                    ));
-                }
-                match self.tree.setxattr(ino(i), name(n), value) {
-                    Ok(()) => {
-                        reply.ok();
-                        Ok(())
-                    }
-                    Err(e) => Err((reply, e)),
-                }
-            },
-            |r, e| r.error(e),
-        );
+        let set = || {
+            let shown = || String::from_utf8_lossy(name(n)).into_owned();
+            let exists = match self.tree.getxattr(ino(i), name(n)) {
+                Ok(_) => true,
+                Err(Error::NoAttr(_)) => false,
+                Err(e) => return Err(e),
+            };
+            if flags & libc::XATTR_CREATE != 0 && exists {
+                return Err(Error::Exists(shown()));
+            }
+            if flags & libc::XATTR_REPLACE != 0 && !exists {
+                return Err(Error::NoAttr(shown()));
+            }
+            self.tree.setxattr(ino(i), name(n), value)
+        };
+        serve("setxattr", reply, set, |r, ()| r.ok());
     }
 
     fn getxattr(&self, _req: &Request, i: INodeNo, n: &OsStr, size: u32, reply: ReplyXattr) {
         serve(
             "getxattr",
             reply,
-            |reply| match self.tree.getxattr(ino(i), name(n)) {
-                Ok(v) if size == 0 => {
-                    reply.size(v.len() as u32);
-                    Ok(())
-                }
-                Ok(v) if v.len() > size as usize => {
-                    reply.error(Errno::from_i32(libc::ERANGE));
-                    Ok(())
-                }
-                Ok(v) => {
-                    reply.data(&v);
-                    Ok(())
-                }
-                Err(e) => Err((reply, e)),
-            },
-            |r, e| r.error(e),
+            || self.tree.getxattr(ino(i), name(n)),
+            |r, v| xattr_reply(r, size, &v),
         );
     }
 
     fn listxattr(&self, _req: &Request, i: INodeNo, size: u32, reply: ReplyXattr) {
-        serve(
-            "listxattr",
-            reply,
-            |reply| match self.tree.listxattr(ino(i)) {
-                Ok(names) => {
-                    let mut buf = Vec::new();
-                    for n in names {
-                        buf.extend_from_slice(&n);
-                        buf.push(0);
-                    }
-                    if size == 0 {
-                        reply.size(buf.len() as u32);
-                    } else if buf.len() > size as usize {
-                        reply.error(Errno::from_i32(libc::ERANGE));
-                    } else {
-                        reply.data(&buf);
-                    }
-                    Ok(())
-                }
-                Err(e) => Err((reply, e)),
-            },
-            |r, e| r.error(e),
-        );
+        let names = || {
+            let mut buf = Vec::new();
+            for n in self.tree.listxattr(ino(i))? {
+                buf.extend_from_slice(&n);
+                buf.push(0);
+            }
+            Ok(buf)
+        };
+        serve("listxattr", reply, names, |r, buf| {
+            xattr_reply(r, size, &buf)
+        });
     }
 
     fn removexattr(&self, _req: &Request, i: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         serve(
             "removexattr",
             reply,
-            |reply| match self.tree.removexattr(ino(i), name(n)) {
-                Ok(()) => {
-                    reply.ok();
-                    Ok(())
-                }
-                Err(e) => Err((reply, e)),
-            },
-            |r, e| r.error(e),
+            || self.tree.removexattr(ino(i), name(n)),
+            |r, ()| r.ok(),
         );
     }
 
@@ -966,33 +813,22 @@ impl Filesystem for FuseFs {
         n: &OsStr,
         mode: u32,
         _umask: u32,
-        flags: i32,
+        _flags: i32,
         reply: ReplyCreate,
     ) {
-        serve(
-            "create",
-            reply,
-            |reply| {
-                let r = self
-                    .new_node(req, ino(parent), FileKind::File, mode)
-                    .and_then(|node| self.tree.mknod(ino(parent), name(n), &node));
-                match r {
-                    Ok((i, inode)) => {
-                        let _ = flags;
-                        reply.created(
-                            &TTL,
-                            &file_attr(&Attr::of(i, &inode)),
-                            Generation(0),
-                            FileHandle(0),
-                            self.open_flags(),
-                        );
-                        Ok(())
-                    }
-                    Err(e) => Err((reply, e)),
-                }
-            },
-            |r, e| r.error(e),
-        );
+        let made = || {
+            let node = self.new_node(req, ino(parent), FileKind::File, mode)?;
+            self.tree.mknod(ino(parent), name(n), &node)
+        };
+        serve("create", reply, made, |r, (i, inode)| {
+            r.created(
+                &TTL,
+                &file_attr(&Attr::of(i, &inode)),
+                Generation(0),
+                FileHandle(0),
+                self.open_flags(),
+            )
+        });
     }
 
     fn fallocate(
@@ -1005,46 +841,41 @@ impl Filesystem for FuseFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        serve(
-            "fallocate",
-            reply,
-            |reply| {
-                let r = match mode {
-                    0 => self.tree.getattr(ino(i)).and_then(|a| {
-                        let end = offset.saturating_add(length);
-                        if end > a.size {
-                            self.tree
-                                .setattr(
-                                    ino(i),
-                                    &SetAttr {
-                                        size: Some(end),
-                                        ..Default::default()
-                                    },
-                                )
-                                .map(|_| ())
-                        } else {
-                            Ok(())
-                        }
-                    }),
-                    libc::FALLOC_FL_KEEP_SIZE => self.tree.getattr(ino(i)).map(|_| ()),
-                    // The kernel accepts PUNCH_HOLE only together with KEEP_SIZE.
-                    m if m == libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE => {
-                        self.tree.punch_hole(ino(i), offset, length)
-                    }
-                    _ => Err(Error::io(
-                        "fallocate",
-                        std::io::Error::from_raw_os_error(libc::EOPNOTSUPP),
-                    )),
-                };
-                match r {
-                    Ok(()) => {
-                        reply.ok();
-                        Ok(())
-                    }
-                    Err(e) => Err((reply, e)),
+        let allocated = || match mode {
+            0 => {
+                let end = offset.saturating_add(length);
+                if end > self.tree.getattr(ino(i))?.size {
+                    self.tree.setattr(
+                        ino(i),
+                        &SetAttr {
+                            size: Some(end),
+                            ..Default::default()
+                        },
+                    )?;
                 }
-            },
-            |r, e| r.error(e),
-        );
+                Ok(())
+            }
+            libc::FALLOC_FL_KEEP_SIZE => self.tree.getattr(ino(i)).map(|_| ()),
+            // The kernel accepts PUNCH_HOLE only together with KEEP_SIZE.
+            m if m == libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE => {
+                self.tree.punch_hole(ino(i), offset, length)
+            }
+            _ => Err(Error::io(
+                "fallocate",
+                std::io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+            )),
+        };
+        serve("fallocate", reply, allocated, |r, ()| r.ok());
+    }
+}
+
+/// Answers getxattr/listxattr: the size when asked for it, ERANGE when the buffer is too small.
+fn xattr_reply(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(Errno::from_i32(libc::ERANGE));
+    } else {
+        reply.data(value);
     }
 }
