@@ -99,32 +99,7 @@ enum Command {
     /// Mount a snapshot with FUSE: a committed one read-only, or with --writable a new active child
     /// of it (or an active snapshot itself). Stays in the foreground until unmounted (fusermount3
     /// -u, imgfs umount, SIGINT or SIGTERM); then commits the child as --commit NAME, if given.
-    Mount {
-        #[command(flatten)]
-        store: StoreArg,
-        /// The snapshot to mount.
-        #[arg(long)]
-        snapshot: String,
-        /// Mount a writable child of the snapshot (or the active snapshot itself).
-        #[arg(long)]
-        writable: bool,
-        /// Key of the writable child (default: SNAPSHOT.mount-PID).
-        #[arg(long, requires = "writable")]
-        key: Option<String>,
-        /// Commit the writable child under this name when unmounted.
-        #[arg(long, requires = "writable")]
-        commit: Option<String>,
-        /// Detach once the mount is ready.
-        #[arg(long, short = 'd')]
-        daemon: bool,
-        /// With --daemon, where messages go after detaching (default: discarded).
-        #[arg(long, requires = "daemon")]
-        log: Option<PathBuf>,
-        /// FUSE worker threads.
-        #[arg(long, default_value_t = 2)]
-        threads: usize,
-        mountpoint: PathBuf,
-    },
+    Mount(mount::Args),
     /// Unmount an imgfs mount and wait until its process has finished (and committed).
     Umount { mountpoint: PathBuf },
     /// List the paths added (A), changed (M) and deleted (D) from snapshot A to snapshot B.
@@ -310,29 +285,7 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Command::Mount {
-            store,
-            snapshot,
-            writable,
-            key,
-            commit,
-            daemon,
-            log,
-            threads,
-            mountpoint,
-        } => {
-            mount::run(mount::Args {
-                store: store.store,
-                snapshot,
-                writable,
-                key,
-                commit,
-                daemon,
-                log,
-                threads,
-                mountpoint,
-            })?;
-        }
+        Command::Mount(args) => mount::run(args)?,
         Command::Umount { mountpoint } => mount::umount(&mountpoint)?,
         Command::Diff { store, a, b } => {
             let s = open_read_only(&store)?;

@@ -11,14 +11,32 @@ use imgfs::fuse::{self, MountOptions};
 use imgfs::{SnapshotKind, Store};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 
+/// The arguments of `imgfs mount`.
+#[derive(clap::Args)]
 pub struct Args {
+    /// The store directory.
+    #[arg(long, short = 's', env = "IMGFS_STORE")]
     pub store: PathBuf,
+    /// The snapshot to mount.
+    #[arg(long)]
     pub snapshot: String,
+    /// Mount a writable child of the snapshot (or the active snapshot itself).
+    #[arg(long)]
     pub writable: bool,
+    /// Key of the writable child (default: SNAPSHOT.mount-PID).
+    #[arg(long, requires = "writable")]
     pub key: Option<String>,
+    /// Commit the writable child under this name when unmounted.
+    #[arg(long, requires = "writable")]
     pub commit: Option<String>,
+    /// Detach once the mount is ready.
+    #[arg(long, short = 'd')]
     pub daemon: bool,
+    /// With --daemon, where messages go after detaching (default: discarded).
+    #[arg(long, requires = "daemon")]
     pub log: Option<PathBuf>,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 2)]
     pub threads: usize,
     pub mountpoint: PathBuf,
 }
