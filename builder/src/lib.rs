@@ -1,5 +1,14 @@
 //! img's library: the Dockerfile frontend, build graph, executor, image store and registry client.
 
+pub mod backend;
+pub mod build;
+pub mod context;
+pub mod dockerfile;
+pub mod dockerignore;
+pub mod image;
+pub mod overlay;
+pub mod runc;
+
 /// The version printed by `img version`, with the imgfs version it was built against.
 pub fn version_string() -> String {
     format!(

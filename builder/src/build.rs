@@ -1,0 +1,1 @@
+//! The build engine: stages, steps, the build cache.

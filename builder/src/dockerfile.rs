@@ -1,0 +1,1 @@
+//! The Dockerfile frontend: parsing (parse-dockerfile) and word expansion (BuildKit shell lexer semantics).

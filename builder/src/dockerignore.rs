@@ -1,0 +1,1 @@
+//! `.dockerignore` patterns with the semantics of Docker's pattern matcher.

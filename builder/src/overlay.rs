@@ -1,0 +1,1 @@
+//! The kernel overlayfs backend: snapshots as directories, implementing the `Snapshotter` verbs.
