@@ -19,7 +19,7 @@ pub mod tree;
 pub use error::{Error, Result};
 pub use ids::{ChunkDigest, DataId, Ino, SnapshotId};
 pub use records::{FileKind, Inode, SnapshotKind, SnapshotRecord, Timestamp};
-pub use snapshot::{SnapshotInfo, Snapshotter};
+pub use snapshot::{AppliedLayer, SnapshotInfo, Snapshotter};
 pub use store::{Store, StoreOptions, Usage};
 pub use tree::{Attr, DirEntry, NewNode, RenameMode, SetAttr, Tree};
 

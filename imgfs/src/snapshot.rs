@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 
 use crate::error::Result;
-use crate::layer::{ExportReport, ImportLimits, ImportReport};
+use crate::layer::{ExportReport, ImportLimits};
 use crate::records::{SnapshotKind, Timestamp};
 use crate::store::{Store, Usage};
 
@@ -19,6 +19,17 @@ pub struct SnapshotInfo {
     pub kind: SnapshotKind,
     pub created: Timestamp,
     pub labels: Vec<(String, String)>,
+}
+
+/// What `Snapshotter::apply` produced: the committed snapshot and the layer's identity.
+#[derive(Clone, Debug)]
+pub struct AppliedLayer {
+    pub info: SnapshotInfo,
+    /// The sha256 of the uncompressed tar: the layer's OCI diff id.
+    pub diff_id: String,
+    pub entries: u64,
+    /// Bytes of uncompressed tar stream.
+    pub tar_bytes: u64,
 }
 
 /// A copy-on-write snapshot backend.
@@ -44,7 +55,7 @@ pub trait Snapshotter: Send + Sync {
         parent: Option<&str>,
         layer: &mut dyn Read,
         limits: &ImportLimits,
-    ) -> Result<ImportReport>;
+    ) -> Result<AppliedLayer>;
     /// Writes the OCI layer of `key`: its changes from its parent.
     fn diff(&self, key: &str, out: &mut dyn Write) -> Result<ExportReport>;
 }
@@ -104,8 +115,14 @@ impl Snapshotter for Store {
         parent: Option<&str>,
         layer: &mut dyn Read,
         limits: &ImportLimits,
-    ) -> Result<ImportReport> {
-        crate::layer::import_layer(self, name, parent, layer, limits)
+    ) -> Result<AppliedLayer> {
+        let rep = crate::layer::import_layer(self, name, parent, layer, limits)?;
+        Ok(AppliedLayer {
+            info: self.info(rep.snapshot)?,
+            diff_id: rep.diff_id,
+            entries: rep.entries,
+            tar_bytes: rep.tar_bytes,
+        })
     }
 
     fn diff(&self, key: &str, out: &mut dyn Write) -> Result<ExportReport> {
