@@ -1,0 +1,213 @@
+//! Container images for build tests: base images made from fixture root file systems, buildah
+//! with its own storage to build the reference images, and a comparable view (file tree and
+//! config) of any image in an OCI layout.
+//!
+//! Everything goes through the tools users have (umoci, skopeo, buildah), so a test compares
+//! img's output with what the peers read and write, not with img's own idea of an image.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use crate::manifest::Manifest;
+
+/// The PATH Docker puts in images that set none.
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Runs `cmd` and fails with its output when it fails.
+pub fn run(cmd: &mut Command) -> anyhow::Result<Output> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("failed to start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// Makes the OCI image `layout:tag` with `rootfs_tar` as its only layer and Docker's default
+/// PATH and `CMD ["sh"]`, the way busybox's official image looks.
+pub fn oci_image_from_rootfs(rootfs_tar: &Path, layout: &Path, tag: &str) -> anyhow::Result<()> {
+    let work = tempfile::tempdir()?;
+    let bundle = work.path().join("bundle");
+    let image = format!("{}:{tag}", layout.display());
+    if !layout.join("index.json").exists() {
+        run(Command::new("umoci").args(["init", "--layout"]).arg(layout))?;
+    }
+    run(Command::new("umoci").args(["new", "--image", &image]))?;
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &image])
+        .arg(&bundle))?;
+    run(Command::new("tar")
+        .arg("-xf")
+        .arg(rootfs_tar)
+        .arg("-C")
+        .arg(bundle.join("rootfs")))?;
+    run(Command::new("umoci")
+        .args(["repack", "--image", &image])
+        .arg(&bundle))?;
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &image,
+        "--config.cmd",
+        "sh",
+        "--config.env",
+        DEFAULT_PATH,
+    ]))?;
+    Ok(())
+}
+
+/// Packs an OCI layout directory into an OCI archive (a tar of the layout).
+pub fn oci_archive(layout: &Path, archive: &Path) -> anyhow::Result<()> {
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(archive)
+        .arg("-C")
+        .arg(layout)
+        .arg("."))?;
+    Ok(())
+}
+
+/// buildah with storage of its own, so tests never see each other's images (or the host's).
+pub struct Buildah {
+    root: PathBuf,
+    runroot: PathBuf,
+    driver: String,
+}
+
+impl Buildah {
+    /// Storage under `dir` with the storage driver `driver` (`vfs` or `overlay`).
+    pub fn new(dir: &Path, driver: &str) -> Buildah {
+        Buildah {
+            root: dir.join("root"),
+            runroot: dir.join("runroot"),
+            driver: driver.to_owned(),
+        }
+    }
+
+    /// `buildah` with the storage options.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new("buildah");
+        cmd.arg("--root")
+            .arg(&self.root)
+            .arg("--runroot")
+            .arg(&self.runroot)
+            .arg("--storage-driver")
+            .arg(&self.driver);
+        cmd
+    }
+
+    /// The containers-storage transport reference for `name` in this storage.
+    pub fn storage_ref(&self, name: &str) -> String {
+        format!(
+            "containers-storage:[{}@{}+{}]{name}",
+            self.driver,
+            self.root.display(),
+            self.runroot.display()
+        )
+    }
+
+    /// Copies `layout:tag` into the storage as `name` (e.g. `localhost/busybox:latest`).
+    pub fn load(&self, layout: &Path, tag: &str, name: &str) -> anyhow::Result<()> {
+        run(Command::new("skopeo")
+            .args(["copy", "-q"])
+            .arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(self.storage_ref(name)))?;
+        Ok(())
+    }
+
+    /// `buildah bud -t tag [args] context`, with the layers flag Docker users expect.
+    pub fn bud(&self, context: &Path, tag: &str, args: &[&str]) -> anyhow::Result<Output> {
+        run(self
+            .command()
+            .args(["bud", "--layers", "--isolation", "oci", "-t", tag])
+            .args(args)
+            .arg(context))
+    }
+
+    /// Copies the image `name` out of the storage into `layout:tag`.
+    pub fn export(&self, name: &str, layout: &Path, tag: &str) -> anyhow::Result<()> {
+        run(Command::new("skopeo")
+            .args(["copy", "-q"])
+            .arg(self.storage_ref(name))
+            .arg(format!("oci:{}:{tag}", layout.display())))?;
+        Ok(())
+    }
+}
+
+/// What an image is, as far as build comparisons go: its flattened file tree and its config.
+pub struct ImageView {
+    pub tree: Manifest,
+    /// The `config` object of the image configuration (Env, Cmd, ...).
+    pub config: Value,
+    /// The whole image configuration.
+    pub image_config: Value,
+}
+
+impl ImageView {
+    /// Unpacks `layout:tag` with umoci (as root, so owners survive) and reads it.
+    pub fn of_layout(layout: &Path, tag: &str) -> anyhow::Result<ImageView> {
+        let work = tempfile::tempdir()?;
+        let bundle = work.path().join("bundle");
+        run(Command::new("umoci")
+            .args(["unpack", "--image"])
+            .arg(format!("{}:{tag}", layout.display()))
+            .arg(&bundle))?;
+        let tree = Manifest::of_dir(&bundle.join("rootfs"))?.without_mtime();
+        let image_config = image_config(layout, tag)?;
+        let config = image_config
+            .get("config")
+            .cloned()
+            .unwrap_or(Value::Object(Default::default()));
+        Ok(ImageView {
+            tree,
+            config,
+            image_config,
+        })
+    }
+
+    /// Reads an OCI archive (a tar of a layout) through a temporary layout.
+    pub fn of_oci_archive(archive: &Path, tag: &str) -> anyhow::Result<ImageView> {
+        let work = tempfile::tempdir()?;
+        let layout = work.path().join("layout");
+        fs::create_dir(&layout)?;
+        run(Command::new("tar")
+            .arg("-xf")
+            .arg(archive)
+            .arg("-C")
+            .arg(&layout))?;
+        ImageView::of_layout(&layout, tag)
+    }
+}
+
+/// The image configuration of `layout:tag`, found through index.json and the manifest.
+pub fn image_config(layout: &Path, tag: &str) -> anyhow::Result<Value> {
+    let blob = |digest: &str| -> anyhow::Result<Value> {
+        let hex = digest
+            .strip_prefix("sha256:")
+            .with_context(|| format!("unexpected digest {digest}"))?;
+        let path = layout.join("blobs/sha256").join(hex);
+        let bytes = fs::read(&path).with_context(|| format!("failed to read {path:?}"))?;
+        Ok(serde_json::from_slice(&bytes)?)
+    };
+    let index: Value = serde_json::from_slice(&fs::read(layout.join("index.json"))?)?;
+    let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
+    let desc = manifests
+        .iter()
+        .find(|m| {
+            m["annotations"]["org.opencontainers.image.ref.name"].as_str() == Some(tag)
+                || manifests.len() == 1
+        })
+        .with_context(|| format!("no manifest tagged {tag} in {layout:?}"))?;
+    let manifest = blob(desc["digest"].as_str().unwrap_or_default())?;
+    blob(manifest["config"]["digest"].as_str().unwrap_or_default())
+}
