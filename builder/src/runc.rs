@@ -132,6 +132,9 @@ impl RuncExecutor {
             .additional_gids(req.additional_gids.clone())
             .build()
             .map_err(err)?;
+        let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map(|(_, hard)| hard)
+            .unwrap_or(1024);
         let process = ProcessBuilder::default()
             .terminal(false)
             .args(req.argv.clone())
@@ -142,11 +145,12 @@ impl RuncExecutor {
             // Docker does not set no_new_privileges for build steps: setuid binaries such as
             // `su` and `sudo` work in RUN.
             .no_new_privileges(false)
+            // Docker raises the open-file limit of build steps to its own hard limit; so do we.
             .rlimits(vec![
                 PosixRlimitBuilder::default()
                     .typ(PosixRlimitType::RlimitNofile)
-                    .hard(1_048_576u64)
-                    .soft(1_048_576u64)
+                    .hard(nofile)
+                    .soft(nofile)
                     .build()
                     .map_err(err)?,
             ])

@@ -4,4 +4,5 @@
 mod imgfs_layers;
 mod mount;
 mod posix;
+mod runc;
 mod support_selftest;

@@ -146,8 +146,7 @@ pub(crate) fn plan(
                 let same = b.is_some_and(|(bino, _)| bino == ino);
                 if same {
                     let base = base.expect("an entry in base means there is a base");
-                    let changed = top.inode(ino)? != base.inode(ino)?;
-                    if changed {
+                    if !same_in_layer(&top.inode(ino)?, &base.inode(ino)?) {
                         items.insert(here, Item::Entry { ino });
                     }
                     continue;
@@ -181,6 +180,23 @@ pub(crate) fn plan(
         items.extend(extra);
     }
     Ok(items.into_iter().collect())
+}
+
+/// True if a layer tar would describe both versions of an inode alike. Access and change times
+/// are not in a layer, so an inode only touched (say, a directory that gained and lost an entry
+/// and got its mtime back, as the builder's mount points do) is not a change.
+fn same_in_layer(a: &crate::records::Inode, b: &crate::records::Inode) -> bool {
+    a.kind == b.kind
+        && a.perm == b.perm
+        && a.uid == b.uid
+        && a.gid == b.gid
+        && a.size == b.size
+        && a.rdev == b.rdev
+        && a.mtime == b.mtime
+        && a.data == b.data
+        && a.target == b.target
+        && a.links == b.links
+        && a.xattrs == b.xattrs
 }
 
 /// Every entry below directory `dir`, depth first in name order.
