@@ -1,1 +1,3 @@
 //! The build engine: stages, steps, the build cache.
+
+pub mod cache;
