@@ -72,6 +72,7 @@ pub struct ShellLex {
     raw_quotes: bool,
     raw_escapes: bool,
     skip_unset_env: bool,
+    skip_process_quotes: bool,
 }
 
 impl ShellLex {
@@ -82,6 +83,7 @@ impl ShellLex {
             raw_quotes: false,
             raw_escapes: false,
             skip_unset_env: false,
+            skip_process_quotes: false,
         }
     }
 
@@ -100,6 +102,13 @@ impl ShellLex {
     /// Leave references to unset variables as written (BuildKit's `SkipUnsetEnv`).
     pub fn skip_unset_env(mut self, on: bool) -> Self {
         self.skip_unset_env = on;
+        self
+    }
+
+    /// Treat quotes as ordinary characters (BuildKit's `SkipProcessQuotes`, used for heredoc
+    /// bodies, where quotes belong to the file's content).
+    pub fn skip_process_quotes(mut self, on: bool) -> Self {
+        self.skip_process_quotes = on;
         self
     }
 
@@ -215,8 +224,8 @@ impl ShellWord<'_> {
             let special = match ch {
                 '$' => Some(self.process_dollar()?),
                 '<' => Some(self.process_possible_heredoc()),
-                '\'' => Some(self.process_single_quote()?),
-                '"' => Some(self.process_double_quote()?),
+                '\'' if !self.lex.skip_process_quotes => Some(self.process_single_quote()?),
+                '"' if !self.lex.skip_process_quotes => Some(self.process_double_quote()?),
                 _ => None,
             };
             if let Some(tmp) = special {
