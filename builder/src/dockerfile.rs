@@ -1,1 +1,0 @@
-//! The Dockerfile frontend: parsing (parse-dockerfile) and word expansion (BuildKit shell lexer semantics).

@@ -1,0 +1,5 @@
+﻿# escape=`
+FROM alpine
+RUN dir c:\ `
+  && echo done
+WORKDIR c:\app
