@@ -464,6 +464,9 @@ impl Members {
 
 /// Reads an archive in either format (an OCI layout wins when both are present, as in Docker
 /// 25+'s archives, because it carries the original manifests), stores its images and tags them.
+///
+/// Members over 4 MiB are stored as blobs while the archive streams past (so a layer is read
+/// once); any such member no manifest names stays until the next prune. Hold the state lock.
 pub fn load(store: &ImageStore, reader: impl Read) -> Result<Vec<Loaded>, ArchiveError> {
     let members = Members::read(store, reader)?;
     if members.bytes("index.json").is_some() && members.bytes("oci-layout").is_some() {
