@@ -4,4 +4,5 @@
 mod imgfs_layers;
 mod mount;
 mod posix;
+mod snapshotters;
 mod support_selftest;
