@@ -352,7 +352,6 @@ fn both_backends_write_the_same_layer_bytes() {
     }
 }
 
-/// The merged tree as `find` shows it, for the mount tests.
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -421,6 +420,36 @@ fn writes_through_an_overlay_mount_become_exactly_the_diff() {
     );
     assert!(!mnt.join("etc/group").exists());
     assert!(read(&mnt.join("etc/passwd")).contains("root:"));
+    m.unmount().unwrap();
+}
+
+#[test]
+fn an_active_snapshot_mounts_once_and_unmounts_on_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = overlay(dir.path());
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir(&a).unwrap();
+    std::fs::create_dir(&b).unwrap();
+    s.prepare("scratch", None).unwrap();
+    let m = s.mount("scratch", &a).unwrap();
+    assert_eq!(m.path(), a);
+    std::fs::write(a.join("f"), b"1").unwrap();
+    assert!(
+        s.mount("scratch", &b).is_err(),
+        "one writer mount at a time"
+    );
+    assert!(s.remove("scratch").is_err(), "a mounted snapshot stays");
+    drop(m);
+    assert!(!a.join("f").exists(), "dropping the guard unmounted");
+    s.commit("one", "scratch").unwrap();
+    assert_eq!(paths(&diff(&s, "one")), ["f"]);
+    let m = s.mount("one", &b).unwrap();
+    assert_eq!(
+        read(&b.join("f")),
+        "1",
+        "a committed snapshot mounts read-only"
+    );
+    assert!(std::fs::write(b.join("g"), b"").is_err());
     m.unmount().unwrap();
 }
 

@@ -20,6 +20,8 @@
 mod apply;
 mod diff;
 mod sys;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
