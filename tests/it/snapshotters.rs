@@ -305,6 +305,7 @@ fn two_layers() -> (Vec<u8>, Vec<u8>) {
         .dir("usr/bin", 0o755)
         .file("usr/bin/new", 0o755, b"new\n")
         .hardlink("new2", "usr/bin/new")
+        .hardlink("passwd", "etc/passwd")
         .whiteout("var")
         .file("var", 0o644, b"now a file\n")
         .finish();
@@ -344,6 +345,8 @@ fn both_backends_write_the_same_layer_bytes() {
         ".wh.pipe",
         "var",
         "new2",
+        "passwd",
+        "etc/passwd",
     ] {
         assert!(
             top_paths.iter().any(|p| p == want),
