@@ -5,4 +5,5 @@ mod imgfs_layers;
 mod mount;
 mod posix;
 mod runc;
+mod snapshotters;
 mod support_selftest;

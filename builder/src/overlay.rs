@@ -1,1 +1,0 @@
-//! The kernel overlayfs backend: snapshots as directories, implementing the `Snapshotter` verbs.

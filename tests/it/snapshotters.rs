@@ -1,0 +1,476 @@
+//! The snapshot backends side by side: one conformance suite run against imgfs's `Store` and
+//! builder's `OverlaySnapshotter`, layers that must come out byte for byte the same from both,
+//! and the overlay backend's mounts (which need root, as every overlay mount here does).
+
+use std::path::Path;
+
+use builder::backend::Backend;
+use builder::overlay::OverlaySnapshotter;
+use imgfs::layer::ImportLimits;
+use imgfs::{Error, SnapshotKind, Snapshotter, Store, StoreOptions};
+use tests::LayerBuilder;
+use tests::fixtures;
+use tests::layer::hostile;
+
+fn imgfs_store(dir: &Path) -> Store {
+    Store::create(&dir.join("imgfs"), StoreOptions::default()).unwrap()
+}
+
+fn overlay(dir: &Path) -> OverlaySnapshotter {
+    OverlaySnapshotter::create(&dir.join("overlayfs")).unwrap()
+}
+
+/// Runs one test body against each backend, as ripgrep's `rgtest!` runs one against each regex
+/// engine: `mod $name { fn imgfs(); fn overlayfs(); }`.
+macro_rules! conformance {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+
+            #[test]
+            fn imgfs() {
+                let dir = tempfile::tempdir().unwrap();
+                let s = imgfs_store(dir.path());
+                let body: fn(&dyn Snapshotter) = $body;
+                body(&s);
+            }
+
+            #[test]
+            fn overlayfs() {
+                let dir = tempfile::tempdir().unwrap();
+                let s = overlay(dir.path());
+                let body: fn(&dyn Snapshotter) = $body;
+                body(&s);
+            }
+        }
+    };
+}
+
+fn apply(s: &dyn Snapshotter, name: &str, parent: Option<&str>, tar: &[u8]) -> imgfs::Result<()> {
+    s.apply(name, parent, &mut &tar[..], &ImportLimits::default())
+        .map(|_| ())
+}
+
+fn diff(s: &dyn Snapshotter, key: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    s.diff(key, &mut out).unwrap();
+    out
+}
+
+/// A layer as one line per entry: path, type, mode, owner, mtime, size or link target.
+fn listing(tar: &[u8]) -> Vec<String> {
+    let mut a = tar::Archive::new(tar);
+    let mut out = Vec::new();
+    for e in a.entries().unwrap() {
+        let mut e = e.unwrap();
+        let h = e.header().clone();
+        let mut line = format!(
+            "{} {:?} {:o} {}:{} {} {}",
+            String::from_utf8_lossy(&e.path_bytes()),
+            h.entry_type(),
+            h.mode().unwrap(),
+            h.uid().unwrap(),
+            h.gid().unwrap(),
+            h.mtime().unwrap(),
+            h.size().unwrap(),
+        );
+        if let Some(t) = e.link_name_bytes() {
+            line.push_str(&format!(" -> {}", String::from_utf8_lossy(&t)));
+        }
+        if let Some(exts) = e.pax_extensions().unwrap() {
+            for x in exts {
+                let x = x.unwrap();
+                line.push_str(&format!(" {}={:?}", x.key().unwrap(), x.value_bytes()));
+            }
+        }
+        out.push(line);
+    }
+    out
+}
+
+fn paths(tar: &[u8]) -> Vec<String> {
+    listing(tar)
+        .into_iter()
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect()
+}
+
+fn simple_layer(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = LayerBuilder::new();
+    for (name, data) in files {
+        b = b.file(name, 0o644, data);
+    }
+    b.finish()
+}
+
+conformance!(the_snapshot_verbs_behave_like_containerds, |s| {
+    let base = simple_layer(&[("a", b"1"), ("b", b"2")]);
+    let rep = s
+        .apply("base", None, &mut &base[..], &ImportLimits::default())
+        .unwrap();
+    assert!(rep.diff_id.starts_with("sha256:"));
+    assert_eq!(rep.tar_bytes, base.len() as u64);
+    assert_eq!(s.stat("base").unwrap().kind, SnapshotKind::Committed);
+
+    let active = s.prepare("work", Some("base")).unwrap();
+    assert_eq!(active.kind, SnapshotKind::Active);
+    assert_eq!(active.parent.as_deref(), Some("base"));
+    assert!(
+        matches!(s.prepare("work", Some("base")), Err(Error::Exists(_))),
+        "keys are unique"
+    );
+    assert!(
+        matches!(s.prepare("x", Some("work")), Err(Error::Invalid(_))),
+        "an active snapshot cannot be a parent"
+    );
+
+    let committed = s.commit("layer1", "work").unwrap();
+    assert_eq!(committed.kind, SnapshotKind::Committed);
+    assert_eq!(committed.parent.as_deref(), Some("base"));
+    assert!(
+        matches!(s.stat("work"), Err(Error::NotFound(_))),
+        "the active key is gone after commit"
+    );
+    let v = s.view("look", "layer1").unwrap();
+    assert_eq!(v.kind, SnapshotKind::View);
+
+    assert!(
+        matches!(s.remove("base"), Err(Error::Invalid(_))),
+        "a snapshot with children cannot be removed"
+    );
+    let names: Vec<String> = s.walk().unwrap().into_iter().map(|i| i.name).collect();
+    assert_eq!(names, ["base", "layer1", "look"]);
+    assert!(s.usage("base").unwrap().bytes > 0);
+    assert!(s.usage("base").unwrap().inodes >= 2);
+
+    let out = diff(s, "base");
+    let again = s
+        .apply("copy", None, &mut &out[..], &ImportLimits::default())
+        .unwrap();
+    let exp = s.diff("base", &mut Vec::new()).unwrap();
+    assert_eq!(
+        exp.diff_id, again.diff_id,
+        "a layer's diff id is the sha256 of its bytes"
+    );
+
+    s.remove("look").unwrap();
+    s.remove("layer1").unwrap();
+    s.remove("base").unwrap();
+    assert!(matches!(s.remove("base"), Err(Error::NotFound(_))));
+});
+
+conformance!(misuse_of_the_verbs_fails_with_the_same_errors, |s| {
+    apply(s, "base", None, &simple_layer(&[("a", b"1")])).unwrap();
+    assert!(matches!(
+        s.prepare("w", Some("nope")),
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(s.prepare("", None), Err(Error::Invalid(_))));
+    assert!(matches!(s.commit("again", "base"), Err(Error::Invalid(_))));
+    s.prepare("w", Some("base")).unwrap();
+    assert!(matches!(s.view("v", "w"), Err(Error::Invalid(_))));
+    assert!(matches!(s.commit("base", "w"), Err(Error::Exists(_))));
+    assert!(matches!(
+        apply(s, "base", None, &simple_layer(&[])),
+        Err(Error::Exists(_))
+    ));
+    s.commit("w", "w").unwrap();
+    assert_eq!(s.stat("w").unwrap().kind, SnapshotKind::Committed);
+});
+
+conformance!(hostile_layers_are_refused_or_contained, |s| {
+    let base = std::fs::read(fixtures::busybox_rootfs_tar().unwrap()).unwrap();
+    apply(s, "base", None, &base).unwrap();
+    let before = diff(s, "base");
+    let refused: Vec<(&str, Vec<u8>)> = vec![
+        ("parent dir escape", hostile::parent_dir_escape()),
+        ("nested parent escape", hostile::nested_parent_escape()),
+        ("hard link outside", hostile::hardlink_outside()),
+        (
+            "hard link to a missing file",
+            hostile::hardlink_missing_target(),
+        ),
+        (
+            "entry shorter than its header",
+            hostile::truncated_entry(1 << 20, b"short"),
+        ),
+        ("gzip cut in the middle", hostile::truncated_gzip_layer()),
+        ("gzip with a bad crc", hostile::corrupt_crc_gzip_layer()),
+    ];
+    for (what, tar) in refused {
+        let err = apply(s, "evil", Some("base"), &tar).expect_err(what);
+        eprintln!("{what}: {err}");
+        assert!(
+            matches!(s.stat("evil"), Err(Error::NotFound(_))),
+            "{what}: a failed apply left its snapshot"
+        );
+    }
+
+    // Contained: absolute paths land inside the tree, symlinked parents resolve inside it.
+    apply(s, "abs", Some("base"), &hostile::absolute_path()).unwrap();
+    assert_eq!(paths(&diff(s, "abs")), ["abs/", "abs/x"]);
+    // `..` stops at the root, so `evil -> ../../..` is the root itself.
+    for (name, tar, want) in [
+        (
+            "sym",
+            hostile::write_through_absolute_symlink(),
+            &["etc/", "etc/passwd", "evil"][..],
+        ),
+        (
+            "rel",
+            hostile::write_through_relative_symlink(),
+            &["evil", "passwd"][..],
+        ),
+    ] {
+        apply(s, name, Some("base"), &tar).unwrap();
+        let layer = diff(s, name);
+        let p = paths(&layer);
+        let passwd = p.iter().position(|p| p.ends_with("passwd")).unwrap();
+        assert_eq!(p, want, "{name}");
+        let mut a = tar::Archive::new(&layer[..]);
+        let mut e = a.entries().unwrap().nth(passwd).unwrap().unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut e, &mut text).unwrap();
+        assert!(
+            text.contains("owned"),
+            "{name}: the write landed in the tree's etc/passwd"
+        );
+    }
+    apply(s, "dup", Some("base"), &hostile::duplicate_entries()).unwrap();
+    let layer = diff(s, "dup");
+    let mut a = tar::Archive::new(&layer[..]);
+    let mut e = a.entries().unwrap().next().unwrap().unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut e, &mut text).unwrap();
+    assert_eq!(text, "second\n");
+
+    let limits = ImportLimits {
+        max_bytes: 64 << 20,
+        max_entries: 10_000,
+        ..Default::default()
+    };
+    let bomb = hostile::gzip_of_zeros(1 << 30);
+    let err = s.apply("bomb", None, &mut &bomb[..], &limits).unwrap_err();
+    assert!(matches!(err, Error::Limit(_)), "{err}");
+    assert!(err.to_string().contains("--max-bytes"), "{err}");
+    let err = s
+        .apply(
+            "flood",
+            None,
+            &mut &hostile::many_entries(20_000)[..],
+            &limits,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("--max-entries"), "{err}");
+    assert!(s.stat("bomb").is_err() && s.stat("flood").is_err());
+    assert_eq!(diff(s, "base"), before, "nothing stored was changed");
+});
+
+/// A base layer with every kind of entry, and a layer on it that deletes, replaces and
+/// re-creates.
+fn two_layers() -> (Vec<u8>, Vec<u8>) {
+    let base = LayerBuilder::new()
+        .dir("etc", 0o755)
+        .file("etc/passwd", 0o644, b"root:x:0:0::/root:/bin/sh\n")
+        .file("etc/group", 0o640, b"root:x:0:\n")
+        .owner(0, 42)
+        .dir("home", 0o755)
+        .dir("home/user", 0o700)
+        .owner(1000, 1000)
+        .file("home/user/.profile", 0o600, b"export A=1\n")
+        .owner(1000, 1000)
+        .dir("usr", 0o755)
+        .dir("usr/bin", 0o755)
+        .file("usr/bin/tool", 0o4755, b"#!/bin/sh\n")
+        .xattr("user.note", b"kept")
+        // Hard links live in the root, which no layer lists: imgfs's importer sets the mtime of
+        // a directory it links into to the time of the import.
+        .hardlink("tool2", "usr/bin/tool")
+        .symlink("bin", "usr/bin")
+        .char_dev("null", 1, 3)
+        .fifo("pipe")
+        .dir("var", 0o755)
+        .file("var/log", 0o644, b"old\n")
+        .finish();
+    let top = LayerBuilder::new()
+        .dir("etc", 0o755)
+        .whiteout("etc/group")
+        .file("etc/hosts", 0o644, b"127.0.0.1 localhost\n")
+        .mtime(1_600_000_000)
+        .dir("home", 0o755)
+        .opaque("home")
+        .file("home/readme", 0o644, b"fresh\n")
+        .whiteout("pipe")
+        .dir("usr", 0o755)
+        .dir("usr/bin", 0o755)
+        .file("usr/bin/new", 0o755, b"new\n")
+        .hardlink("new2", "usr/bin/new")
+        .hardlink("passwd", "etc/passwd")
+        .whiteout("var")
+        .file("var", 0o644, b"now a file\n")
+        .finish();
+    (base, top)
+}
+
+#[test]
+fn both_backends_write_the_same_layer_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = imgfs_store(dir.path());
+    let b = overlay(dir.path());
+    let backends: [&dyn Snapshotter; 2] = [&a, &b];
+    let busybox = std::fs::read(fixtures::busybox_rootfs_tar().unwrap()).unwrap();
+    let (base, top) = two_layers();
+    let mut out: Vec<Vec<Vec<u8>>> = Vec::new();
+    for s in backends {
+        apply(s, "busybox", None, &busybox).unwrap();
+        apply(s, "base", None, &base).unwrap();
+        apply(s, "top", Some("base"), &top).unwrap();
+        out.push(vec![diff(s, "busybox"), diff(s, "base"), diff(s, "top")]);
+    }
+    for (i, what) in ["busybox", "base", "top"].iter().enumerate() {
+        assert_eq!(
+            listing(&out[0][i]),
+            listing(&out[1][i]),
+            "{what}: imgfs (left) and overlayfs (right) list different entries"
+        );
+        assert!(
+            out[0][i] == out[1][i],
+            "{what}: same entries, different bytes"
+        );
+    }
+    let top_paths = paths(&out[1][2]);
+    for want in [
+        "etc/.wh.group",
+        "home/.wh..wh..opq",
+        ".wh.pipe",
+        "var",
+        "new2",
+        "passwd",
+        "etc/passwd",
+    ] {
+        assert!(
+            top_paths.iter().any(|p| p == want),
+            "{want} in {top_paths:?}"
+        );
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn writes_through_an_overlay_mount_become_exactly_the_diff() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = overlay(dir.path());
+    let busybox = std::fs::read(fixtures::busybox_rootfs_tar().unwrap()).unwrap();
+    apply(&s, "base", None, &busybox).unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+
+    s.view("look", "base").unwrap();
+    let m = s.mount("look", &mnt).unwrap();
+    assert!(read(&mnt.join("etc/passwd")).contains("root:"));
+    assert!(mnt.join("bin/busybox").metadata().unwrap().len() > 100_000);
+    assert!(
+        std::fs::write(mnt.join("x"), b"no").is_err(),
+        "a view is mounted read-only"
+    );
+    m.unmount().unwrap();
+    s.remove("look").unwrap();
+
+    s.prepare("step", Some("base")).unwrap();
+    let m = s.mount("step", &mnt).unwrap();
+    std::fs::write(mnt.join("etc/motd"), b"hello\n").unwrap();
+    std::fs::remove_file(mnt.join("etc/group")).unwrap();
+    std::fs::remove_dir_all(mnt.join("home")).unwrap();
+    std::fs::create_dir(mnt.join("home")).unwrap();
+    std::fs::write(mnt.join("home/new"), b"fresh\n").unwrap();
+    assert!(
+        s.commit("layer", "step").is_err(),
+        "a mounted snapshot is not committed under its writers"
+    );
+    drop(m);
+    s.commit("layer", "step").unwrap();
+    let layer = diff(&s, "layer");
+    assert_eq!(
+        paths(&layer),
+        [
+            "etc/",
+            "etc/.wh.group",
+            "etc/motd",
+            "home/",
+            "home/.wh..wh..opq",
+            "home/new"
+        ]
+    );
+
+    // The same change applied to imgfs comes out as the same bytes.
+    let store = imgfs_store(dir.path());
+    apply(&store, "base", None, &busybox).unwrap();
+    apply(&store, "layer", Some("base"), &layer).unwrap();
+    assert_eq!(listing(&diff(&store, "layer")), listing(&layer));
+    assert!(diff(&store, "layer") == layer);
+
+    // And applying it back to the overlay backend gives the same tree as the mount made.
+    apply(&s, "again", Some("base"), &layer).unwrap();
+    s.view("look", "again").unwrap();
+    let m = s.mount("look", &mnt).unwrap();
+    assert_eq!(read(&mnt.join("home/new")), "fresh\n");
+    assert!(
+        !mnt.join("home/user").exists(),
+        "the opaque home hides the old one"
+    );
+    assert!(!mnt.join("etc/group").exists());
+    assert!(read(&mnt.join("etc/passwd")).contains("root:"));
+    m.unmount().unwrap();
+}
+
+#[test]
+fn an_active_snapshot_mounts_once_and_unmounts_on_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = overlay(dir.path());
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir(&a).unwrap();
+    std::fs::create_dir(&b).unwrap();
+    s.prepare("scratch", None).unwrap();
+    let m = s.mount("scratch", &a).unwrap();
+    assert_eq!(m.path(), a);
+    std::fs::write(a.join("f"), b"1").unwrap();
+    assert!(
+        s.mount("scratch", &b).is_err(),
+        "one writer mount at a time"
+    );
+    assert!(s.remove("scratch").is_err(), "a mounted snapshot stays");
+    drop(m);
+    assert!(!a.join("f").exists(), "dropping the guard unmounted");
+    s.commit("one", "scratch").unwrap();
+    assert_eq!(paths(&diff(&s, "one")), ["f"]);
+    let m = s.mount("one", &b).unwrap();
+    assert_eq!(
+        read(&b.join("f")),
+        "1",
+        "a committed snapshot mounts read-only"
+    );
+    assert!(std::fs::write(b.join("g"), b"").is_err());
+    m.unmount().unwrap();
+}
+
+#[test]
+fn the_overlay_backend_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("overlayfs");
+    {
+        let s = OverlaySnapshotter::create(&root).unwrap();
+        apply(&s, "base", None, &simple_layer(&[("a", b"1")])).unwrap();
+        s.prepare("work", Some("base")).unwrap();
+        assert!(
+            matches!(OverlaySnapshotter::open(&root), Err(Error::Locked { .. })),
+            "one process at a time"
+        );
+    }
+    let s = OverlaySnapshotter::open(&root).unwrap();
+    let names: Vec<String> = s.walk().unwrap().into_iter().map(|i| i.name).collect();
+    assert_eq!(names, ["base", "work"]);
+    assert_eq!(paths(&diff(&s, "base")), ["a"]);
+}
