@@ -244,6 +244,35 @@ fn class_escape(c: char) -> String {
     }
 }
 
+/// Compiles one path component of Go `filepath.Match` syntax (`*`, `?`, `[...]`, `\` escapes)
+/// to an anchored regex, or None when the pattern is malformed; used for COPY wildcards.
+pub(crate) fn glob_regex(pattern: &str) -> Option<Regex> {
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut re = String::from("(?s)^");
+    let mut i = 0;
+    while i < chars.len() {
+        let ch = chars[i];
+        i += 1;
+        match ch {
+            '*' => re.push_str("[^/]*"),
+            '?' => re.push_str("[^/]"),
+            '\\' => {
+                let next = chars.get(i)?;
+                i += 1;
+                re.push_str(&regex::escape(&next.to_string()));
+            }
+            '[' => {
+                let (class, used) = class_to_regex(&chars[i..])?;
+                i += used;
+                re.push_str(&class);
+            }
+            c => re.push_str(&regex::escape(&c.to_string())),
+        }
+    }
+    re.push('$');
+    Regex::new(&re).ok()
+}
+
 /// Go's filepath.Match syntax check: classes well formed and no trailing backslash.
 fn check_syntax(text: &str) -> Result<(), ()> {
     let chars: Vec<char> = text.chars().collect();
