@@ -15,7 +15,15 @@
 //! - missing destination directories are created 0755 and owned by the `--chown` user (root
 //!   without it); `--chmod` applies to copied files and directories, not to created parents;
 //! - a wildcard that matches nothing is fine next to other sources, but an instruction whose
-//!   sources all match nothing fails (buildah: "no such file or directory");
+//!   sources all match nothing fails (buildah: "no such file or directory"; Docker's classic
+//!   builder: "No source files were specified");
+//! - a wildcard that matches one file copies it to a non-directory `dest` as that file
+//!   (buildah: `COPY payload* /wcdest` makes the file `/wcdest`);
+//! - an existing destination directory keeps its own mode and owner when a directory is copied
+//!   into it (buildah: `COPY --chown=5:5 d /etc` leaves a 0700 root `/etc` as it was);
+//! - a destination that is a symlink in the image is followed inside the root, the last
+//!   component included, as BuildKit resolves it (buildah 1.28 instead makes a dangling link's
+//!   target a directory and copies into it);
 //! - setuid/setgid bits of context files are kept (BuildKit copies the full mode; buildah 1.28
 //!   drops them, which is the departure from Docker's reference).
 
@@ -191,7 +199,7 @@ pub struct ResolvedSource {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
     pub sources: Vec<ResolvedSource>,
-    /// Several sources were named or a wildcard was used: the destination is a directory.
+    /// Several sources were named or matched: the destination is a directory.
     pub dest_is_dir: bool,
 }
 
@@ -300,7 +308,6 @@ impl<'a> SourceTree<'a> {
     /// filepath.Match, and symlinks are followed inside the tree.
     pub fn resolve<S: AsRef<str>>(&self, sources: &[S]) -> Result<Resolved, ContextError> {
         let mut out = Vec::new();
-        let mut wildcard = false;
         for src in sources {
             let src = src.as_ref();
             let rel = in_root(src);
@@ -313,7 +320,6 @@ impl<'a> SourceTree<'a> {
                 });
                 continue;
             }
-            wildcard = true;
             // (name so far, real path so far)
             let mut candidates = vec![(String::new(), String::new())];
             for comp in rel.split('/') {
@@ -362,9 +368,12 @@ impl<'a> SourceTree<'a> {
                 _ => ContextError::NoSources,
             });
         }
+        // A wildcard matching one file copies to `dest` as a file (buildah 1.28 and Docker's
+        // classic builder agree); several matches or sources make `dest` a directory, as
+        // BuildKit accepts `COPY *.py app` where the classic builder refused it.
         Ok(Resolved {
+            dest_is_dir: out.len() > 1 || sources.len() > 1,
             sources: out,
-            dest_is_dir: wildcard || sources.len() > 1,
         })
     }
 
@@ -698,8 +707,8 @@ fn target_for(
     // resolves the destination with RootPath before copying, so `COPY x /link` writes to the
     // link's target in the image.
     let dest_rel = root.resolve_path(&in_root(dest))?;
-    let into_dir =
-        dest_is_dir || dest.ends_with('/') || dest_rel.is_empty() || root.is_dir(&dest_rel)?;
+    let names_dir = dest.ends_with('/') || dest.ends_with("/.") || dest == ".";
+    let into_dir = dest_is_dir || names_dir || dest_rel.is_empty() || root.is_dir(&dest_rel)?;
     if into_dir {
         Ok((dest_rel, base_name(&src.name).to_string()))
     } else {
@@ -710,8 +719,10 @@ fn target_for(
 
 /// Copies resolved sources into `dest` inside the image root `dest_root` (an absolute in-image
 /// path, already joined with WORKDIR), with Docker's rules: a directory source copies its
-/// contents; a file goes into `dest` when it ends in `/`, is an existing directory, or several
-/// sources or a wildcard were given, and otherwise becomes `dest`.
+/// contents; a file goes into `dest` when it ends in `/` or `/.`, is an existing directory
+/// (symlinks followed inside the root), or several sources were named or matched, and
+/// otherwise becomes `dest`. Missing directories on the way are created 0755, owned by the
+/// `--chown` user.
 pub fn copy_into(
     tree: &SourceTree<'_>,
     resolved: &Resolved,

@@ -141,7 +141,7 @@ fn symlink_to_excluded_file_is_not_found() {
 }
 
 #[test]
-fn wildcards_match_per_component_and_make_dest_a_directory() {
+fn wildcards_match_per_component_and_several_matches_make_dest_a_directory() {
     let (_dir, ctx) = context(
         &[
             ("src/a.rs", "a"),
@@ -157,14 +157,20 @@ fn wildcards_match_per_component_and_make_dest_a_directory() {
     let names: Vec<&str> = r.sources.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["lib/d.rs", "src/a.rs", "src/b.rs"]);
     assert!(r.dest_is_dir);
+    assert!(!tree.resolve(&["src/a*"]).unwrap().dest_is_dir);
     // Go's filepath.Match lets `*` match a leading dot.
     let r = tree.resolve(&["*.rs"]).unwrap();
     assert_eq!(r.sources[0].name, ".hidden.rs");
     let r = tree.resolve(&["src/[ab].rs", "nomatch*"]).unwrap();
     assert_eq!(r.sources.len(), 2);
 
+    // One match to a non-directory dest is that file; several make it a directory.
     let image = copy(&ctx, &["src/a*"], "/out", &CopyOptions::default());
-    assert_eq!(read(image.path(), "out/a.rs"), "a");
+    assert_eq!(read(image.path(), "out"), "a");
+    let image = copy(&ctx, &["src/*.rs"], "/out", &CopyOptions::default());
+    assert_eq!(read(image.path(), "out/b.rs"), "b");
+    let image = copy(&ctx, &["src/a.rs"], "/app/.", &CopyOptions::default());
+    assert_eq!(read(image.path(), "app/a.rs"), "a");
 }
 
 #[test]
