@@ -484,6 +484,15 @@ pub fn content_hash(tree: &SourceTree<'_>, resolved: &Resolved) -> Result<String
             let ft = e.meta.file_type();
             put(&mut h, e.rel.as_bytes());
             put(&mut h, &(e.meta.mode() & 0o7777).to_le_bytes());
+            if !ft.is_symlink() {
+                // Capabilities and other xattrs are copied, so they are part of the content.
+                let host = tree.root.join(&e.tree_rel);
+                for (name, value) in root::read_xattrs(&host).map_err(io_err(host))? {
+                    put(&mut h, b"xattr");
+                    put(&mut h, &name);
+                    put(&mut h, &value);
+                }
+            }
             if ft.is_file() {
                 put(&mut h, b"file");
                 put(&mut h, &digest_of[e.tree_rel.as_str()]);
@@ -841,7 +850,8 @@ fn write_entry(
     };
     let ft = entry.meta.file_type();
     if ft.is_dir() {
-        return root::ensure_dir(dir, name, &opts.meta(&entry.meta, true))
+        let xattrs = root::read_xattrs(&host).map_err(io_err(&host))?;
+        return root::ensure_dir(dir, name, &opts.meta(&entry.meta, true), &xattrs)
             .map(Some)
             .map_err(werr);
     }
@@ -868,7 +878,8 @@ fn write_entry(
     let meta = opts.meta(&entry.meta, false);
     if ft.is_file() {
         let mut file = File::open(&host).map_err(io_err(&host))?;
-        root::write_file(dir, name, &mut file, &meta).map_err(werr)?;
+        let xattrs = root::read_xattrs(&host).map_err(io_err(&host))?;
+        root::write_file(dir, name, &mut file, &meta, &xattrs).map_err(werr)?;
     } else if ft.is_fifo() || ft.is_char_device() || ft.is_block_device() {
         let kind = if ft.is_fifo() {
             SFlag::S_IFIFO
@@ -959,7 +970,7 @@ pub fn copy_heredoc(
         gid,
         mtime: None,
     };
-    root::write_file(&dir, &file_name, &mut &content[..], &meta).map_err(&derr)?;
+    root::write_file(&dir, &file_name, &mut &content[..], &meta, &[]).map_err(&derr)?;
     Ok(())
 }
 

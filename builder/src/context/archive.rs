@@ -151,7 +151,7 @@ pub(crate) fn unpack(
             entry: name.clone(),
         };
         let target = entry_target(dest_rel, &name).ok_or_else(escape)?;
-        let header = entry.header();
+        let header = entry.header().clone();
         let mtime = (header.mtime().unwrap_or(0) as i64, 0);
         let (uid, gid) = if keep_owner {
             (
@@ -168,6 +168,16 @@ pub(crate) fn unpack(
             mtime: Some(mtime),
         };
         let kind = header.entry_type();
+        // Docker's untar restores SCHILY.xattr.* pax records (file capabilities among them).
+        let mut xattrs = Vec::new();
+        if let Some(pax) = entry.pax_extensions().map_err(entry_err)? {
+            for ext in pax {
+                let ext = ext.map_err(entry_err)?;
+                if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+                    xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
+                }
+            }
+        }
         if target == dest_rel {
             // The archive's own `./`: Docker would copy its metadata onto the destination;
             // the destination keeps what COPY/ADD gave it here instead.
@@ -177,11 +187,11 @@ pub(crate) fn unpack(
         let dir = root.mkdir_all(parent, 0, 0).map_err(entry_err)?;
         match kind {
             EntryType::Directory => {
-                root::ensure_dir(&dir, leaf, &meta).map_err(entry_err)?;
+                root::ensure_dir(&dir, leaf, &meta, &xattrs).map_err(entry_err)?;
                 dir_times.push((target.clone(), mtime));
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                root::write_file(&dir, leaf, &mut entry, &meta).map_err(entry_err)?;
+                root::write_file(&dir, leaf, &mut entry, &meta, &xattrs).map_err(entry_err)?;
             }
             EntryType::Symlink => {
                 let link = entry

@@ -3,9 +3,11 @@
 //! every write is made relative to a directory fd without following a symlink in the last
 //! component.
 
+use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -24,6 +26,90 @@ pub(crate) struct Meta {
     pub gid: u32,
     /// Seconds and nanoseconds; None leaves the time of creation.
     pub mtime: Option<(i64, i64)>,
+}
+
+/// Extended attributes as (name, value), sorted by name.
+pub(crate) type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The extended attributes of a path, not following a symlink at its end; a file system
+/// without xattr support has none. BuildKit copies them (file capabilities live there).
+pub(crate) fn read_xattrs(path: &Path) -> io::Result<Xattrs> {
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    let not_supported = |e: &io::Error| e.raw_os_error() == Some(libc::EOPNOTSUPP);
+    // SAFETY: a null buffer of size 0 asks only for the size of the list.
+    let size = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
+    if size < 0 {
+        let e = io::Error::last_os_error();
+        return if not_supported(&e) {
+            Ok(Vec::new())
+        } else {
+            Err(e)
+        };
+    }
+    let mut names = vec![0u8; size as usize];
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    // SAFETY: the buffer is valid for names.len() bytes.
+    let size = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if size < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    names.truncate(size as usize);
+    let mut out = Vec::new();
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let cname = CString::new(name)?;
+        // SAFETY: as above, a size query, then a read into a buffer of that size.
+        let len = unsafe { libc::lgetxattr(c.as_ptr(), cname.as_ptr(), std::ptr::null_mut(), 0) };
+        if len < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENODATA) {
+                continue;
+            }
+            return Err(e);
+        }
+        let mut value = vec![0u8; len as usize];
+        // SAFETY: the buffer is valid for value.len() bytes.
+        let len = unsafe {
+            libc::lgetxattr(
+                c.as_ptr(),
+                cname.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        if len < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        value.truncate(len as usize);
+        out.push((name.to_vec(), value));
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn set_xattrs(fd: &OwnedFd, xattrs: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
+    for (name, value) in xattrs {
+        let cname = CString::new(name.as_slice())?;
+        // SAFETY: fd is open, the name is NUL-terminated and the value valid for its length.
+        let rc = unsafe {
+            libc::fsetxattr(
+                fd.as_raw_fd(),
+                cname.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            // A destination without xattr support loses them, as BuildKit's copy allows.
+            if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The root of an image file system, opened once; paths are relative to it, `/`-separated and
@@ -215,13 +301,14 @@ pub(crate) fn remove_non_dir(dir: &OwnedFd, name: &str) -> io::Result<()> {
     }
 }
 
-fn apply_meta(fd: &OwnedFd, meta: &Meta) -> io::Result<()> {
-    // chown first: it clears setuid and setgid, which the chmod then sets again.
+fn apply_meta(fd: &OwnedFd, meta: &Meta, xattrs: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
+    // chown first: it clears setuid, setgid and file capabilities, which come back after it.
     fchown(
         fd,
         Some(Uid::from_raw(meta.uid)),
         Some(Gid::from_raw(meta.gid)),
     )?;
+    set_xattrs(fd, xattrs)?;
     fchmod(fd, Mode::from_bits_truncate(meta.mode & 0o7777))?;
     if let Some((s, ns)) = meta.mtime {
         let t = TimeSpec::new(s, ns);
@@ -236,6 +323,7 @@ pub(crate) fn write_file(
     name: &str,
     content: &mut dyn Read,
     meta: &Meta,
+    xattrs: &[(Vec<u8>, Vec<u8>)],
 ) -> io::Result<()> {
     remove_non_dir(dir, name)?;
     let fd = openat(
@@ -246,7 +334,7 @@ pub(crate) fn write_file(
     )?;
     let mut file = File::from(fd);
     io::copy(content, &mut file)?;
-    apply_meta(&OwnedFd::from(file), meta)
+    apply_meta(&OwnedFd::from(file), meta, xattrs)
 }
 
 /// Creates the symlink `name -> target` in `dir`, replacing a non-directory there.
@@ -319,7 +407,12 @@ pub(crate) fn write_node(
 /// Opens the directory `name` in `dir`, creating it (or replacing a non-directory) first, and
 /// gives it `meta`'s owner and mode. Its time is left to the caller, to be set once the
 /// directory's contents are written.
-pub(crate) fn ensure_dir(dir: &OwnedFd, name: &str, meta: &Meta) -> io::Result<OwnedFd> {
+pub(crate) fn ensure_dir(
+    dir: &OwnedFd,
+    name: &str,
+    meta: &Meta,
+    xattrs: &[(Vec<u8>, Vec<u8>)],
+) -> io::Result<OwnedFd> {
     match lstat_at(dir, name)? {
         Some(st) if is_dir_stat(&st) => {}
         Some(_) => {
@@ -335,6 +428,7 @@ pub(crate) fn ensure_dir(dir: &OwnedFd, name: &str, meta: &Meta) -> io::Result<O
             mtime: None,
             ..*meta
         },
+        xattrs,
     )?;
     Ok(fd)
 }

@@ -609,3 +609,72 @@ fn passwd_is_read_inside_the_image_even_through_an_absolute_symlink() {
     assert_eq!(resolve_user(r, "inside").unwrap().uid, 77);
     assert!(resolve_user(r, "root").is_err());
 }
+
+fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: both strings are NUL-terminated and the value is valid for its length.
+    let rc = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+}
+
+fn xattrs_of(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    root::read_xattrs(path).unwrap()
+}
+
+#[test]
+fn copy_keeps_xattrs_and_they_are_part_of_the_hash() {
+    let (dir, _) = context(&[("d/f", "f")], "");
+    let ctx = Context::from_dir(dir.path(), &Matcher::new_empty()).unwrap();
+    let hash = |ctx: &Context| {
+        let t = ctx.source_tree();
+        content_hash(&t, &t.resolve(&["d"]).unwrap()).unwrap()
+    };
+    let before = hash(&ctx);
+    set_xattr(&dir.path().join("d/f"), "user.img", b"v");
+    set_xattr(&dir.path().join("d"), "trusted.img", b"w");
+    assert_ne!(hash(&ctx), before);
+
+    let opts = CopyOptions {
+        chown: Some((1, 1)),
+        chmod: None,
+    };
+    let image = copy(&ctx, &["d"], "/out/", &opts);
+    assert_eq!(
+        xattrs_of(&image.path().join("out/f")),
+        vec![(b"user.img".to_vec(), b"v".to_vec())]
+    );
+    let image = copy(&ctx, &["."], "/", &opts);
+    assert_eq!(
+        xattrs_of(&image.path().join("d")),
+        vec![(b"trusted.img".to_vec(), b"w".to_vec())]
+    );
+}
+
+#[test]
+fn add_restores_pax_xattrs() {
+    let data = tar_bytes(|b| {
+        b.append_pax_extensions([("SCHILY.xattr.user.cap", &b"bin"[..])])
+            .unwrap();
+        append(b, tar::EntryType::Regular, "f", b"x", "");
+    });
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("x.tar"), &data).unwrap();
+    let ctx = Context::from_dir(dir.path(), &Matcher::new_empty()).unwrap();
+    let tree = ctx.source_tree();
+    let image = tempfile::tempdir().unwrap();
+    let resolved = tree.resolve(&["x.tar"]).unwrap();
+    add_into(&tree, &resolved, image.path(), "/", &CopyOptions::default()).unwrap();
+    assert_eq!(
+        xattrs_of(&image.path().join("f")),
+        vec![(b"user.cap".to_vec(), b"bin".to_vec())]
+    );
+}
