@@ -446,15 +446,21 @@ impl Matcher {
     }
 
     /// Whether an excluded directory can be skipped whole in a walk: only when no exception
-    /// pattern could re-include something below it. Like buildkit's fsutil walker, an exception
-    /// with a wildcard could match anywhere, so it keeps every directory walked; a literal one
-    /// keeps only the directories it starts with.
+    /// pattern could re-include something below it. This is buildkit's fsutil rule: as soon as
+    /// one exception still has a wildcard once a trailing `/**` and then `/*` are stripped, no
+    /// directory is skipped; otherwise a directory is kept when an exception starts with it.
     pub fn can_skip_dir(&self, rel_dir: &str) -> bool {
-        let dir = normalize(rel_dir);
-        let dir_slash = format!("{dir}/");
-        !self.patterns.iter().filter(|p| p.exclusion).any(|p| {
-            p.text.contains(['*', '?', '[', '\\']) || format!("{}/", p.text).starts_with(&dir_slash)
-        })
+        let exceptions = || self.patterns.iter().filter(|p| p.exclusion);
+        let wildcard_exception = exceptions().any(|p| {
+            let t = p.text.strip_suffix("/**").unwrap_or(&p.text);
+            let t = t.strip_suffix("/*").unwrap_or(t);
+            t.contains(['*', '[', ']', '?', '^', '\\'])
+        });
+        if wildcard_exception {
+            return false;
+        }
+        let dir_slash = format!("{}/", normalize(rel_dir));
+        !exceptions().any(|p| format!("{}/", p.text).starts_with(&dir_slash))
     }
 }
 

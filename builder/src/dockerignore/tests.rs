@@ -223,6 +223,13 @@ fn excluded_directory_is_skipped_only_when_no_exception_could_reach_inside() {
     assert!(m.can_skip_dir("buil"));
     let m = Matcher::new(["build", "!**/*.keep"]).unwrap();
     assert!(!m.can_skip_dir("build"));
+    // A trailing glob does not count as a wildcard; the prefix before it decides.
+    let m = Matcher::new(["build", "other", "!build/keep/**"]).unwrap();
+    assert!(!m.can_skip_dir("build"));
+    assert!(m.can_skip_dir("other"));
+    // One wildcard exception anywhere keeps every directory walked.
+    let m = Matcher::new(["build", "other", "!build/k*/x"]).unwrap();
+    assert!(!m.can_skip_dir("other"));
 }
 
 #[test]
