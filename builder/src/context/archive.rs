@@ -185,6 +185,9 @@ pub(crate) fn unpack(
         }
         let (parent, leaf) = root::split(&target);
         let dir = root.mkdir_all(parent, 0, 0).map_err(entry_err)?;
+        if kind != EntryType::Directory {
+            root::remove_any(&dir, leaf).map_err(entry_err)?;
+        }
         match kind {
             EntryType::Directory => {
                 root::ensure_dir(&dir, leaf, &meta, &xattrs).map_err(entry_err)?;

@@ -301,6 +301,20 @@ pub(crate) fn remove_non_dir(dir: &OwnedFd, name: &str) -> io::Result<()> {
     }
 }
 
+/// Removes whatever is at `name` in `dir`, a directory with everything in it included, as
+/// Docker's untar does before an archive entry takes a directory's place.
+pub(crate) fn remove_any(dir: &OwnedFd, name: &str) -> io::Result<()> {
+    match lstat_at(dir, name)? {
+        None => Ok(()),
+        // std's remove_dir_all never follows symlinks below its start; the start is reached
+        // through the fd, so no path outside the root is named.
+        Some(st) if is_dir_stat(&st) => {
+            std::fs::remove_dir_all(format!("/proc/self/fd/{}/{name}", dir.as_raw_fd()))
+        }
+        Some(_) => Ok(unlinkat(dir, name, UnlinkatFlags::NoRemoveDir)?),
+    }
+}
+
 fn apply_meta(fd: &OwnedFd, meta: &Meta, xattrs: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
     // chown first: it clears setuid, setgid and file capabilities, which come back after it.
     fchown(

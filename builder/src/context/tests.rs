@@ -394,7 +394,9 @@ fn add_unpacks_local_tars_keeping_ownership() {
     for src in ["a.tar", "a.tar.gz"] {
         let image = tempfile::tempdir().unwrap();
         let r = image.path();
-        write(r, "ar/d/f", "old");
+        // An existing file is overwritten, an existing directory replaced by the file.
+        write(r, "ar/d/f/inner", "old");
+        write(r, "ar/d/s", "old");
         let resolved = tree.resolve(&[src]).unwrap();
         add_into(&tree, &resolved, r, "/ar", &CopyOptions::default()).unwrap();
         assert_eq!(read(r, "ar/d/f"), "tf", "{src}");
