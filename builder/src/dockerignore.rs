@@ -58,7 +58,6 @@ impl Pattern {
 
         let chars: Vec<char> = text.chars().collect();
         let mut re = String::from("^");
-        let mut kind_exact = true; // matchType == exactMatch
         let mut kind = KindTag::Exact;
         let mut i = 0;
         let mut first = true;
@@ -74,7 +73,7 @@ impl Pattern {
                     }
                     if i == chars.len() {
                         // `**` at the end accepts everything, as in .gitignore.
-                        if kind_exact {
+                        if matches!(kind, KindTag::Exact) {
                             kind = KindTag::Prefix;
                         } else {
                             re.push_str(".*");
@@ -88,17 +87,14 @@ impl Pattern {
                     if first {
                         kind = KindTag::Suffix;
                     }
-                    kind_exact = false;
                 }
                 '*' => {
                     re.push_str("[^/]*");
                     kind = KindTag::Regexp;
-                    kind_exact = false;
                 }
                 '?' => {
                     re.push_str("[^/]");
                     kind = KindTag::Regexp;
-                    kind_exact = false;
                 }
                 '\\' => {
                     // check_syntax rejected a trailing backslash, so a char follows.
@@ -106,14 +102,12 @@ impl Pattern {
                     i += 1;
                     re.push_str(&regex::escape(&next.to_string()));
                     kind = KindTag::Regexp;
-                    kind_exact = false;
                 }
                 '[' => {
                     let (class, used) = class_to_regex(&chars[i..]).ok_or_else(bad)?;
                     i += used;
                     re.push_str(&class);
                     kind = KindTag::Regexp;
-                    kind_exact = false;
                 }
                 c => re.push_str(&regex::escape(&c.to_string())),
             }
