@@ -974,5 +974,15 @@ pub fn copy_heredoc(
     Ok(())
 }
 
+/// Creates the directory `path` (absolute in the image) and its missing parents inside the image
+/// root `dest_root`, owned by `uid:gid` and mode 0755, following symlinks inside the root only
+/// (WORKDIR, and the working directory of a RUN step).
+pub fn mkdir_in_root(dest_root: &Path, path: &str, uid: u32, gid: u32) -> Result<(), ContextError> {
+    let root = RootDir::open(dest_root).map_err(io_err(dest_root))?;
+    root.mkdir_all(&in_root(path), uid, gid)
+        .map_err(dest_err(path))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;

@@ -8,6 +8,7 @@ pub mod dockerignore;
 pub mod image;
 pub mod overlay;
 pub mod runc;
+pub mod state;
 
 /// The version printed by `img version`, with the imgfs version it was built against.
 pub fn version_string() -> String {

@@ -40,6 +40,9 @@ pub struct RunRequest {
     pub gid: u32,
     pub additional_gids: Vec<u32>,
     pub hostname: String,
+    /// Files that exist, read-only, only while the command runs (a heredoc script, say):
+    /// absolute path in the container, content, mode.
+    pub files: Vec<(String, Vec<u8>, u32)>,
 }
 
 #[derive(Debug, Error)]
@@ -184,6 +187,17 @@ impl RuncExecutor {
                     .map_err(err)?,
             );
         }
+        for (i, (dest, _, _)) in req.files.iter().enumerate() {
+            mounts.push(
+                MountBuilder::default()
+                    .destination(dest)
+                    .typ("bind")
+                    .source(bundle.join(format!("file-{i}")))
+                    .options(vec!["bind".into(), "ro".into()])
+                    .build()
+                    .map_err(err)?,
+            );
+        }
         spec.set_mounts(Some(mounts));
 
         if let Some(linux) = spec.linux_mut() {
@@ -209,6 +223,11 @@ impl RuncExecutor {
         // so it is copied as it is.
         let resolv = fs::read("/etc/resolv.conf").unwrap_or_default();
         fs::write(bundle.join("resolv.conf"), resolv)?;
+        for (i, (_, content, mode)) in req.files.iter().enumerate() {
+            let path = bundle.join(format!("file-{i}"));
+            fs::write(&path, content)?;
+            fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(*mode))?;
+        }
         let spec = self
             .spec(rootfs, req, bundle)
             .map_err(|e| io::Error::other(e.to_string()))?;

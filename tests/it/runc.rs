@@ -42,6 +42,7 @@ impl Rig {
             uid,
             gid: uid,
             additional_gids: vec![],
+            files: vec![],
             hostname: "img".into(),
         };
         let mut log = Vec::new();

@@ -1,5 +1,17 @@
-//! The `img` command line.
+//! The `img` command line: build images from Dockerfiles and manage them, without a daemon.
+//! `main` only maps the result to an exit code; each command lives in a module below.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use builder::state::{self, State};
 use clap::{Parser, Subcommand};
+
+#[path = "img/build.rs"]
+mod build;
+#[path = "img/images.rs"]
+mod images;
 
 #[derive(Parser)]
 #[command(
@@ -8,19 +20,99 @@ use clap::{Parser, Subcommand};
     version
 )]
 struct Cli {
+    /// Where img keeps images, layers and the build cache
+    /// [default: /var/lib/img for root, else $XDG_DATA_HOME/img or ~/.local/share/img].
+    #[arg(short = 's', long = "state", global = true, env = "IMG_STATE")]
+    state: Option<PathBuf>,
+    /// Print debug logs.
+    #[arg(short = 'd', long, global = true)]
+    debug: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Build an image from a Dockerfile.
+    Build(build::Args),
+    /// List images.
+    #[command(alias = "list", alias = "images")]
+    Ls,
+    /// Show disk usage: images' layers, snapshots and the build cache.
+    Du,
+    /// Remove images by name.
+    #[command(alias = "rmi")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Give an image another name.
+    Tag { source: String, target: String },
+    /// Print images' configs and manifests as JSON.
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Write images to an archive (docker-archive or OCI archive).
+    Save(images::SaveArgs),
+    /// Load images from a docker-archive or OCI archive.
+    Load {
+        /// Archive to read (default: standard input).
+        #[arg(short = 'i', long)]
+        input: Option<PathBuf>,
+    },
+    /// Create an image from a root file system tar (like `docker import`).
+    Import(images::ImportArgs),
+    /// Extract an image's file tree into a directory.
+    Unpack { name: String, dir: PathBuf },
+    /// Free what `img du` reports as reclaimable.
+    Prune,
     /// Print the version of img and of imgfs.
     Version,
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Command::Version => println!("{}", builder::version_string()),
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = if cli.debug { "debug" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IMG_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
-    Ok(())
+}
+
+fn open_state(dir: Option<PathBuf>) -> Result<State> {
+    let dir = dir.unwrap_or_else(state::default_dir);
+    Ok(State::open(&dir, |c| eprintln!("{}", c.waiting_message()))?)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Command::Version = cli.command {
+        println!("{}", builder::version_string());
+        return Ok(());
+    }
+    let state = open_state(cli.state)?;
+    match cli.command {
+        Command::Build(args) => build::build(&state, args),
+        Command::Ls => images::ls(&state),
+        Command::Du => images::du(&state),
+        Command::Rm { names } => images::rm(&state, &names),
+        Command::Tag { source, target } => images::tag(&state, &source, &target),
+        Command::Inspect { names } => images::inspect(&state, &names),
+        Command::Save(args) => images::save(&state, args),
+        Command::Load { input } => images::load(&state, input),
+        Command::Import(args) => images::import(&state, args),
+        Command::Unpack { name, dir } => images::unpack(&state, &name, &dir),
+        Command::Prune => images::prune(&state),
+        Command::Version => unreachable!("handled above"),
+    }
 }

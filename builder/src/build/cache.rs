@@ -123,8 +123,14 @@ mod tests {
     fn keys_depend_on_every_part_and_its_boundaries() {
         let base = CacheKey::base("scratch");
         assert_ne!(base.step(&["ab", "c"]), base.step(&["a", "bc"]));
-        assert_eq!(base.step(&["RUN x"]), CacheKey::base("scratch").step(&["RUN x"]));
-        assert_ne!(base.step(&["RUN x"]), CacheKey::base("busybox").step(&["RUN x"]));
+        assert_eq!(
+            base.step(&["RUN x"]),
+            CacheKey::base("scratch").step(&["RUN x"])
+        );
+        assert_ne!(
+            base.step(&["RUN x"]),
+            CacheKey::base("busybox").step(&["RUN x"])
+        );
     }
 
     #[test]

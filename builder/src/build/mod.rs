@@ -1,3 +1,466 @@
-//! The build engine: stages, steps, the build cache.
+//! The build engine: turns a parsed Dockerfile and a context into an image, stage by stage and
+//! step by step, on any snapshot backend.
+//!
+//! A stage's state is an image config plus its layers (`StageState`). Every instruction moves
+//! the state forward under a new cache key (`cache::CacheKey::step`); a step whose key has a
+//! record is not run. Steps that change files (RUN, COPY, ADD, WORKDIR) run on an active
+//! snapshot mounted by the backend, then the snapshot's diff becomes a gzip layer blob and the
+//! snapshot is committed under the layer's chain ID, where the next step (or the next build, or
+//! `FROM` of the image) finds it without extracting anything.
+//!
+//! Stages run on their own threads; a stage that needs another (FROM, COPY --from) waits for it,
+//! so independent stages build concurrently.
 
 pub mod cache;
+mod progress;
+mod step;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use oci_spec::image::{Descriptor, Digest, MediaType};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::backend::Backend;
+use crate::context::Context;
+use crate::dockerfile::{ArgScope, Dockerfile, ParseError};
+use crate::image::{ImageConfig, ImageStore};
+use crate::runc::Executor;
+use cache::{Cache, CacheKey};
+pub use progress::Progress;
+
+/// What to build.
+pub struct BuildRequest {
+    pub dockerfile: Dockerfile,
+    /// The files COPY and ADD read; `None` when the Dockerfile came on stdin without a context.
+    pub context: Option<Context>,
+    pub build_args: BTreeMap<String, String>,
+    /// The stage to build (the last one when `None`).
+    pub target: Option<String>,
+    /// `--label`s, set on the final image over the Dockerfile's LABELs.
+    pub labels: BTreeMap<String, String>,
+    pub no_cache: bool,
+}
+
+/// A built image, stored in the image store but not yet named.
+#[derive(Clone, Debug)]
+pub struct Built {
+    pub config: ImageConfig,
+    pub layers: Vec<LayerRecord>,
+    /// The image manifest's descriptor (what names point at).
+    pub manifest: Descriptor,
+    /// The committed snapshot holding the final file tree (`None` for an empty image).
+    pub snapshot: Option<String>,
+}
+
+#[derive(Debug, Error)]
+pub enum BuildError {
+    #[error("{0}")]
+    Dockerfile(#[from] ParseError),
+    /// A step failed; `at` is `Dockerfile:12` and `what` the instruction.
+    #[error("{at}: {instruction}: {message}")]
+    Step {
+        at: String,
+        instruction: String,
+        message: String,
+    },
+    #[error("stage {0} failed")]
+    Dependency(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// One layer of a stage: the blob, as the manifest lists it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+}
+
+impl LayerRecord {
+    fn descriptor(&self) -> Descriptor {
+        Descriptor::new(
+            MediaType::from(self.media_type.as_str()),
+            self.size,
+            self.digest.clone(),
+        )
+    }
+}
+
+/// Where a stage is: its image config (with history and diff IDs) and its layers. This is also
+/// what the cache stores for each step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StageState {
+    pub config: ImageConfig,
+    pub layers: Vec<LayerRecord>,
+}
+
+impl StageState {
+    fn scratch() -> StageState {
+        StageState {
+            config: ImageConfig::for_host(),
+            layers: Vec::new(),
+        }
+    }
+
+    /// The name of the committed snapshot holding this state's file tree: its chain ID.
+    pub fn snapshot_name(&self) -> Option<String> {
+        crate::image::chain_id(&self.config.rootfs.diff_ids).map(|d| d.to_string())
+    }
+}
+
+/// A finished stage, as other stages see it.
+#[derive(Clone, Debug)]
+struct StageOutcome {
+    state: StageState,
+    key: CacheKey,
+}
+
+/// Stage results as they come in, for stages waiting on others.
+#[derive(Default)]
+struct Board {
+    done: Mutex<HashMap<usize, Result<StageOutcome, String>>>,
+    changed: Condvar,
+}
+
+impl Board {
+    fn publish(&self, stage: usize, outcome: Result<StageOutcome, String>) {
+        self.done.lock().expect("poisoned").insert(stage, outcome);
+        self.changed.notify_all();
+    }
+
+    fn wait(&self, stage: usize) -> Result<StageOutcome, String> {
+        let mut done = self.done.lock().expect("poisoned");
+        loop {
+            if let Some(r) = done.get(&stage) {
+                return r.clone();
+            }
+            done = self.changed.wait(done).expect("poisoned");
+        }
+    }
+}
+
+/// Builds images. Holds what a build needs and nothing about a particular build.
+pub struct Engine<'a> {
+    pub backend: &'a dyn Backend,
+    pub images: &'a ImageStore,
+    pub executor: &'a dyn Executor,
+    pub cache: &'a Cache,
+    /// A directory for mount points and temporary files, on the state dir's file system.
+    pub scratch: PathBuf,
+    pub progress: &'a Progress,
+    next_key: AtomicU64,
+    /// Held while layers are applied, so two stages on one base do not both apply it.
+    apply_lock: Mutex<()>,
+}
+
+impl<'a> Engine<'a> {
+    pub fn new(
+        backend: &'a dyn Backend,
+        images: &'a ImageStore,
+        executor: &'a dyn Executor,
+        cache: &'a Cache,
+        scratch: &Path,
+        progress: &'a Progress,
+    ) -> Engine<'a> {
+        Engine {
+            backend,
+            images,
+            executor,
+            cache,
+            scratch: scratch.to_owned(),
+            progress,
+            next_key: AtomicU64::new(0),
+            apply_lock: Mutex::new(()),
+        }
+    }
+
+    /// A key for a new active snapshot or view, unique in this process and across processes.
+    fn temp_key(&self, what: &str) -> String {
+        format!(
+            "build-{}-{}-{what}",
+            std::process::id(),
+            self.next_key.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Builds the target stage of `req` and stores the image (config and manifest blobs).
+    pub fn build(&self, req: &BuildRequest) -> Result<Built, BuildError> {
+        let df = &req.dockerfile;
+        if let Some(syntax) = &df.syntax {
+            self.progress.note(&format!(
+                "ignoring the syntax directive ({syntax}): img has one built-in Dockerfile frontend"
+            ));
+        }
+        let mut args = ArgScope::new(req.build_args.clone(), platform_args());
+        let lex = df.lexer();
+        for decl in &df.global_args {
+            let default = match &decl.default {
+                Some(d) => {
+                    Some(
+                        lex.process_word(d, args.global_env())
+                            .map_err(|e| ParseError {
+                                file: df.file.clone(),
+                                line: decl.line,
+                                message: e.to_string(),
+                            })?,
+                    )
+                }
+                None => None,
+            };
+            args.declare_global(&decl.name, default);
+        }
+        let order = df.needed_stages(req.target.as_deref(), args.global_env())?;
+        let target = *order.last().expect("needed_stages returns the target");
+
+        let board = Arc::new(Board::default());
+        let used_args = Mutex::new(Vec::<ArgScope>::new());
+        std::thread::scope(|s| {
+            for &index in &order {
+                let board = board.clone();
+                let args = args.clone();
+                let used_args = &used_args;
+                s.spawn(move || {
+                    let mut runner = step::StageRunner::new(self, req, index, args, &board);
+                    let outcome = runner.run().map_err(|e| {
+                        self.progress.error(&e.to_string());
+                        e.to_string()
+                    });
+                    used_args.lock().expect("poisoned").push(runner.into_args());
+                    board.publish(index, outcome);
+                });
+            }
+        });
+        let outcome = board
+            .wait(target)
+            .map_err(|_| BuildError::Dependency(stage_label(df, target)));
+        // A failed dependency is reported by its own thread; the target's error is the one the
+        // user must see, so prefer the first failure in build order.
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(_) => {
+                for &i in &order {
+                    if let Err(e) = board.wait(i) {
+                        return Err(BuildError::Other(e));
+                    }
+                }
+                unreachable!("the target failed, so some stage did");
+            }
+        };
+
+        let mut unused: Option<Vec<String>> = None;
+        for scope in used_args.into_inner().expect("poisoned") {
+            let u = scope.unused_build_args();
+            unused = Some(match unused {
+                None => u,
+                Some(prev) => prev.into_iter().filter(|a| u.contains(a)).collect(),
+            });
+        }
+        if let Some(unused) = unused.filter(|u| !u.is_empty()) {
+            self.progress.note(&format!(
+                "one or more build args were not consumed: {}",
+                unused.join(", ")
+            ));
+        }
+
+        let mut state = outcome.state;
+        for (k, v) in &req.labels {
+            state.config.config.labels.insert(k.clone(), v.clone());
+        }
+        // The image's time is its last step's: a fully cached rebuild gives the same image.
+        state.config.created = state
+            .config
+            .history
+            .last()
+            .and_then(|h| h.created.clone())
+            .or_else(|| state.config.created.clone());
+        self.store_image(state)
+    }
+
+    /// Writes the config and manifest of `state` to the image store.
+    fn store_image(&self, state: StageState) -> Result<Built, BuildError> {
+        let other = |e: crate::image::StoreError| BuildError::Other(e.to_string());
+        let config_bytes = state.config.to_json();
+        let config_blob = self
+            .images
+            .put_blob(&mut &config_bytes[..], None)
+            .map_err(other)?;
+        let config_desc = config_blob.descriptor(MediaType::ImageConfig);
+        let layers = state.layers.iter().map(LayerRecord::descriptor).collect();
+        let manifest = crate::image::image_manifest(config_desc, layers);
+        let manifest_bytes =
+            serde_json::to_vec(&manifest).map_err(|e| BuildError::Other(e.to_string()))?;
+        let manifest_blob = self
+            .images
+            .put_blob(&mut &manifest_bytes[..], None)
+            .map_err(other)?;
+        Ok(Built {
+            snapshot: state.snapshot_name(),
+            config: state.config,
+            layers: state.layers,
+            manifest: manifest_blob.descriptor(MediaType::ImageManifest),
+        })
+    }
+}
+
+/// The layers of an image as a stage state.
+pub fn image_state(image: &crate::image::Image) -> StageState {
+    StageState {
+        layers: image
+            .manifest
+            .layers()
+            .iter()
+            .map(|l| LayerRecord {
+                digest: l.digest().clone(),
+                size: l.size(),
+                media_type: l.media_type().to_string(),
+            })
+            .collect(),
+        config: image.config.clone(),
+    }
+}
+
+/// Makes sure `backend` has the committed snapshot of `state`'s file tree, applying the layers
+/// it lacks from their blobs, and returns its name (`None` for an empty tree). Snapshots are
+/// named by chain ID, so an image whose layers some build already made extracts nothing.
+pub fn ensure_snapshot(
+    backend: &dyn Backend,
+    images: &ImageStore,
+    state: &StageState,
+) -> Result<Option<String>, String> {
+    let chain = crate::image::chain_ids(&state.config.rootfs.diff_ids);
+    if chain.is_empty() {
+        return Ok(None);
+    }
+    if chain.len() != state.layers.len() {
+        return Err(format!(
+            "the image has {} layers but {} diff ids",
+            state.layers.len(),
+            chain.len()
+        ));
+    }
+    let present = |name: &str| {
+        backend
+            .stat(name)
+            .is_ok_and(|i| i.kind == imgfs::SnapshotKind::Committed)
+    };
+    let mut first_missing = chain.len();
+    while first_missing > 0 && !present(chain[first_missing - 1].as_ref()) {
+        first_missing -= 1;
+    }
+    for i in first_missing..chain.len() {
+        let name = chain[i].to_string();
+        let parent = (i > 0).then(|| chain[i - 1].to_string());
+        let layer = &state.layers[i];
+        let mut blob = images
+            .open_blob(&layer.digest)
+            .map_err(|e| format!("layer {}: {e}", layer.digest))?;
+        let applied = backend
+            .apply(
+                &name,
+                parent.as_deref(),
+                &mut blob,
+                &imgfs::layer::ImportLimits::default(),
+            )
+            .map_err(|e| format!("failed to apply layer {}: {e}", layer.digest))?;
+        let want = state.config.rootfs.diff_ids[i].to_string();
+        if applied.diff_id != want {
+            let _ = backend.remove(&name);
+            return Err(format!(
+                "layer {} has diff id {} but the image config says {want}",
+                layer.digest, applied.diff_id
+            ));
+        }
+    }
+    Ok(Some(chain[chain.len() - 1].to_string()))
+}
+
+/// `ensure_snapshot` for a stored image.
+pub fn ensure_image_snapshot(
+    backend: &dyn Backend,
+    images: &ImageStore,
+    image: &crate::image::Image,
+) -> Result<Option<String>, BuildError> {
+    ensure_snapshot(backend, images, &image_state(image)).map_err(BuildError::Other)
+}
+
+/// A container config with `docker import --change` instructions applied.
+pub fn config_changes(changes: &[String]) -> Result<crate::image::ContainerConfig, BuildError> {
+    let mut config = ImageConfig::for_host();
+    let mut cmd_set = false;
+    for change in changes {
+        let file = Path::new("--change");
+        let df = crate::dockerfile::parse(&format!("FROM scratch\n{change}\n"), file)?;
+        for ins in &df.stages[0].instructions {
+            let env = config.config.env.clone();
+            let kind = ins.expand(file, &df.lexer(), &|k: &str| {
+                crate::dockerfile::Env::get(env.as_slice(), k)
+            })?;
+            step::apply_config(&mut config, kind, &mut cmd_set)
+                .map_err(|e| BuildError::Other(format!("--change {change:?}: {e}")))?;
+        }
+    }
+    Ok(config.config)
+}
+
+/// Writes the whole file tree of the imgfs snapshot `snapshot` into `dir` (which must be
+/// empty), with owners, modes, times, xattrs and hard links.
+pub fn unpack_snapshot(
+    backend: &crate::backend::ImgfsBackend,
+    snapshot: &str,
+    dir: &Path,
+) -> Result<(), BuildError> {
+    let (reader, mut writer) = std::io::pipe().map_err(|e| BuildError::Other(e.to_string()))?;
+    let store = backend.store();
+    std::thread::scope(|s| {
+        let export = s.spawn(move || {
+            let r = imgfs::layer::export_layer(store, snapshot, true, &mut writer);
+            drop(writer);
+            r
+        });
+        let mut ar = tar::Archive::new(reader);
+        ar.set_preserve_permissions(true);
+        ar.set_preserve_ownerships(true);
+        ar.set_preserve_mtime(true);
+        ar.set_unpack_xattrs(true);
+        let unpacked = ar.unpack(dir);
+        // Drain what the exporter still writes if unpacking stopped early.
+        let _ = std::io::copy(&mut ar.into_inner(), &mut std::io::sink());
+        let exported = export.join().expect("the export thread does not panic");
+        exported.map_err(|e| BuildError::Other(format!("failed to export {snapshot}: {e}")))?;
+        unpacked
+            .map_err(|e| BuildError::Other(format!("failed to unpack into {}: {e}", dir.display())))
+    })
+}
+
+/// The platform args BuildKit defines (values for the host: img builds for the host only).
+fn platform_args() -> BTreeMap<String, String> {
+    let (arch, os, variant) = crate::image::host_platform();
+    let platform = match &variant {
+        Some(v) => format!("{os}/{arch}/{v}"),
+        None => format!("{os}/{arch}"),
+    };
+    let mut m = BTreeMap::new();
+    for side in ["TARGET", "BUILD"] {
+        m.insert(format!("{side}PLATFORM"), platform.clone());
+        m.insert(format!("{side}OS"), os.clone());
+        m.insert(format!("{side}ARCH"), arch.clone());
+        m.insert(
+            format!("{side}VARIANT"),
+            variant.clone().unwrap_or_default(),
+        );
+    }
+    m
+}
+
+/// How progress lines name a stage: its name, or `stage-N`.
+fn stage_label(df: &Dockerfile, index: usize) -> String {
+    df.stages[index]
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("stage-{index}"))
+}

@@ -190,7 +190,7 @@ where
 }
 
 /// Formats a time as Docker writes `created`: RFC 3339 in UTC with nanoseconds when nonzero.
-pub(crate) fn format_time(t: DateTime<Utc>) -> String {
+pub fn format_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 

@@ -25,7 +25,7 @@ pub use archive::{
     ArchiveError, ArchiveFormat, DiffIdMismatch, ImportOptions, Loaded, import_rootfs, load, save,
 };
 pub use config::{
-    ContainerConfig, Empty, HealthConfig, History, ImageConfig, RootFs, host_platform,
+    ContainerConfig, Empty, HealthConfig, History, ImageConfig, RootFs, format_time, host_platform,
 };
 pub use lock::{Contention, LockError, StateLock};
 pub use reference::{Reference, ReferenceError};

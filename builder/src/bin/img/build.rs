@@ -1,0 +1,304 @@
+//! `img build`: used like `docker build`.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use builder::backend::{Backend, ImgfsBackend};
+use builder::build::{BuildRequest, Engine, Progress};
+use builder::context::Context;
+use builder::dockerfile;
+use builder::dockerignore::Matcher;
+use builder::image::{self, Reference};
+use builder::overlay::OverlaySnapshotter;
+use builder::state::{BackendKind, State};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Name and optionally a tag (NAME[:TAG]); may be given several times.
+    #[arg(short = 't', long = "tag")]
+    tags: Vec<String>,
+    /// The Dockerfile (default: PATH/Dockerfile), or - for standard input.
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// Set a build-time variable (KEY=VALUE, or KEY to take it from the environment).
+    #[arg(long = "build-arg")]
+    build_args: Vec<String>,
+    /// Build this stage and the stages it needs (default: the last stage).
+    #[arg(long)]
+    target: Option<String>,
+    /// Where steps run: imgfs over FUSE, or kernel overlayfs.
+    #[arg(long, default_value = "fuse")]
+    backend: BackendKind,
+    /// Run every step, ignoring the build cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// Set a label on the image (KEY=VALUE).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// Also write the result: type=oci|docker|tar|local,dest=PATH (dest=- for stdout).
+    #[arg(short = 'o', long = "output")]
+    outputs: Vec<String>,
+    /// The build context directory, or - to read a Dockerfile or a context tar from standard
+    /// input.
+    path: String,
+}
+
+/// What `-o` asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Output {
+    Oci(PathBuf),
+    Docker(PathBuf),
+    Tar(PathBuf),
+    Local(PathBuf),
+}
+
+fn parse_output(spec: &str) -> Result<Output> {
+    let mut kind = None;
+    let mut dest = None;
+    for part in spec.split(',') {
+        match part.split_once('=') {
+            Some(("type", v)) => kind = Some(v.to_owned()),
+            Some(("dest", v)) => dest = Some(PathBuf::from(v)),
+            // `-o DIR` alone is a local export, as in docker build.
+            None if !spec.contains('=') => {
+                return Ok(Output::Local(PathBuf::from(spec)));
+            }
+            _ => bail!("unknown output option {part:?} in {spec:?}"),
+        }
+    }
+    let dest = dest.with_context(|| format!("output {spec:?} needs dest=PATH"))?;
+    Ok(match kind.as_deref() {
+        Some("oci") => Output::Oci(dest),
+        Some("docker") => Output::Docker(dest),
+        Some("tar") => Output::Tar(dest),
+        Some("local") => Output::Local(dest),
+        Some(other) => bail!("unknown output type {other:?} (oci, docker, tar or local)"),
+        None => bail!("output {spec:?} needs type=oci|docker|tar|local"),
+    })
+}
+
+fn key_values(items: &[String], what: &str, from_env: bool) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        match item.split_once('=') {
+            Some((k, v)) => {
+                out.insert(k.to_owned(), v.to_owned());
+            }
+            // `--build-arg KEY` takes KEY from the environment, or is left out if unset.
+            None if from_env => {
+                if let Ok(v) = std::env::var(item) {
+                    out.insert(item.clone(), v);
+                }
+            }
+            None => bail!("{what} {item:?} is not KEY=VALUE"),
+        }
+    }
+    Ok(out)
+}
+
+/// Standard input for `img build -`: a context tar (plain or gzip) or a Dockerfile.
+fn stdin_is_archive(head: &[u8]) -> bool {
+    head.starts_with(&[0x1f, 0x8b]) || (head.len() >= 262 && &head[257..262] == b"ustar")
+}
+
+pub fn build(state: &State, args: Args) -> Result<()> {
+    let outputs: Vec<Output> = args
+        .outputs
+        .iter()
+        .map(|o| parse_output(o))
+        .collect::<Result<_>>()?;
+    let tags: Vec<Reference> = args
+        .tags
+        .iter()
+        .map(|t| Reference::parse(t).with_context(|| format!("invalid tag {t:?}")))
+        .collect::<Result<_>>()?;
+
+    // Where the Dockerfile and the context come from.
+    let (text, file_name, context) = if args.path == "-" {
+        let mut stdin = BufReader::with_capacity(1 << 20, io::stdin().lock());
+        let head = stdin.fill_buf()?.to_vec();
+        if stdin_is_archive(&head) {
+            let name = args
+                .file
+                .as_ref()
+                .map(|f| f.display().to_string())
+                .unwrap_or_else(|| "Dockerfile".to_owned());
+            let ctx = Context::from_tar(stdin, &name)?;
+            let path = ctx.root().join(&name);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("the context has no {name}"))?;
+            (text, PathBuf::from(name), Some(ctx))
+        } else {
+            let mut text = String::new();
+            stdin.read_to_string(&mut text)?;
+            (text, PathBuf::from("Dockerfile"), None)
+        }
+    } else {
+        let dir = PathBuf::from(&args.path);
+        if !dir.is_dir() {
+            bail!("the build context {} is not a directory", dir.display());
+        }
+        let (text, file) = match &args.file {
+            Some(f) if f.as_os_str() == "-" => {
+                let mut text = String::new();
+                io::stdin().read_to_string(&mut text)?;
+                (text, PathBuf::from("Dockerfile"))
+            }
+            Some(f) => (read_dockerfile(f)?, f.clone()),
+            None => {
+                let f = dir.join("Dockerfile");
+                (read_dockerfile(&f)?, f)
+            }
+        };
+        let matcher = Matcher::for_dockerfile(&dir, &file)?;
+        let ctx = Context::from_dir(&dir, &matcher)?;
+        (text, file, Some(ctx))
+    };
+    let display_name = file_name
+        .file_name()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| file_name.clone());
+    let dockerfile = dockerfile::parse(&text, &display_name)?;
+
+    let req = BuildRequest {
+        dockerfile,
+        context,
+        build_args: key_values(&args.build_args, "--build-arg", true)?,
+        target: args.target,
+        labels: key_values(&args.labels, "--label", false)?,
+        no_cache: args.no_cache,
+    };
+
+    let progress = Progress::stderr();
+    let executor = state.executor()?;
+    let cache = &state.cache;
+    let scratch = state.scratch();
+    // The imgfs store can be open once per process: a FUSE build and its outputs share it.
+    let imgfs = match args.backend {
+        BackendKind::Fuse => Some(state.imgfs()?),
+        BackendKind::Overlayfs => None,
+    };
+    let overlay = match args.backend {
+        BackendKind::Overlayfs => Some(open_overlay(state)?),
+        BackendKind::Fuse => None,
+    };
+    let backend: &dyn Backend = match (&imgfs, &overlay) {
+        (Some(b), _) => b,
+        (_, Some(o)) => o,
+        (None, None) => unreachable!("one backend is open"),
+    };
+    let engine = Engine::new(
+        backend,
+        &state.images,
+        &executor,
+        cache,
+        &scratch,
+        &progress,
+    );
+    let built = engine.build(&req)?;
+    let id = image::sha256_digest(&built.config.to_json());
+
+    for tag in &tags {
+        state.images.tag(tag, &built.manifest)?;
+    }
+    // Outputs that name the image need a name in the store; an untagged build gets a
+    // temporary one.
+    for out in &outputs {
+        match out {
+            Output::Oci(dest) | Output::Docker(dest) => {
+                let format = if matches!(out, Output::Oci(_)) {
+                    image::ArchiveFormat::Oci
+                } else {
+                    image::ArchiveFormat::Docker
+                };
+                let name = match tags.first() {
+                    Some(t) => t.to_string(),
+                    None => built.manifest.digest().to_string(),
+                };
+                write_to(dest, |w| {
+                    image::save(&state.images, &[name.as_str()], format, w)?;
+                    Ok(())
+                })?;
+            }
+            Output::Tar(dest) | Output::Local(dest) => {
+                let opened;
+                let fs: &ImgfsBackend = match &imgfs {
+                    Some(b) => b,
+                    None => {
+                        opened = state.imgfs()?;
+                        &opened
+                    }
+                };
+                write_tree(state, fs, &built, out, dest)?;
+            }
+        }
+    }
+    eprintln!("Successfully built {id}");
+    for tag in &tags {
+        eprintln!("Successfully tagged {}", tag.familiar());
+    }
+    Ok(())
+}
+
+fn open_overlay(state: &State) -> Result<OverlaySnapshotter> {
+    Ok(OverlaySnapshotter::open_or_create(
+        &state.dir().join("overlayfs"),
+    )?)
+}
+
+fn read_dockerfile(path: &Path) -> Result<String> {
+    let mut f = File::open(path).with_context(|| format!("failed to open {}", path.display()))?;
+    let mut text = String::new();
+    f.read_to_string(&mut text)
+        .with_context(|| format!("failed to read {}", path.display()))?;
+    Ok(text)
+}
+
+fn write_to(dest: &Path, f: impl FnOnce(&mut dyn io::Write) -> Result<()>) -> Result<()> {
+    if dest.as_os_str() == "-" {
+        let mut out = io::BufWriter::new(io::stdout().lock());
+        f(&mut out)?;
+        io::Write::flush(&mut out)?;
+        return Ok(());
+    }
+    super::images::write_atomically(dest, f)
+}
+
+/// `-o type=tar` and `type=local`: the final file tree, flattened.
+fn write_tree(
+    state: &State,
+    fs: &ImgfsBackend,
+    built: &builder::build::Built,
+    out: &Output,
+    dest: &Path,
+) -> Result<()> {
+    let state_of = builder::build::StageState {
+        config: built.config.clone(),
+        layers: built.layers.clone(),
+    };
+    let snapshot = builder::build::ensure_snapshot(fs, &state.images, &state_of)
+        .map_err(anyhow::Error::msg)?;
+    match out {
+        Output::Local(dir) => {
+            std::fs::create_dir_all(dir)?;
+            if let Some(s) = snapshot {
+                builder::build::unpack_snapshot(fs, &s, dir)?;
+            }
+            Ok(())
+        }
+        _ => write_to(dest, |w| {
+            match snapshot {
+                Some(s) => {
+                    imgfs::layer::export_layer(fs.store(), &s, true, w)?;
+                }
+                None => {
+                    tar::Builder::new(w).finish()?;
+                }
+            }
+            Ok(())
+        }),
+    }
+}

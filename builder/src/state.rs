@@ -1,0 +1,355 @@
+//! The state directory: where one img installation keeps everything, and the lock that keeps two
+//! img processes from changing it at once.
+//!
+//! ```text
+//! <state>/lock            flock + holder's pid (image::StateLock)
+//! <state>/images.json     names -> manifests; <state>/blobs/sha256/… the OCI content
+//! <state>/cache/          build cache records (build::cache)
+//! <state>/imgfs/          the imgfs store (--backend fuse)
+//! <state>/overlayfs/      the overlayfs backend's snapshots (--backend overlayfs)
+//! <state>/runc/           runc's state and the bundles of running steps
+//! <state>/tmp/            mount points and temporary files of running builds
+//! ```
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use oci_spec::image::Digest;
+use thiserror::Error;
+
+use crate::backend::{Backend, ImgfsBackend};
+use crate::build::StageState;
+use crate::build::cache::Cache;
+use crate::image::{Contention, ImageStore, LockError, StateLock, StoreError};
+use crate::overlay::OverlaySnapshotter;
+use crate::runc::{ExecError, RuncExecutor};
+
+#[derive(Debug, Error)]
+pub enum StateError {
+    #[error("failed to create the state directory {path}: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("failed to open the {backend} backend in {path}: {source}")]
+    Backend {
+        backend: BackendKind,
+        path: PathBuf,
+        source: imgfs::Error,
+    },
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    #[error("failed to open the build cache: {0}")]
+    Cache(std::io::Error),
+}
+
+/// Which snapshot backend runs a build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BackendKind {
+    /// imgfs over FUSE.
+    #[default]
+    Fuse,
+    /// Kernel overlayfs.
+    Overlayfs,
+}
+
+impl BackendKind {
+    pub const ALL: [BackendKind; 2] = [BackendKind::Fuse, BackendKind::Overlayfs];
+
+    fn dir(self) -> &'static str {
+        match self {
+            BackendKind::Fuse => "imgfs",
+            BackendKind::Overlayfs => "overlayfs",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Fuse => "fuse",
+            BackendKind::Overlayfs => "overlayfs",
+        })
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "fuse" | "imgfs" => Ok(BackendKind::Fuse),
+            "overlayfs" | "overlay" => Ok(BackendKind::Overlayfs),
+            _ => Err(format!("unknown backend {s:?} (fuse or overlayfs)")),
+        }
+    }
+}
+
+/// A backend and which one it is.
+pub type OpenBackend = (BackendKind, Box<dyn Backend>);
+
+/// An open state directory, locked for this process.
+pub struct State {
+    dir: PathBuf,
+    _lock: StateLock,
+    pub images: ImageStore,
+    pub cache: Cache,
+}
+
+/// The default state directory: `/var/lib/img` for root, else `$XDG_DATA_HOME/img` or
+/// `~/.local/share/img`.
+pub fn default_dir() -> PathBuf {
+    if nix::unistd::Uid::effective().is_root() {
+        return PathBuf::from("/var/lib/img");
+    }
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("img");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
+    PathBuf::from(home).join(".local/share/img")
+}
+
+impl State {
+    /// Opens (creating if needed) and locks `dir`. When another process holds the lock, calls
+    /// `on_wait` once and waits for it.
+    pub fn open(dir: &Path, on_wait: impl FnOnce(&Contention)) -> Result<State, StateError> {
+        std::fs::create_dir_all(dir).map_err(|source| StateError::Create {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let lock = StateLock::acquire(dir, true, on_wait)?;
+        let images = ImageStore::open(dir)?;
+        let cache = Cache::open(&dir.join("cache")).map_err(StateError::Cache)?;
+        let state = State {
+            dir: dir.to_owned(),
+            _lock: lock,
+            images,
+            cache,
+        };
+        // Mount points and temporary files of a build killed half-way; we hold the lock, so no
+        // build is running. A killed build's mounts are still there (a dead FUSE server's as
+        // "transport endpoint is not connected"), so they are detached first.
+        if let Ok(entries) = std::fs::read_dir(state.scratch()) {
+            for e in entries.flatten() {
+                let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        let _ = std::fs::remove_dir_all(state.scratch());
+        std::fs::create_dir_all(state.scratch()).map_err(|source| StateError::Create {
+            path: state.scratch(),
+            source,
+        })?;
+        Ok(state)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where builds put mount points and temporary files.
+    pub fn scratch(&self) -> PathBuf {
+        self.dir.join("tmp")
+    }
+
+    /// Opens the snapshot backend `kind`, creating its store on first use.
+    pub fn backend(&self, kind: BackendKind) -> Result<Box<dyn Backend>, StateError> {
+        let path = self.dir.join(kind.dir());
+        let err = |source| StateError::Backend {
+            backend: kind,
+            path: path.clone(),
+            source,
+        };
+        Ok(match kind {
+            BackendKind::Fuse => Box::new(ImgfsBackend::open(&path).map_err(err)?),
+            BackendKind::Overlayfs => {
+                Box::new(OverlaySnapshotter::open_or_create(&path).map_err(err)?)
+            }
+        })
+    }
+
+    /// The imgfs backend itself, for what only imgfs can do (export a whole tree).
+    pub fn imgfs(&self) -> Result<ImgfsBackend, StateError> {
+        let path = self.dir.join(BackendKind::Fuse.dir());
+        ImgfsBackend::open(&path).map_err(|source| StateError::Backend {
+            backend: BackendKind::Fuse,
+            path,
+            source,
+        })
+    }
+
+    /// The backends that exist in this state dir (used ones), for du and prune.
+    pub fn existing_backends(&self) -> Result<Vec<OpenBackend>, StateError> {
+        let mut out = Vec::new();
+        for kind in BackendKind::ALL {
+            if self.dir.join(kind.dir()).exists() {
+                out.push((kind, self.backend(kind)?));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn executor(&self) -> Result<RuncExecutor, StateError> {
+        Ok(RuncExecutor::new(&self.dir.join("runc"))?)
+    }
+
+    /// The blobs the build cache refers to: roots for garbage collection besides named images.
+    pub fn cache_blobs(&self) -> Vec<Digest> {
+        let mut out: Vec<Digest> = Vec::new();
+        if let Ok(entries) = self.cache.entries::<StageState>() {
+            for (_, state) in entries {
+                out.extend(state.layers.into_iter().map(|l| l.digest));
+            }
+        }
+        out.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
+        out.dedup();
+        out
+    }
+}
+
+/// One line of `img du`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageItem {
+    pub id: String,
+    pub reclaimable: bool,
+    pub size: u64,
+    pub description: String,
+}
+
+impl State {
+    /// The chain IDs of every named image's layer stacks (each prefix): the snapshots that are
+    /// in use.
+    fn used_chains(&self) -> Result<BTreeSet<String>, StateError> {
+        let mut used = BTreeSet::new();
+        for image in self.images.list()? {
+            for c in crate::image::chain_ids(&image.config.rootfs.diff_ids) {
+                used.insert(c.to_string());
+            }
+        }
+        Ok(used)
+    }
+
+    /// What takes space, and what `prune` would free: blobs no image names (build cache layers,
+    /// leftovers), build cache records, and snapshots of layer stacks no image uses.
+    pub fn disk_usage(&self) -> Result<Vec<UsageItem>, StateError> {
+        let mut items = Vec::new();
+        let garbage = self.images.reclaimable(&[])?;
+        let cache_blobs: HashSet<Digest> = self.cache_blobs().into_iter().collect();
+        let mut named: HashSet<Digest> = HashSet::new();
+        for image in self.images.list()? {
+            for l in image.manifest.layers() {
+                if named.insert(l.digest().clone()) {
+                    items.push(UsageItem {
+                        id: l.digest().to_string(),
+                        reclaimable: false,
+                        size: l.size(),
+                        description: format!("layer of {}", image.name.familiar()),
+                    });
+                }
+            }
+        }
+        for b in &garbage.blobs {
+            items.push(UsageItem {
+                id: b.digest.to_string(),
+                reclaimable: true,
+                size: b.size,
+                description: if cache_blobs.contains(&b.digest) {
+                    "build cache layer".to_owned()
+                } else {
+                    "unreferenced blob".to_owned()
+                },
+            });
+        }
+        for t in &garbage.temp_files {
+            let size = std::fs::metadata(t).map(|m| m.len()).unwrap_or(0);
+            items.push(UsageItem {
+                id: t.display().to_string(),
+                reclaimable: true,
+                size,
+                description: "temporary file".to_owned(),
+            });
+        }
+        let records = self
+            .cache
+            .entries::<StageState>()
+            .map_err(StateError::Cache)?;
+        if !records.is_empty() {
+            let size = records
+                .iter()
+                .map(|(k, _)| {
+                    std::fs::metadata(self.dir.join("cache").join(format!("{}.json", k.as_str())))
+                        .map(|m| m.len())
+                        .unwrap_or(0)
+                })
+                .sum();
+            items.push(UsageItem {
+                id: "cache".to_owned(),
+                reclaimable: true,
+                size,
+                description: format!("{} build cache records", records.len()),
+            });
+        }
+        let used = self.used_chains()?;
+        for (kind, backend) in self.existing_backends()? {
+            for info in backend.walk().map_err(|source| StateError::Backend {
+                backend: kind,
+                path: self.dir.join(kind.dir()),
+                source,
+            })? {
+                let size = backend.usage(&info.name).map(|u| u.bytes).unwrap_or(0);
+                let in_use = used.contains(&info.name);
+                items.push(UsageItem {
+                    id: info.name.clone(),
+                    reclaimable: !in_use,
+                    size,
+                    description: match (in_use, info.kind) {
+                        (true, _) => format!("{kind} snapshot of an image's layers"),
+                        (false, imgfs::SnapshotKind::Committed) => {
+                            format!("{kind} snapshot of build cache layers")
+                        }
+                        (false, _) => format!("{kind} snapshot left by an interrupted build"),
+                    },
+                });
+            }
+        }
+        Ok(items)
+    }
+
+    /// Frees what `disk_usage` reports as reclaimable; returns the bytes freed.
+    pub fn prune(&self) -> Result<u64, StateError> {
+        let before: u64 = self
+            .disk_usage()?
+            .iter()
+            .filter(|i| i.reclaimable)
+            .map(|i| i.size)
+            .sum();
+        for (key, _) in self
+            .cache
+            .entries::<StageState>()
+            .map_err(StateError::Cache)?
+        {
+            self.cache.remove(&key).map_err(StateError::Cache)?;
+        }
+        self.images.prune(&[])?;
+        let used = self.used_chains()?;
+        for (kind, backend) in self.existing_backends()? {
+            let err = |source| StateError::Backend {
+                backend: kind,
+                path: self.dir.join(kind.dir()),
+                source,
+            };
+            // Children before parents; an in-use snapshot's ancestors are all in use.
+            for info in backend.walk().map_err(err)?.into_iter().rev() {
+                if !used.contains(&info.name) {
+                    backend.remove(&info.name).map_err(err)?;
+                }
+            }
+        }
+        Ok(before)
+    }
+}
