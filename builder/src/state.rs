@@ -119,6 +119,12 @@ impl State {
     /// Opens (creating if needed) and locks `dir`. When another process holds the lock, calls
     /// `on_wait` once and waits for it.
     pub fn open(dir: &Path, on_wait: impl FnOnce(&Contention)) -> Result<State, StateError> {
+        // runc resolves a relative root against its bundle, so every path we hand out must be
+        // absolute.
+        let dir = &std::path::absolute(dir).map_err(|source| StateError::Create {
+            path: dir.to_owned(),
+            source,
+        })?;
         std::fs::create_dir_all(dir).map_err(|source| StateError::Create {
             path: dir.to_owned(),
             source,

@@ -592,6 +592,22 @@ impl Filesystem for FuseFs {
         reply.error(Errno::ENOSYS);
     }
 
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: fuser::PollNotifier,
+        _events: fuser::PollEvents,
+        _flags: fuser::PollFlags,
+        reply: fuser::ReplyPoll,
+    ) {
+        // Regular files are always ready. ENOSYS makes the kernel answer poll/select/epoll
+        // itself ("always readable and writable") and stop asking; fuser's default does the
+        // same but logs a warning on every call, which shows up in every build's output.
+        reply.error(Errno::ENOSYS);
+    }
+
     fn fsync(
         &self,
         _req: &Request,

@@ -34,8 +34,14 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<Output> {
 }
 
 /// Makes the OCI image `layout:tag` with `rootfs_tar` as its only layer and Docker's default
-/// PATH and `CMD ["sh"]`, the way busybox's official image looks.
-pub fn oci_image_from_rootfs(rootfs_tar: &Path, layout: &Path, tag: &str) -> anyhow::Result<()> {
+/// PATH and `CMD ["sh"]`, the way busybox's official image looks. `prepare` may change the
+/// unpacked root file system before it is packed.
+pub fn oci_image_from_rootfs(
+    rootfs_tar: &Path,
+    layout: &Path,
+    tag: &str,
+    prepare: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
     let bundle = work.path().join("bundle");
     let image = format!("{}:{tag}", layout.display());
@@ -51,6 +57,7 @@ pub fn oci_image_from_rootfs(rootfs_tar: &Path, layout: &Path, tag: &str) -> any
         .arg(rootfs_tar)
         .arg("-C")
         .arg(bundle.join("rootfs")))?;
+    prepare(&bundle.join("rootfs"))?;
     run(Command::new("umoci")
         .args(["repack", "--image", &image])
         .arg(&bundle))?;
@@ -125,13 +132,23 @@ impl Buildah {
         Ok(())
     }
 
-    /// `buildah bud -t tag [args] context`, with the layers flag Docker users expect.
+    /// `buildah bud -t tag [args] context` in Docker's image format (the OCI format has no
+    /// HEALTHCHECK, SHELL or ONBUILD), with runc, never pulling.
     pub fn bud(&self, context: &Path, tag: &str, args: &[&str]) -> anyhow::Result<Output> {
         run(self
             .command()
-            .args(["bud", "--layers", "--isolation", "oci", "-t", tag])
+            .args(["bud", "--layers", "--isolation", "oci", "--pull=never"])
+            .args(["--format", "docker", "-t", tag])
             .args(args)
             .arg(context))
+    }
+
+    /// The image's Docker-format config object (`buildah inspect`), which keeps the fields an
+    /// OCI layout export drops.
+    pub fn docker_config(&self, name: &str) -> anyhow::Result<Value> {
+        let out = run(self.command().args(["inspect", "--type", "image", name]))?;
+        let v: Value = serde_json::from_slice(&out.stdout)?;
+        Ok(v["Docker"]["config"].clone())
     }
 
     /// Copies the image `name` out of the storage into `layout:tag`.

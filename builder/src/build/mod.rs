@@ -226,10 +226,7 @@ impl<'a> Engine<'a> {
                 let used_args = &used_args;
                 s.spawn(move || {
                     let mut runner = step::StageRunner::new(self, req, index, args, &board);
-                    let outcome = runner.run().map_err(|e| {
-                        self.progress.error(&e.to_string());
-                        e.to_string()
-                    });
+                    let outcome = runner.run().map_err(|e| e.to_string());
                     used_args.lock().expect("poisoned").push(runner.into_args());
                     board.publish(index, outcome);
                 });
@@ -427,7 +424,7 @@ pub fn unpack_snapshot(
         ar.set_preserve_ownerships(true);
         ar.set_preserve_mtime(true);
         ar.set_unpack_xattrs(true);
-        let unpacked = ar.unpack(dir);
+        let unpacked = unpack_keeping_dir_times(&mut ar, dir);
         // Drain what the exporter still writes if unpacking stopped early.
         let _ = std::io::copy(&mut ar.into_inner(), &mut std::io::sink());
         let exported = export.join().expect("the export thread does not panic");
@@ -435,6 +432,36 @@ pub fn unpack_snapshot(
         unpacked
             .map_err(|e| BuildError::Other(format!("failed to unpack into {}: {e}", dir.display())))
     })
+}
+
+/// Unpacks `ar` into `dir`, then puts back the directories' mtimes, which writing their
+/// entries changed (the tar crate sets a directory's time when it creates it).
+fn unpack_keeping_dir_times<R: std::io::Read>(
+    ar: &mut tar::Archive<R>,
+    dir: &Path,
+) -> std::io::Result<()> {
+    let mut dirs = Vec::new();
+    for entry in ar.entries()? {
+        let mut entry = entry?;
+        if entry.header().entry_type().is_dir() {
+            let mtime = entry.header().mtime().unwrap_or(0);
+            dirs.push((entry.path()?.into_owned(), mtime));
+        }
+        entry.unpack_in(dir)?;
+    }
+    // Deepest first, so setting a parent's time is the last change to it.
+    for (path, mtime) in dirs.into_iter().rev() {
+        let t = nix::sys::time::TimeSpec::new(mtime as i64, 0);
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &dir.join(path),
+            &t,
+            &t,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(std::io::Error::from)?;
+    }
+    Ok(())
 }
 
 /// The platform args BuildKit defines (values for the host: img builds for the host only).

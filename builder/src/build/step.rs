@@ -286,8 +286,13 @@ impl<'e, 'a> StageRunner<'e, 'a> {
             let workdir = me.workdir();
             let history = me.history(ins);
             me.fs_step(ins, history, |me, root| {
-                let user = context::resolve_user(root, nonempty(&user_spec, "root"))
+                let mut user = context::resolve_user(root, nonempty(&user_spec, "root"))
                     .map_err(|e| me.fail(ins, e))?;
+                // The primary group is a supplementary group too, as containerd's
+                // ensureAdditionalGids makes it for BuildKit (and buildah does the same).
+                if !user.additional_gids.contains(&user.gid) {
+                    user.additional_gids.insert(0, user.gid);
+                }
                 context::mkdir_in_root(root, &workdir, 0, 0).map_err(|e| {
                     me.fail(
                         ins,

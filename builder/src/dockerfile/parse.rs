@@ -33,7 +33,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Dockerfile, ParseError> {
     loop {
         let masked_text = std::str::from_utf8(&masked).expect("masking keeps utf-8");
         match find_unmasked_run(text, masked_text, &run_heredocs) {
-            Err(e) => return Err(err(e.line(), crate_message(&e))),
+            Err(e) => return Err(crate_error(text, &e, err)),
             Ok(None) => break,
             Ok(Some(found)) => {
                 let (docs, body_end) = read_heredocs(text, found.line_end, &found.markers)
@@ -56,7 +56,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Dockerfile, ParseError> {
         }
     }
     let masked_text = std::str::from_utf8(&masked).expect("masking keeps utf-8");
-    let parsed = pd::parse(masked_text).map_err(|e| err(e.line(), crate_message(&e)))?;
+    let parsed = pd::parse(masked_text).map_err(|e| crate_error(text, &e, err))?;
     let directives = &parsed.parser_directives;
     let escape = directives.escape.as_ref().map_or('\\', |d| d.value.value);
     let cx = Cx {
@@ -137,6 +137,29 @@ pub fn parse(text: &str, file: &Path) -> Result<Dockerfile, ParseError> {
 
 /// parse-dockerfile's message, without its own "at line" suffix, reworded where BuildKit's
 /// wording is better known.
+/// A parse-dockerfile error as ours. It reports an unterminated heredoc where the text ends; the
+/// user needs the line that opened it.
+fn crate_error(text: &str, e: &pd::Error, err: impl Fn(usize, String) -> ParseError) -> ParseError {
+    let message = crate_message(e);
+    let line = if message.starts_with("unterminated heredoc") {
+        opening_heredoc_line(text, e.line())
+    } else {
+        e.line()
+    };
+    err(line, message)
+}
+
+/// The last line at or before `end` (1-based) that opens a heredoc (`<<`), or `end`.
+fn opening_heredoc_line(text: &str, end: usize) -> usize {
+    text.lines()
+        .take(end)
+        .enumerate()
+        .filter(|(_, l)| l.contains("<<"))
+        .map(|(i, _)| i + 1)
+        .last()
+        .unwrap_or(end)
+}
+
 fn crate_message(e: &pd::Error) -> String {
     let m = format!("{e:#}");
     if let Some(word) = m

@@ -1,0 +1,156 @@
+//! The image commands around builds: ls, tag, rm, inspect, save and load (checked with skopeo),
+//! import, unpack, du and prune.
+
+use std::process::Command;
+
+use crate::{Rig, can_run, context};
+
+#[test]
+fn tag_ls_inspect_and_rm() {
+    if !can_run() {
+        return;
+    }
+    let rig = Rig::create();
+    rig.img_ok(&["tag", "busybox", "example.com/team/bb:1.0"]);
+    let ls = rig.img_ok(&["ls"]);
+    assert!(ls.starts_with("NAME"), "{ls}");
+    for col in ["SIZE", "CREATED AT", "UPDATED AT", "DIGEST"] {
+        assert!(ls.lines().next().unwrap().contains(col), "{ls}");
+    }
+    assert!(ls.contains("example.com/team/bb:1.0"), "{ls}");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&rig.img_ok(&["inspect", "example.com/team/bb:1.0"])).unwrap();
+    assert_eq!(inspect[0]["Config"]["Cmd"], serde_json::json!(["sh"]));
+    rig.img_ok(&["rm", "example.com/team/bb:1.0"]);
+    assert!(!rig.img_ok(&["ls"]).contains("example.com"));
+    assert!(!rig.img(&["rm", "example.com/team/bb:1.0"]).status.success());
+}
+
+#[test]
+fn saved_archives_load_in_skopeo_and_back() {
+    if !can_run() {
+        return;
+    }
+    let rig = Rig::create();
+    let ctx = context("FROM busybox\nRUN echo saved > /saved\n", &[]);
+    rig.img_ok(&["build", "-t", "saved:1", ctx.path().to_str().unwrap()]);
+    for (format, transport) in [
+        ("docker-archive", "docker-archive"),
+        ("oci-archive", "oci-archive"),
+    ] {
+        let archive = rig.dir.path().join(format!("{format}.tar"));
+        rig.img_ok(&[
+            "save",
+            "--format",
+            format,
+            "-o",
+            archive.to_str().unwrap(),
+            "saved:1",
+        ]);
+        let out = Command::new("skopeo")
+            .args(["inspect", "--config"])
+            .arg(format!("{transport}:{}", archive.display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let other = Rig::create();
+        let loaded = other.img_ok(&["load", "-i", archive.to_str().unwrap()]);
+        assert!(loaded.contains("Loaded image"), "{loaded}");
+    }
+}
+
+#[test]
+fn import_then_unpack_gives_the_tree_back() {
+    if !can_run() {
+        return;
+    }
+    let rig = Rig::create();
+    let tar = tests::fixtures::busybox_rootfs_tar().unwrap();
+    rig.img_ok(&[
+        "import",
+        tar.to_str().unwrap(),
+        "imported",
+        "-c",
+        "CMD [\"echo\", \"hi\"]",
+    ]);
+    let dir = rig.dir.path().join("unpacked");
+    rig.img_ok(&["unpack", "imported", dir.to_str().unwrap()]);
+    let expected_dir = rig.dir.path().join("expected");
+    std::fs::create_dir(&expected_dir).unwrap();
+    tests::gnutar::extract_with_gnu_tar(&tar, &expected_dir).unwrap();
+    tests::assert_same(
+        &tests::Manifest::of_dir(&expected_dir).unwrap(),
+        &tests::Manifest::of_dir(&dir).unwrap(),
+    );
+    let inspect: serde_json::Value =
+        serde_json::from_str(&rig.img_ok(&["inspect", "imported"])).unwrap();
+    assert_eq!(
+        inspect[0]["Config"]["Cmd"],
+        serde_json::json!(["echo", "hi"])
+    );
+}
+
+/// `img prune` frees what `img du` calls reclaimable, and du agrees afterwards.
+#[test]
+fn prune_frees_what_du_reports() {
+    if !can_run() {
+        return;
+    }
+    let rig = Rig::create();
+    let ctx = context(
+        "FROM busybox\nRUN echo one > /one\nRUN echo two > /two\n",
+        &[],
+    );
+    for backend in crate::BACKENDS {
+        rig.img_ok(&[
+            "build",
+            "--backend",
+            backend,
+            "-t",
+            "gone",
+            ctx.path().to_str().unwrap(),
+        ]);
+    }
+    rig.img_ok(&["rm", "gone"]);
+    let du = rig.img_ok(&["du"]);
+    let reclaimable = |du: &str| {
+        du.lines()
+            .find(|l| l.starts_with("Reclaimable:"))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_owned()
+    };
+    assert_ne!(reclaimable(&du), "0B", "{du}");
+    assert!(du.contains("true"), "{du}");
+    rig.img_ok(&["prune"]);
+    let du = rig.img_ok(&["du"]);
+    assert_eq!(reclaimable(&du), "0B", "{du}");
+    assert!(!du.lines().any(|l| l.contains(" true ")), "{du}");
+    // What images still use is kept: busybox builds again from its snapshot.
+    rig.img_ok(&["build", "-t", "again", ctx.path().to_str().unwrap()]);
+}
+
+#[test]
+fn a_second_img_waits_for_the_state_lock() {
+    if !can_run() {
+        return;
+    }
+    let rig = Rig::create();
+    let mut holder = Command::new("flock")
+        .arg(rig.state.join("lock"))
+        .args(["sleep", "2"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = rig.img(&["ls"]);
+    holder.wait().unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("waiting for the lock"), "{err}");
+}
