@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "${GREETING:-hello}, built on $(uname -s) without a daemon"
