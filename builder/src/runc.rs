@@ -113,11 +113,41 @@ impl RuncExecutor {
         let runc = std::env::var_os("IMG_RUNC")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("runc"));
-        Ok(RuncExecutor {
+        let exec = RuncExecutor {
             runc,
             state: state.to_owned(),
             next_id: AtomicU64::new(0),
-        })
+        };
+        exec.remove_leftovers();
+        Ok(exec)
+    }
+
+    /// Deletes containers and bundles a killed img left behind. The caller holds the state
+    /// lock, so no other img is running steps here: every container in our runc root is stale.
+    fn remove_leftovers(&self) {
+        let Ok(entries) = fs::read_dir(&self.state) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if name == "bundles" {
+                continue;
+            }
+            tracing::info!(container = ?name, "removing a container left by a killed img");
+            let _ = Command::new(&self.runc)
+                .arg("--root")
+                .arg(&self.state)
+                .args(["delete", "--force"])
+                .arg(&name)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        if let Ok(bundles) = fs::read_dir(self.state.join("bundles")) {
+            for b in bundles.flatten() {
+                let _ = fs::remove_dir_all(b.path());
+            }
+        }
     }
 
     fn spec(&self, rootfs: &Path, req: &RunRequest, bundle: &Path) -> Result<Spec, ExecError> {

@@ -123,6 +123,8 @@ struct StageOutcome {
 /// Stage results as they come in, for stages waiting on others.
 #[derive(Default)]
 struct Board {
+    /// The stages being built; waiting for any other would wait forever.
+    scheduled: Vec<usize>,
     done: Mutex<HashMap<usize, Result<StageOutcome, String>>>,
     changed: Condvar,
 }
@@ -134,6 +136,10 @@ impl Board {
     }
 
     fn wait(&self, stage: usize) -> Result<StageOutcome, String> {
+        if !self.scheduled.contains(&stage) {
+            // Only an ONBUILD trigger can name a stage the graph did not see.
+            return Err(format!("stage {stage} is not part of this build"));
+        }
         let mut done = self.done.lock().expect("poisoned");
         loop {
             if let Some(r) = done.get(&stage) {
@@ -217,7 +223,10 @@ impl<'a> Engine<'a> {
         let order = df.needed_stages(req.target.as_deref(), args.global_env())?;
         let target = *order.last().expect("needed_stages returns the target");
 
-        let board = Arc::new(Board::default());
+        let board = Arc::new(Board {
+            scheduled: order.clone(),
+            ..Board::default()
+        });
         let used_args = Mutex::new(Vec::<ArgScope>::new());
         std::thread::scope(|s| {
             for &index in &order {

@@ -239,7 +239,8 @@ fn dockerignore_excludes_and_re_includes_as_docker_documents() {
     }
 }
 
-/// buildah 1.28 has no heredocs: the expected files come from Docker's reference.
+/// buildah 1.28 has no heredocs (nor `COPY --link`): the expected files come from Docker's
+/// reference.
 #[test]
 fn heredocs_in_run_and_copy() {
     if !can_run() {
@@ -256,12 +257,14 @@ EOF
 COPY <<EOT /greeting.txt
 hello $NAME
 EOT
-COPY <<'EOT' /literal.txt
+COPY --link <<'EOT' /literal.txt
 hello $NAME
 EOT
 RUN cat <<EOF > /three
 three
 EOF
+SHELL ["/bin/sh", "-ec"]
+CMD echo shell form after SHELL
 "#,
         &[],
     );
@@ -284,6 +287,13 @@ EOF
         assert_eq!(content("greeting.txt"), sha("hello world\n"), "{backend}");
         assert_eq!(content("literal.txt"), sha("hello $NAME\n"), "{backend}");
         assert_eq!(content("three"), sha("three\n"), "{backend}");
+        // Docker's reference: SHELL applies to the shell form of CMD and ENTRYPOINT too
+        // (buildah 1.28 keeps /bin/sh -c there).
+        assert_eq!(
+            img.config["Cmd"],
+            serde_json::json!(["/bin/sh", "-ec", "echo shell form after SHELL"]),
+            "{backend}"
+        );
     }
 }
 
@@ -306,5 +316,53 @@ RUN cat /ok
     for backend in BACKENDS {
         let img = rig.img_build(ctx.path(), backend, &format!("skip-{backend}"), &[]);
         assert!(img.tree.get("ok").is_some());
+    }
+}
+
+#[test]
+fn escape_directive_exec_forms_expanded_flags_and_onbuild_match_buildah() {
+    if !can_run() {
+        return;
+    }
+    let rig = Rig::create();
+    let parent = context(
+        "# escape=`
+FROM busybox
+ARG OWNER=1000
+ENV DIR=/opt/data
+RUN [\"/bin/sh\", \"-c\", \"echo exec > /exec\"]
+RUN echo one `
+    two > /continued
+COPY --chown=${OWNER}:${OWNER} f.txt $DIR/
+ENTRYPOINT exec echo shell form
+SHELL [\"/bin/sh\", \"-ec\"]
+RUN echo \"shell is $0\" > /shell
+ONBUILD COPY child.txt /from-child.txt
+ONBUILD RUN echo triggered > /triggered
+",
+        &[("f.txt", "f\n")],
+    );
+    same_as_buildah(&rig, parent.path(), "parent", &[]);
+    // The child builds FROM the parent, so ONBUILD triggers run first; each tool's child is built
+    // on its own parent image.
+    let child_df = |base: &str| format!("FROM {base}\nRUN test -f /triggered\n");
+    let child_files = [("child.txt", "child\n")];
+    let theirs_ctx = context(&child_df("localhost/parent"), &child_files);
+    let theirs = rig.buildah_build(theirs_ctx.path(), "child", &[]);
+    for backend in BACKENDS {
+        let ctx = context(&child_df(&format!("parent-{backend}")), &child_files);
+        let ours = rig.img_build(ctx.path(), backend, &format!("child-{backend}"), &[]);
+        let diff = ours.tree.diff(&theirs.tree);
+        assert!(diff.is_empty(), "{backend}:\n{}", diff.join("\n"));
+        assert_eq!(
+            crate::normalized_config(&ours.config),
+            crate::normalized_config(&theirs.config),
+            "{backend}"
+        );
+        assert!(
+            ours.config
+                .get("OnBuild")
+                .is_none_or(|v| v.as_array().is_none_or(|a| a.is_empty()))
+        );
     }
 }

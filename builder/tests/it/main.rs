@@ -6,6 +6,7 @@
 
 mod build;
 mod cache;
+mod cli;
 mod commands;
 mod errors;
 

@@ -381,7 +381,14 @@ fn hard_link<R: Read>(
         parents.invalidate();
         tree.remove_any(dir, name)?;
     }
+    // A link made by the layer must not give the directory the import's time: the layer set
+    // the directory's times from its own header, as it does for every other entry type.
+    let times = tree.inode(dir)?;
     tree.link(tino, dir, name)?;
+    let mut inode = tree.inode(dir)?;
+    inode.mtime = times.mtime;
+    inode.ctime = times.ctime;
+    tree.put_inode(dir, &inode)?;
     Ok(())
 }
 
