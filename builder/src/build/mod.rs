@@ -150,6 +150,13 @@ impl Board {
     }
 }
 
+/// Fetches images the store lacks (`FROM` or `COPY --from` of an image that is not local).
+/// The registry client implements it; a build without one fails on a missing image.
+pub trait Puller: Sync {
+    /// Pulls `name` into the image store, so that `ImageStore::resolve(name)` finds it.
+    fn pull(&self, name: &str) -> Result<(), String>;
+}
+
 /// Builds images. Holds what a build needs and nothing about a particular build.
 pub struct Engine<'a> {
     pub backend: &'a dyn Backend,
@@ -162,6 +169,9 @@ pub struct Engine<'a> {
     next_key: AtomicU64,
     /// Held while layers are applied, so two stages on one base do not both apply it.
     apply_lock: Mutex<()>,
+    pull_lock: Mutex<()>,
+    /// Pulls images the store lacks; `None`: a missing image is an error.
+    pub puller: Option<&'a dyn Puller>,
 }
 
 impl<'a> Engine<'a> {
@@ -182,6 +192,25 @@ impl<'a> Engine<'a> {
             progress,
             next_key: AtomicU64::new(0),
             apply_lock: Mutex::new(()),
+            pull_lock: Mutex::new(()),
+            puller: None,
+        }
+    }
+
+    /// The stored image `name`, pulled first if the store lacks it and a puller is set.
+    fn image(&self, name: &str) -> Result<crate::image::Image, String> {
+        match self.images.resolve(name) {
+            Ok(image) => Ok(image),
+            Err(crate::image::StoreError::NotFound(_)) if self.puller.is_some() => {
+                // One pull at a time: two stages FROM the same image pull it once.
+                let _guard = self.pull_lock.lock().expect("poisoned");
+                if let Ok(image) = self.images.resolve(name) {
+                    return Ok(image);
+                }
+                self.puller.expect("checked above").pull(name)?;
+                self.images.resolve(name).map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
         }
     }
 

@@ -114,8 +114,7 @@ impl<'e, 'a> StageRunner<'e, 'a> {
             Err(image) => {
                 let found = self
                     .engine
-                    .images
-                    .resolve(&image)
+                    .image(&image)
                     .map_err(|e| from_err(format!("base image {image}: {e}")))?;
                 self.state = super::image_state(&found);
                 self.key = CacheKey::base(found.manifest_digest.as_ref());
@@ -479,8 +478,7 @@ impl<'e, 'a> StageRunner<'e, 'a> {
             None => {
                 let image = self
                     .engine
-                    .images
-                    .resolve(from)
+                    .image(from)
                     .map_err(|e| self.fail(ins, format!("--from={from}: {e}")))?;
                 super::image_state(&image)
             }
