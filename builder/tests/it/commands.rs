@@ -154,3 +154,56 @@ fn a_second_img_waits_for_the_state_lock() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("waiting for the lock"), "{err}");
 }
+
+/// `kill -9` of img in the middle of a RUN step: the next img cleans up after it (the container,
+/// the mounts), builds as before, and prune frees what the killed build left.
+#[test]
+fn a_build_killed_mid_step_leaves_a_usable_state() {
+    if !can_run() {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    let rig = Rig::create();
+    for backend in crate::BACKENDS {
+        let ctx = context(
+            "FROM busybox\nRUN echo started > /started && echo STEP-STARTED && sleep 60\n",
+            &[],
+        );
+        let mut child = Command::new(env!("CARGO_BIN_EXE_img"))
+            .arg("-s")
+            .arg(&rig.state)
+            .args(["build", "--backend", backend, "-t", "killed"])
+            .arg(ctx.path())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        // Wait until the container runs: its output comes after the step header.
+        loop {
+            let line = lines.next().expect("img ended before the step ran").unwrap();
+            if line.trim() == "STEP-STARTED" {
+                break;
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+
+        let good = context("FROM busybox\nRUN echo fine > /fine\n", &[]);
+        rig.img_ok(&["build", "--backend", backend, "-t", "after", good.path().to_str().unwrap()]);
+        let ls = rig.img_ok(&["ls"]);
+        assert!(!ls.contains("killed"), "{ls}");
+        assert!(ls.contains("after"), "{ls}");
+        let runc_list = Command::new("runc")
+            .arg("--root")
+            .arg(rig.state.join("runc"))
+            .arg("list")
+            .output()
+            .unwrap();
+        let runc_list = String::from_utf8_lossy(&runc_list.stdout);
+        assert!(runc_list.lines().count() <= 1, "{backend}: containers left:\n{runc_list}");
+        rig.img_ok(&["prune"]);
+        let du = rig.img_ok(&["du"]);
+        assert!(!du.contains("interrupted"), "{backend}: {du}");
+    }
+}
