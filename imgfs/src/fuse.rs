@@ -319,7 +319,41 @@ pub fn session(
     config.clone_fd = true;
     let mut session = fuser::Session::new(FuseFs::new(tree), mountpoint, &config)?;
     let unmounter = session.unmount_callable();
+    set_readahead(mountpoint, READAHEAD_KIB);
     Ok((session, unmounter))
+}
+
+/// Readahead of a mount, in KiB: one READ request can carry 1 MiB (FUSE_MAX_PAGES), but the
+/// kernel starts a FUSE mount's readahead at 128 KiB and the INIT reply cannot raise it. With
+/// 1 MiB a cold sequential read of a 1 GiB file took 1.1 s instead of 1.9 s here, and a warm
+/// one 0.21 s instead of 0.44 s (docs/benchmarks.md).
+const READAHEAD_KIB: u32 = 1024;
+
+/// Sets the readahead of the mount at `mountpoint` through its backing device's sysfs entry.
+/// Best effort: only root may write there, and an unprivileged mount keeps the default. The
+/// device comes from /proc/self/mountinfo, not from stat(2), which would wait for the FUSE
+/// session to answer.
+fn set_readahead(mountpoint: &Path, kib: u32) {
+    let Ok(path) = std::fs::canonicalize(mountpoint) else {
+        return;
+    };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    // Fields: id parent major:minor root mountpoint ...; the last mount on the path wins.
+    let dev = info
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.len() > 4 && Path::new(f[4]) == path).then(|| f[2].to_owned())
+        })
+        .last();
+    if let Some(dev) = dev {
+        let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+        if let Err(e) = std::fs::write(&knob, kib.to_string()) {
+            tracing::debug!(%knob, "cannot set readahead: {e}");
+        }
+    }
 }
 
 impl Filesystem for FuseFs {
