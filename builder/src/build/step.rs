@@ -197,6 +197,11 @@ impl<'e, 'a> StageRunner<'e, 'a> {
             InstructionKind::Add(copy) => self.copy_step(ins, &copy, true),
             InstructionKind::Workdir(dir) => self.workdir_step(ins, &dir),
             other => {
+                // Set here too, not only in `apply_config`: a cached CMD still counts for a later
+                // ENTRYPOINT that is not cached.
+                if matches!(other, InstructionKind::Cmd(_)) {
+                    self.cmd_set = true;
+                }
                 let key = self.key.step(&[&text]);
                 self.cached_or(ins, key, |me| {
                     let mut state = me.state.clone();

@@ -181,7 +181,10 @@ fn a_build_killed_mid_step_leaves_a_usable_state() {
         let mut lines = BufReader::new(stderr).lines();
         // Wait until the container runs: its output comes after the step header.
         loop {
-            let line = lines.next().expect("img ended before the step ran").unwrap();
+            let line = lines
+                .next()
+                .expect("img ended before the step ran")
+                .unwrap();
             if line.trim() == "STEP-STARTED" {
                 break;
             }
@@ -190,7 +193,14 @@ fn a_build_killed_mid_step_leaves_a_usable_state() {
         child.wait().unwrap();
 
         let good = context("FROM busybox\nRUN echo fine > /fine\n", &[]);
-        rig.img_ok(&["build", "--backend", backend, "-t", "after", good.path().to_str().unwrap()]);
+        rig.img_ok(&[
+            "build",
+            "--backend",
+            backend,
+            "-t",
+            "after",
+            good.path().to_str().unwrap(),
+        ]);
         let ls = rig.img_ok(&["ls"]);
         assert!(!ls.contains("killed"), "{ls}");
         assert!(ls.contains("after"), "{ls}");
@@ -201,7 +211,10 @@ fn a_build_killed_mid_step_leaves_a_usable_state() {
             .output()
             .unwrap();
         let runc_list = String::from_utf8_lossy(&runc_list.stdout);
-        assert!(runc_list.lines().count() <= 1, "{backend}: containers left:\n{runc_list}");
+        assert!(
+            runc_list.lines().count() <= 1,
+            "{backend}: containers left:\n{runc_list}"
+        );
         rig.img_ok(&["prune"]);
         let du = rig.img_ok(&["du"]);
         assert!(!du.contains("interrupted"), "{backend}: {du}");
