@@ -347,7 +347,7 @@ fn set_readahead(mountpoint: &Path, kib: u32) {
             let f: Vec<&str> = l.split(' ').collect();
             (f.len() > 4 && Path::new(f[4]) == path).then(|| f[2].to_owned())
         })
-        .last();
+        .next_back();
     if let Some(dev) = dev {
         let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
         if let Err(e) = std::fs::write(&knob, kib.to_string()) {
