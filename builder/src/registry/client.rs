@@ -144,8 +144,12 @@ impl Registry {
             }
             None => RegistryAuth::Anonymous,
         };
+        let client = self.new_client(&registry)?;
+        // oci-client's blob calls only authenticate for registries whose credentials it has
+        // stored; only its manifest calls store them.
+        self.block_on(client.store_auth_if_needed(oci_reference_registry(&registry), &auth));
         let connection = Connection {
-            client: self.new_client(&registry)?,
+            client,
             auth,
             registry: registry.clone(),
         };

@@ -137,10 +137,21 @@ fn push_then_pull_gives_the_same_digest_and_peers_read_the_image() {
     assert!(ls.contains(local["Digest"].as_str().unwrap()), "{ls}");
 
     // Pushing again uploads nothing; pushing to another repository mounts the blobs.
-    let again = rig.img_ok(&["push", "busybox", &target]);
+    let again = ok(
+        img_in(&rig.state, &[], None, &["push", "busybox", &target]),
+        "push",
+    );
     assert!(again.contains("already exists"), "{again}");
     assert!(!again.contains(": pushed"), "{again}");
-    let elsewhere = rig.img_ok(&["push", "busybox", &format!("{host}/other/busybox:1")]);
+    let elsewhere = ok(
+        img_in(
+            &rig.state,
+            &[],
+            None,
+            &["push", "busybox", &format!("{host}/other/busybox:1")],
+        ),
+        "push",
+    );
     assert!(
         elsewhere.contains(&format!("mounted from {host}/test/busybox")),
         "{elsewhere}"
@@ -168,7 +179,7 @@ fn an_image_pushed_by_skopeo_is_pulled_by_from_in_a_build() {
         "copy",
         "-q",
         "--dest-tls-verify=false",
-        &format!("oci-archive:{}:busybox:latest", archive.display()),
+        &format!("oci-archive:{}", archive.display()),
         &format!("docker://{name}"),
     ]))
     .unwrap();
@@ -340,11 +351,11 @@ fn a_dropped_connection_and_server_errors_are_survived() {
             times: 1,
         },
     ]);
-    let pushed = rig.img_ok(&[
+    let copy = format!("{}/copy/busybox:1", proxy.host());
+    let pushed = ok(
+        img_in(&rig.state, &[], None, &["push", "busybox", &copy]),
         "push",
-        "busybox",
-        &format!("{}/copy/busybox:1", proxy.host()),
-    ]);
+    );
     assert_eq!(printed_digest(&pushed), local["Digest"].as_str().unwrap());
     assert!(pushed.contains("retrying"), "{pushed}");
 }
