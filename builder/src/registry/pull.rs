@@ -171,6 +171,7 @@ impl Registry {
                 missing.push(d);
             }
         }
+        let started = std::time::Instant::now();
         let downloaded: u64 = self.block_on(async {
             futures_util::stream::iter(
                 missing
@@ -182,6 +183,7 @@ impl Registry {
             .await
         })?;
 
+        tracing::debug!(%reference, downloaded, elapsed = ?started.elapsed(), "blobs fetched");
         let config: ImageConfig = store.read_json(manifest.config().digest())?;
         if config.rootfs.diff_ids.len() != manifest.layers().len() {
             return Err(RegistryError::BadManifest {
@@ -206,6 +208,7 @@ impl Registry {
             })?,
             None => None,
         };
+        tracing::debug!(%reference, elapsed = ?started.elapsed(), "layers applied");
         let image = match reference.tag() {
             Some(tag) => {
                 let named = reference.with_tag(tag);
