@@ -134,6 +134,8 @@ pub enum Fault {
     /// Forwards the request, then closes the connection after this many bytes of the response
     /// body.
     DropAfter(usize),
+    /// Forwards the request and sets this response header (name, value) on the answer.
+    SetHeader(&'static str, String),
 }
 
 /// Which requests get a fault, and how many times.
@@ -297,7 +299,21 @@ fn serve(
 
     // The upstream closes after its answer, so everything up to EOF is the response.
     let mut up_reader = BufReader::new(up);
-    let response_head = read_head(&mut up_reader)?;
+    let mut response_head = read_head(&mut up_reader)?;
+    if let Some(Fault::SetHeader(name, value)) = &fault {
+        let kept: Vec<&str> = response_head
+            .split("\r\n")
+            .filter(|l| {
+                !l.split_once(':')
+                    .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            })
+            .collect();
+        // The head ends with an empty line; the new header goes before it.
+        let end = kept.len().saturating_sub(2);
+        let mut lines: Vec<String> = kept.iter().map(|l| l.to_string()).collect();
+        lines.insert(end, format!("{name}: {value}"));
+        response_head = lines.join("\r\n");
+    }
     client.write_all(response_head.as_bytes())?;
     match fault {
         Some(Fault::DropAfter(n)) => {

@@ -455,3 +455,41 @@ fn a_push_rerun_after_a_failure_uploads_only_what_is_missing() {
     assert_eq!(uploads.len(), 1, "{uploads:#?}");
     assert!(uploads[0].contains(&layer_hex), "{uploads:#?}");
 }
+
+#[test]
+fn a_blob_whose_docker_content_digest_header_is_wrong_is_refused() {
+    if !can_run() {
+        return;
+    }
+    let registry = TestRegistry::start().unwrap();
+    let rig = Rig::create();
+    let local = inspect(&rig.state, "busybox");
+    let layer = layer_digest(&local);
+    rig.img_ok(&[
+        "push",
+        "busybox",
+        &format!("{}/test/busybox:1", registry.host()),
+    ]);
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let proxy = FaultProxy::start(
+        registry.host(),
+        vec![Rule {
+            method: "GET",
+            path_contains: format!("/blobs/{layer}"),
+            fault: Fault::SetHeader("Docker-Content-Digest", wrong.clone()),
+            times: 1000,
+        }],
+    )
+    .unwrap();
+    let other = fresh_state();
+    let name = format!("{}/test/busybox:1", proxy.host());
+    let out = img_in(other.path(), &[], None, &["pull", &name]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("the registry sent Docker-Content-Digest {wrong}")),
+        "{}",
+        text(&out)
+    );
+    let ls = ok(img_in(other.path(), &[], None, &["ls"]), "img ls");
+    assert!(!ls.contains("busybox"), "{ls}");
+}
