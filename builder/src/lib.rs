@@ -7,6 +7,7 @@ pub mod dockerfile;
 pub mod dockerignore;
 pub mod image;
 pub mod overlay;
+pub mod registry;
 pub mod runc;
 pub mod state;
 

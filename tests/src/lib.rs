@@ -7,6 +7,7 @@ pub mod gnutar;
 pub mod images;
 pub mod layer;
 pub mod manifest;
+pub mod registry;
 
 pub use layer::LayerBuilder;
 pub use manifest::{Manifest, assert_same};

@@ -12,6 +12,8 @@ use clap::{Parser, Subcommand};
 mod build;
 #[path = "img/images.rs"]
 mod images;
+#[path = "img/registry.rs"]
+mod registry;
 
 #[derive(Parser)]
 #[command(
@@ -67,6 +69,14 @@ enum Command {
     Unpack { name: String, dir: PathBuf },
     /// Free what `img du` reports as reclaimable.
     Prune,
+    /// Pull an image from a registry.
+    Pull(registry::PullArgs),
+    /// Push an image to a registry.
+    Push(registry::PushArgs),
+    /// Log in to a registry (stores the credentials in Docker's config.json).
+    Login(registry::LoginArgs),
+    /// Remove the stored credentials of a registry.
+    Logout(registry::LogoutArgs),
     /// Print the version of img and of imgfs.
     Version,
 }
@@ -96,12 +106,18 @@ fn open_state(dir: Option<PathBuf>) -> Result<State> {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    if let Command::Version = cli.command {
-        println!("{}", builder::version_string());
-        return Ok(());
-    }
+    // These need no state dir (and must not wait for its lock).
+    let command = match cli.command {
+        Command::Version => {
+            println!("{}", builder::version_string());
+            return Ok(());
+        }
+        Command::Login(args) => return registry::login(args),
+        Command::Logout(args) => return registry::logout(args),
+        other => other,
+    };
     let state = open_state(cli.state)?;
-    match cli.command {
+    match command {
         Command::Build(args) => build::build(&state, args),
         Command::Ls => images::ls(&state),
         Command::Du => images::du(&state),
@@ -113,6 +129,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Import(args) => images::import(&state, args),
         Command::Unpack { name, dir } => images::unpack(&state, &name, &dir),
         Command::Prune => images::prune(&state),
-        Command::Version => unreachable!("handled above"),
+        Command::Pull(args) => registry::pull(&state, args),
+        Command::Push(args) => registry::push(&state, args),
+        Command::Version | Command::Login(_) | Command::Logout(_) => {
+            unreachable!("handled above")
+        }
     }
 }

@@ -9,6 +9,7 @@ mod cache;
 mod cli;
 mod commands;
 mod errors;
+mod registry;
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -41,6 +41,8 @@ pub struct Args {
     /// Also write the result: type=oci|docker|tar|local,dest=PATH (dest=- for stdout).
     #[arg(short = 'o', long = "output")]
     outputs: Vec<String>,
+    #[command(flatten)]
+    registry: super::registry::RegistryFlags,
     /// The build context directory, or - to read a Dockerfile or a context tar from standard
     /// input.
     path: String,
@@ -190,7 +192,7 @@ pub fn build(state: &State, args: Args) -> Result<()> {
         (_, Some(o)) => o,
         (None, None) => unreachable!("one backend is open"),
     };
-    let engine = Engine::new(
+    let mut engine = Engine::new(
         backend,
         &state.images,
         &executor,
@@ -198,6 +200,8 @@ pub fn build(state: &State, args: Args) -> Result<()> {
         &scratch,
         &progress,
     );
+    let puller = super::registry::BuildPuller::new(&state.images, &args.registry)?;
+    engine.puller = Some(&puller);
     let built = engine.build(&req)?;
     let id = image::sha256_digest(&built.config.to_json());
 

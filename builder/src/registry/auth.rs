@@ -1,0 +1,262 @@
+//! Credentials as Docker keeps them: read through the docker_credential crate (`auths`,
+//! `credsStore`, `credHelpers` in `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`), and
+//! `img login`/`img logout`, which verify and write the `auths` entry themselves because that
+//! crate only reads.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use docker_credential::{CredentialRetrievalError, DockerCredential};
+use serde_json::{Map, Value};
+
+use super::RegistryError;
+use super::client::{Failure, Registry, error_chain, is_insecure_host, registry_key};
+
+/// Stored credentials for one registry.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    Basic { username: String, password: String },
+    IdentityToken(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    // Never print a secret, even in debug logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Basic { username, .. } => write!(f, "Basic({username}, ***)"),
+            Credentials::IdentityToken(_) => f.write_str("IdentityToken(***)"),
+        }
+    }
+}
+
+/// Docker's client config file: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
+pub fn docker_config_path() -> PathBuf {
+    let dir = std::env::var_os("DOCKER_CONFIG")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
+            PathBuf::from(home).join(".docker")
+        });
+    dir.join("config.json")
+}
+
+/// The credentials stored for `registry`, `None` when there are none (or no config file).
+pub(super) fn credentials(registry: &str) -> Result<Option<Credentials>, RegistryError> {
+    let path = docker_config_path();
+    let file = match fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(RegistryError::Io { path, source }),
+    };
+    match docker_credential::get_credential_from_reader(file, &registry_key(registry)) {
+        Ok(DockerCredential::UsernamePassword(username, password)) => {
+            Ok(Some(Credentials::Basic { username, password }))
+        }
+        Ok(DockerCredential::IdentityToken(token)) => Ok(Some(Credentials::IdentityToken(token))),
+        Err(CredentialRetrievalError::NoCredentialConfigured) => Ok(None),
+        Err(CredentialRetrievalError::ConfigReadError) => Err(RegistryError::Config {
+            path,
+            message: "not valid JSON".to_string(),
+        }),
+        Err(e) => Err(RegistryError::Credentials {
+            registry: registry.to_string(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Checks `username` and `password` against `registry` (basic or bearer-token auth, as the
+/// registry's challenge asks), then stores them in the `auths` of Docker's config file.
+/// Returns the file written.
+pub fn login(
+    registry: &Registry,
+    host: &str,
+    username: &str,
+    password: &str,
+) -> Result<PathBuf, RegistryError> {
+    let http = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+        .map_err(|e| RegistryError::Http(error_chain(&e)))?;
+    let scheme = if is_insecure_host(host, &registry.options().insecure_registries) {
+        "http"
+    } else {
+        "https"
+    };
+    let api_host = match host {
+        "docker.io" | "index.docker.io" => "registry-1.docker.io",
+        h => h,
+    };
+    let url = format!("{scheme}://{api_host}/v2/");
+    registry.block_on(registry.retry(&format!("login to {host}"), || {
+        verify(&http, host, &url, username, password)
+    }))?;
+    let path = docker_config_path();
+    let mut config = read_config(&path)?;
+    let auths = config
+        .entry("auths")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !auths.is_object() {
+        *auths = Value::Object(Map::new());
+    }
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+    auths
+        .as_object_mut()
+        .expect("made an object above")
+        .insert(registry_key(host), serde_json::json!({ "auth": token }));
+    write_config(&path, &config)?;
+    Ok(path)
+}
+
+/// Removes `registry`'s entry from the `auths` of Docker's config file. Returns whether there
+/// was one.
+pub fn logout(host: &str) -> Result<bool, RegistryError> {
+    let path = docker_config_path();
+    if !path.exists() {
+        return Ok(false);
+    }
+    let mut config = read_config(&path)?;
+    let key = registry_key(host);
+    let removed = config
+        .get_mut("auths")
+        .and_then(Value::as_object_mut)
+        .map(|auths| auths.remove(&key).is_some() | auths.remove(host).is_some())
+        .unwrap_or(false);
+    if removed {
+        write_config(&path, &config)?;
+    }
+    Ok(removed)
+}
+
+/// The registry's answer to `GET /v2/` decides the flow, as in `docker login`.
+async fn verify(
+    http: &reqwest::Client,
+    host: &str,
+    url: &str,
+    username: &str,
+    password: &str,
+) -> Result<(), Failure> {
+    let transient = |e: reqwest::Error| Failure::Transient(error_chain(&e));
+    let rejected = || {
+        Failure::Fatal(RegistryError::Unauthorized {
+            registry: host.to_string(),
+            what: format!("login as {username}"),
+        })
+    };
+    let status_failure = |what: &str, status: reqwest::StatusCode| {
+        if status.is_server_error() || status.as_u16() == 429 {
+            Failure::Transient(format!("{what}: HTTP {status}"))
+        } else {
+            Failure::Fatal(RegistryError::Request {
+                what: format!("login to {host}: {what}"),
+                message: format!("HTTP {status}"),
+            })
+        }
+    };
+    let probe = http.get(url).send().await.map_err(transient)?;
+    match probe.status().as_u16() {
+        200 => return Ok(()),
+        401 => {}
+        _ => return Err(status_failure(url, probe.status())),
+    }
+    let challenge = probe
+        .headers()
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let response = if challenge.to_ascii_lowercase().starts_with("bearer") {
+        let realm = challenge_param(&challenge, "realm").ok_or_else(|| {
+            Failure::Fatal(RegistryError::Request {
+                what: format!("login to {host}"),
+                message: format!("bearer challenge without a realm: {challenge}"),
+            })
+        })?;
+        let mut query = vec![("account", username.to_string())];
+        if let Some(service) = challenge_param(&challenge, "service") {
+            query.push(("service", service));
+        }
+        http.get(&realm)
+            .query(&query)
+            .basic_auth(username, Some(password))
+            .send()
+            .await
+            .map_err(transient)?
+    } else {
+        http.get(url)
+            .basic_auth(username, Some(password))
+            .send()
+            .await
+            .map_err(transient)?
+    };
+    match response.status().as_u16() {
+        200 => Ok(()),
+        401 | 403 => Err(rejected()),
+        _ => Err(status_failure(response.url().as_str(), response.status())),
+    }
+}
+
+/// A quoted parameter of a WWW-Authenticate challenge: `realm="https://auth"`.
+pub(super) fn challenge_param(challenge: &str, name: &str) -> Option<String> {
+    let re = regex::Regex::new(&format!(r#"(?i)\b{name}="([^"]*)""#)).expect("valid regex");
+    re.captures(challenge).map(|c| c[1].to_string())
+}
+
+pub(super) fn read_config(path: &std::path::Path) -> Result<Map<String, Value>, RegistryError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Map::new()),
+        Err(source) => {
+            return Err(RegistryError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(RegistryError::Config {
+            path: path.to_path_buf(),
+            message: "not a JSON object".to_string(),
+        }),
+        Err(e) => Err(RegistryError::Config {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Replaces the config file by rename, readable by its owner only: it holds passwords.
+pub(super) fn write_config(
+    path: &std::path::Path,
+    config: &Map<String, Value>,
+) -> Result<(), RegistryError> {
+    let io = |source| RegistryError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().expect("a config path has a parent");
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".config.json.")
+        .tempfile_in(dir)
+        .map_err(io)?;
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(0o600))
+        .map_err(io)?;
+    let mut bytes = serde_json::to_vec_pretty(config).expect("JSON values serialize");
+    bytes.push(b'\n');
+    tmp.write_all(&bytes).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}

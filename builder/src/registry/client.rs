@@ -1,0 +1,403 @@
+//! `Registry`: one tokio runtime and one oci-client `Client` per registry host, with the
+//! credentials, the HTTP/HTTPS choice, and the retry policy every request goes through.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
+use oci_client::secrets::RegistryAuth;
+
+use super::RegistryError;
+use super::auth::{self, Credentials};
+use super::progress::Reporter;
+use super::pull::Platform;
+use crate::image::Reference;
+
+/// How registry operations behave; the defaults suit the command line.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Hosts (`host` or `host:port`) spoken to over plain HTTP, besides loopback addresses.
+    pub insecure_registries: Vec<String>,
+    /// The platform picked from image indexes (default: linux/amd64 on this host's architecture).
+    pub platform: Option<Platform>,
+    /// Tries per request (blob, upload, manifest) before giving up; at least 1.
+    pub max_attempts: u32,
+    /// The first wait between tries; it doubles each time, up to 8 seconds.
+    pub backoff: Duration,
+    /// Blobs transferred at once.
+    pub concurrency: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            insecure_registries: Vec::new(),
+            platform: None,
+            max_attempts: 5,
+            backoff: Duration::from_millis(250),
+            concurrency: 3,
+        }
+    }
+}
+
+/// The key Docker files a registry's credentials under in config.json, and the host img talks
+/// to: `docker.io` for Docker Hub (whose config key is `https://index.docker.io/v1/`), else the
+/// host itself.
+pub fn registry_key(registry: &str) -> String {
+    match registry {
+        "docker.io" | "index.docker.io" | "registry-1.docker.io" => {
+            "https://index.docker.io/v1/".to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Whether `host` (`host` or `host:port`) is spoken to over plain HTTP: loopback addresses and
+/// `localhost` always, as Docker does, and the hosts in `insecure` (with or without the port).
+pub fn is_insecure_host(host: &str, insecure: &[String]) -> bool {
+    if insecure.iter().any(|h| h == host) {
+        return true;
+    }
+    let name = strip_port(host);
+    if insecure.iter().any(|h| h == name) {
+        return true;
+    }
+    if name == "localhost" {
+        return true;
+    }
+    let bare = name.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        // [::1]:5000
+        return rest.split_once(']').map_or(host, |(h, _)| h);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.contains(':') => h,
+        _ => host,
+    }
+}
+
+/// A connection to registries: a runtime, clients by host, and the credentials of each.
+pub struct Registry {
+    runtime: tokio::runtime::Runtime,
+    pub(super) options: Options,
+    pub(super) reporter: Reporter,
+    clients: Mutex<HashMap<String, Connection>>,
+}
+
+/// What the operations on one registry host share.
+#[derive(Clone)]
+pub(super) struct Connection {
+    pub client: oci_client::Client,
+    pub auth: RegistryAuth,
+    pub registry: String,
+}
+
+impl Registry {
+    pub fn new(options: Options, reporter: Reporter) -> Result<Registry, RegistryError> {
+        install_crypto_provider();
+        // Two workers: hashing and writing blobs take CPU, and this machine class has two cores.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("img-registry")
+            .enable_all()
+            .build()
+            .map_err(RegistryError::Runtime)?;
+        Ok(Registry {
+            runtime,
+            options,
+            reporter,
+            clients: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    pub(super) fn block_on<F: Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
+    }
+
+    /// The client for `reference`'s registry, with its stored credentials (read once).
+    pub(super) fn connection(&self, reference: &Reference) -> Result<Connection, RegistryError> {
+        let registry = reference.registry().to_string();
+        let mut clients = self.clients.lock().expect("poisoned");
+        if let Some(c) = clients.get(&registry) {
+            return Ok(c.clone());
+        }
+        let auth = match auth::credentials(&registry)? {
+            Some(Credentials::Basic { username, password }) => {
+                RegistryAuth::Basic(username, password)
+            }
+            // An identity token is an OAuth refresh token; registries that issue them accept it
+            // as the password of the token request, which is what oci-client's basic flow sends.
+            Some(Credentials::IdentityToken(token)) => {
+                RegistryAuth::Basic("<token>".to_string(), token)
+            }
+            None => RegistryAuth::Anonymous,
+        };
+        let client = self.new_client(&registry)?;
+        // oci-client's blob calls only authenticate for registries whose credentials it has
+        // stored; only its manifest calls store them.
+        self.block_on(client.store_auth_if_needed(oci_reference_registry(&registry), &auth));
+        let connection = Connection {
+            client,
+            auth,
+            registry: registry.clone(),
+        };
+        clients.insert(registry, connection.clone());
+        Ok(connection)
+    }
+
+    /// A client that uses `auth` instead of the stored credentials (login checks them).
+    pub(super) fn new_client(&self, registry: &str) -> Result<oci_client::Client, RegistryError> {
+        let resolved = oci_reference_registry(registry);
+        let protocol = if is_insecure_host(registry, &self.options.insecure_registries) {
+            ClientProtocol::HttpsExcept(vec![resolved.to_string(), registry.to_string()])
+        } else {
+            ClientProtocol::Https
+        };
+        let config = ClientConfig {
+            protocol,
+            use_monolithic_push: true,
+            connect_timeout: Some(Duration::from_secs(30)),
+            read_timeout: Some(Duration::from_secs(60)),
+            user_agent: concat!("img/", env!("CARGO_PKG_VERSION")),
+            ..Default::default()
+        };
+        oci_client::Client::try_from(config).map_err(|e| RegistryError::Http(e.to_string()))
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or has been tried
+    /// `options.max_attempts` times, waiting `backoff`, 2×`backoff`, … in between.
+    pub(super) async fn retry<T, F, Fut>(
+        &self,
+        what: &str,
+        mut attempt: F,
+    ) -> Result<T, RegistryError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let mut retrier = self.retrier(what);
+        loop {
+            match attempt().await {
+                Ok(v) => return Ok(v),
+                Err(failure) => retrier.failed(failure).await?,
+            }
+        }
+    }
+
+    /// The retry budget of one request, for loops that keep state between tries.
+    pub(super) fn retrier(&self, what: &str) -> Retrier<'_> {
+        Retrier {
+            registry: self,
+            what: what.to_string(),
+            attempt: 0,
+            wait: self.options.backoff,
+        }
+    }
+}
+
+/// Counts the tries of one request and waits between them.
+pub(super) struct Retrier<'a> {
+    registry: &'a Registry,
+    what: String,
+    attempt: u32,
+    wait: Duration,
+}
+
+impl Retrier<'_> {
+    /// After a failed try: waits and returns `Ok` if another try is due, else the error.
+    pub(super) async fn failed(&mut self, failure: Failure) -> Result<(), RegistryError> {
+        self.attempt += 1;
+        let attempts = self.registry.options.max_attempts.max(1);
+        match failure {
+            Failure::Fatal(e) => Err(e),
+            Failure::Transient(message) if self.attempt >= attempts => {
+                Err(RegistryError::Exhausted {
+                    what: self.what.clone(),
+                    attempts,
+                    message,
+                })
+            }
+            Failure::Transient(message) => {
+                tracing::info!(what = %self.what, attempt = self.attempt, %message, "retrying");
+                self.registry
+                    .reporter
+                    .note(&format!("{}: {message}; retrying", self.what));
+                tokio::time::sleep(self.wait).await;
+                self.wait = (self.wait * 2).min(Duration::from_secs(8));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The registry host oci-client sends requests to for `registry`.
+fn oci_reference_registry(registry: &str) -> &str {
+    if registry == "docker.io" {
+        "index.docker.io"
+    } else {
+        registry
+    }
+}
+
+/// reqwest with rustls-no-provider needs a process-wide crypto provider: ring, which builds in
+/// seconds where aws-lc-rs needs cmake and minutes.
+fn install_crypto_provider() {
+    // Err means one is installed already (a second Registry in this process).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Whether a failed request is worth another try.
+pub(super) enum Failure {
+    /// Connection errors, timeouts, 5xx and 429 answers, bodies cut short.
+    Transient(String),
+    Fatal(RegistryError),
+}
+
+impl From<RegistryError> for Failure {
+    fn from(e: RegistryError) -> Self {
+        Failure::Fatal(e)
+    }
+}
+
+/// Sorts an oci-client error into retryable or not, naming `what` was asked of `registry`.
+pub(super) fn classify(registry: &str, what: &str, err: OciDistributionError) -> Failure {
+    let unauthorized = || {
+        Failure::Fatal(RegistryError::Unauthorized {
+            registry: registry.to_string(),
+            what: what.to_string(),
+        })
+    };
+    let not_found = || {
+        Failure::Fatal(RegistryError::NotFound {
+            registry: registry.to_string(),
+            what: what.to_string(),
+        })
+    };
+    let fatal = |message: String| {
+        Failure::Fatal(RegistryError::Request {
+            what: what.to_string(),
+            message,
+        })
+    };
+    match err {
+        OciDistributionError::UnauthorizedError { .. }
+        | OciDistributionError::AuthenticationFailure(_) => unauthorized(),
+        OciDistributionError::ServerError { code, message, .. } => match code {
+            401 | 403 => unauthorized(),
+            404 => not_found(),
+            408 | 429 | 500..=599 => Failure::Transient(format!("HTTP {code} {}", message.trim())),
+            _ => fatal(format!("HTTP {code} {}", message.trim())),
+        },
+        OciDistributionError::RegistryError { envelope, .. } => {
+            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+            if codes
+                .iter()
+                .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+            {
+                unauthorized()
+            } else if codes.iter().any(|c| {
+                matches!(
+                    c,
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::NameUnknown
+                        | OciErrorCode::BlobUnknown
+                        | OciErrorCode::NotFound
+                )
+            }) {
+                not_found()
+            } else if codes.contains(&&OciErrorCode::Toomanyrequests) {
+                Failure::Transient(envelope.to_string())
+            } else {
+                fatal(envelope.to_string())
+            }
+        }
+        OciDistributionError::RequestError(e) => request_failure(&e, unauthorized, fatal),
+        OciDistributionError::IoError(e) => io_failure(e, what),
+        OciDistributionError::DigestError(DigestError::VerificationError { expected, actual }) => {
+            Failure::Fatal(RegistryError::DigestMismatch {
+                digest: expected,
+                actual,
+            })
+        }
+        other => fatal(other.to_string()),
+    }
+}
+
+fn request_failure(
+    e: &reqwest::Error,
+    unauthorized: impl FnOnce() -> Failure,
+    fatal: impl FnOnce(String) -> Failure,
+) -> Failure {
+    match e.status().map(|s| s.as_u16()) {
+        Some(401 | 403) => unauthorized(),
+        Some(code) if (400..500).contains(&code) && code != 408 && code != 429 => {
+            fatal(error_chain(e))
+        }
+        _ if e.is_builder() => fatal(error_chain(e)),
+        _ => Failure::Transient(error_chain(e)),
+    }
+}
+
+/// Errors from a blob stream: oci-client wraps transport errors and its digest check in
+/// `io::Error`.
+pub(super) fn io_failure(e: std::io::Error, what: &str) -> Failure {
+    if let Some(DigestError::VerificationError { expected, actual }) =
+        e.get_ref().and_then(|i| i.downcast_ref::<DigestError>())
+    {
+        return Failure::Fatal(RegistryError::DigestMismatch {
+            digest: expected.clone(),
+            actual: actual.clone(),
+        });
+    }
+    let _ = what;
+    Failure::Transient(error_chain(&e))
+}
+
+/// An error and its sources on one line: reqwest's own message is only "error sending request".
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = inner.source();
+    }
+    s
+}
+
+/// The oci-client reference for `r`.
+pub(super) fn oci_reference(r: &Reference) -> oci_client::Reference {
+    match (r.tag(), r.digest()) {
+        (Some(tag), Some(d)) => oci_client::Reference::with_tag_and_digest(
+            r.registry().to_string(),
+            r.repository().to_string(),
+            tag.to_string(),
+            d.to_string(),
+        ),
+        (_, Some(d)) => oci_client::Reference::with_digest(
+            r.registry().to_string(),
+            r.repository().to_string(),
+            d.to_string(),
+        ),
+        (tag, None) => oci_client::Reference::with_tag(
+            r.registry().to_string(),
+            r.repository().to_string(),
+            tag.unwrap_or("latest").to_string(),
+        ),
+    }
+}

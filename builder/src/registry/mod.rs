@@ -1,0 +1,96 @@
+//! The registry client: `img pull`, `img push`, `img login` and `img logout` against OCI
+//! distribution registries. This is the only module that talks to the network.
+//!
+//! oci-client speaks the protocol (manifests, blob streams, uploads, cross-repository mounts, the
+//! bearer-token dance); this module adds what it lacks: streaming blobs into the
+//! [`ImageStore`](crate::image::ImageStore) with digest and size checks, resuming an interrupted
+//! download with a Range request, bounded retries with backoff, Docker's credentials
+//! (`~/.docker/config.json`), plain HTTP for loopback and `--insecure-registry` hosts, the
+//! platform choice in image indexes, and progress output. It runs its own tokio runtime, so the
+//! rest of img stays synchronous.
+//!
+//! What is stored after a pull: the platform's image manifest (exact bytes, so its digest is the
+//! registry's), its config and its layers, and the name pointing at that manifest. An image index
+//! is not stored: `img ls` shows the platform manifest's digest, as `docker images --digests` did
+//! before Docker's containerd store.
+
+mod auth;
+mod client;
+mod progress;
+mod pull;
+mod push;
+mod sources;
+
+#[cfg(test)]
+mod tests;
+
+pub use auth::{Credentials, docker_config_path, login, logout};
+pub use client::{Options, Registry, is_insecure_host, registry_key};
+pub use progress::{BlobEvent, Reporter};
+pub use pull::{Platform, Pulled, select_platform};
+pub use push::Pushed;
+pub use sources::BlobSources;
+
+use std::path::PathBuf;
+
+/// What a registry operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("failed to start the registry client's runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("failed to set up the HTTP client: {0}")]
+    Http(String),
+    #[error(
+        "{registry} refused the credentials for {what} (wrong username or password, or no access); \
+         run `img login {registry}`"
+    )]
+    Unauthorized { registry: String, what: String },
+    #[error("{what}: {message}")]
+    Request { what: String, message: String },
+    #[error("{what}: gave up after {attempts} attempts: {message}")]
+    Exhausted {
+        what: String,
+        attempts: u32,
+        message: String,
+    },
+    #[error("{what} not found in {registry}")]
+    NotFound { registry: String, what: String },
+    #[error("blob {digest} hashes to {actual} (a corrupt or wrong download)")]
+    DigestMismatch { digest: String, actual: String },
+    #[error("blob {digest}: the registry sent Docker-Content-Digest {header}")]
+    HeaderDigestMismatch { digest: String, header: String },
+    #[error("blob {digest}: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        digest: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("manifest of {reference}: {message}")]
+    BadManifest { reference: String, message: String },
+    #[error("{reference} has no image for platform {platform} (it has: {available})")]
+    NoPlatform {
+        reference: String,
+        platform: String,
+        available: String,
+    },
+    #[error("layer {digest} has media type {media_type}, which img cannot apply")]
+    UnsupportedLayer { digest: String, media_type: String },
+    #[error("invalid platform {0:?} (expected OS/ARCH or OS/ARCH/VARIANT)")]
+    BadPlatform(String),
+    #[error("docker config {path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("credentials for {registry}: {message}")]
+    Credentials { registry: String, message: String },
+    #[error(transparent)]
+    Store(#[from] crate::image::StoreError),
+    #[error(transparent)]
+    Reference(#[from] crate::image::ReferenceError),
+    #[error("failed to apply the pulled layers of {reference}: {message}")]
+    Apply { reference: String, message: String },
+    #[error("i/o error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,488 @@
+//! `Registry::pull`: manifest (through an index to one platform), then config and layers
+//! streamed into the image store, each checked against its digest and size, then the layers
+//! applied to a snapshot backend, and only then the name.
+//!
+//! Order matters for failures: a blob reaches the store only once it hashes to its digest, and
+//! the name is written last, so a pull that fails leaves no image and no partial blob (blobs
+//! already complete stay, unnamed, for the next try or `img prune`).
+
+use std::fmt;
+use std::io::Write;
+use std::str::FromStr;
+
+use futures_util::{StreamExt, TryStreamExt};
+use oci_client::client::BlobResponse;
+use oci_spec::image::{Descriptor, Digest, ImageIndex, ImageManifest, MediaType};
+
+use super::RegistryError;
+use super::client::{Connection, Failure, Registry, classify, io_failure, oci_reference};
+use super::progress::BlobEvent;
+use super::sources::BlobSources;
+use crate::backend::Backend;
+use crate::image::{
+    BlobWriter, Compression, Image, ImageConfig, ImageStore, Reference, docker_media_type,
+    is_index, is_manifest, sha256_digest,
+};
+
+/// The media types img accepts for a manifest, most preferred first.
+const ACCEPTED_MANIFESTS: [&str; 4] = [
+    "application/vnd.oci.image.index.v1+json",
+    docker_media_type::MANIFEST_LIST,
+    "application/vnd.oci.image.manifest.v1+json",
+    docker_media_type::MANIFEST,
+];
+
+/// An image platform: `linux/amd64`, `linux/arm64/v8`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// Linux on this machine's architecture, in Go's names (which images use).
+    pub fn host() -> Platform {
+        let architecture = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            "powerpc64" => "ppc64le",
+            "loongarch64" => "loong64",
+            other => other,
+        };
+        Platform {
+            os: "linux".to_string(),
+            architecture: architecture.to_string(),
+            variant: None,
+        }
+    }
+
+    fn matches(&self, p: &oci_spec::image::Platform) -> bool {
+        if p.os().to_string() != self.os || p.architecture().to_string() != self.architecture {
+            return false;
+        }
+        match (&self.variant, p.variant()) {
+            (None, _) => true,
+            (Some(want), Some(have)) => want == have,
+            // arm64's only variant is v8, which indexes often leave out.
+            (Some(want), None) => self.architecture == "arm64" && want == "v8",
+        }
+    }
+}
+
+impl FromStr for Platform {
+    type Err = RegistryError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split('/').collect();
+        match parts.as_slice() {
+            [os, arch] if !os.is_empty() && !arch.is_empty() => Ok(Platform {
+                os: os.to_string(),
+                architecture: arch.to_string(),
+                variant: None,
+            }),
+            [os, arch, variant] if !os.is_empty() && !arch.is_empty() && !variant.is_empty() => {
+                Ok(Platform {
+                    os: os.to_string(),
+                    architecture: arch.to_string(),
+                    variant: Some(variant.to_string()),
+                })
+            }
+            _ => Err(RegistryError::BadPlatform(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The manifest of `index` for `platform`: the first entry that matches, preferring entries
+/// without a variant when none is asked for (the index order is the registry's preference).
+pub fn select_platform(index: &ImageIndex, platform: &Platform) -> Option<Descriptor> {
+    let candidates: Vec<&Descriptor> = index
+        .manifests()
+        .iter()
+        .filter(|d| d.platform().as_ref().is_some_and(|p| platform.matches(p)))
+        .collect();
+    candidates
+        .iter()
+        .find(|d| platform.variant.is_some() || d.platform().as_ref().unwrap().variant().is_none())
+        .or(candidates.first())
+        .map(|d| (*d).clone())
+}
+
+/// What a pull stored.
+#[derive(Debug)]
+pub struct Pulled {
+    pub image: Image,
+    /// The snapshot holding the image's file tree (its top layer's chain ID), when a backend was
+    /// given and the image has layers.
+    pub snapshot: Option<String>,
+    /// Bytes downloaded (blobs already in the store are not downloaded again).
+    pub downloaded: u64,
+}
+
+impl Registry {
+    /// Pulls `name` into `store`, applies its layers to `backend` when given, and then names it
+    /// (when `name` has a tag; a digest-only reference is stored unnamed).
+    pub fn pull(
+        &self,
+        store: &ImageStore,
+        name: &str,
+        backend: Option<&dyn Backend>,
+    ) -> Result<Pulled, RegistryError> {
+        let reference = Reference::parse(name)?;
+        let conn = self.connection(&reference)?;
+        let (manifest_bytes, manifest_digest, manifest) =
+            self.block_on(self.pull_manifest(&conn, &reference))?;
+
+        let mut wanted: Vec<&Descriptor> = vec![manifest.config()];
+        for layer in manifest.layers() {
+            match Compression::of_layer(layer.media_type()) {
+                Some(Compression::None | Compression::Gzip) => {}
+                // imgfs applies plain and gzip tars; zstd would need a decoder in its import.
+                _ => {
+                    return Err(RegistryError::UnsupportedLayer {
+                        digest: layer.digest().to_string(),
+                        media_type: layer.media_type().to_string(),
+                    });
+                }
+            }
+            wanted.push(layer);
+        }
+        let mut missing = Vec::new();
+        for d in wanted {
+            if store.has_blob(d.digest())? {
+                self.reporter
+                    .blob(d.digest().as_ref(), d.size())
+                    .finish(&BlobEvent::Present);
+            } else if !missing
+                .iter()
+                .any(|m: &&Descriptor| m.digest() == d.digest())
+            {
+                missing.push(d);
+            }
+        }
+        let started = std::time::Instant::now();
+        let downloaded: u64 = self.block_on(async {
+            futures_util::stream::iter(
+                missing
+                    .iter()
+                    .map(|d| self.fetch_blob(&conn, &reference, store, d)),
+            )
+            .buffer_unordered(self.options.concurrency.max(1))
+            .try_fold(0u64, |sum, n| async move { Ok(sum + n) })
+            .await
+        })?;
+
+        tracing::debug!(%reference, downloaded, elapsed = ?started.elapsed(), "blobs fetched");
+        let config: ImageConfig = store.read_json(manifest.config().digest())?;
+        if config.rootfs.diff_ids.len() != manifest.layers().len() {
+            return Err(RegistryError::BadManifest {
+                reference: reference.to_string(),
+                message: format!(
+                    "{} layers but the config lists {} diff ids",
+                    manifest.layers().len(),
+                    config.rootfs.diff_ids.len()
+                ),
+            });
+        }
+        // The exact bytes the registry sent, so the stored digest is the registry's.
+        store.put_blob(&manifest_bytes[..], Some(&manifest_digest))?;
+        let image = store.resolve(&format!("{}@{manifest_digest}", reference.name()))?;
+
+        let snapshot = match backend {
+            Some(b) => crate::build::ensure_image_snapshot(b, store, &image).map_err(|e| {
+                RegistryError::Apply {
+                    reference: reference.to_string(),
+                    message: e.to_string(),
+                }
+            })?,
+            None => None,
+        };
+        tracing::debug!(%reference, elapsed = ?started.elapsed(), "layers applied");
+        let image = match reference.tag() {
+            Some(tag) => {
+                let named = reference.with_tag(tag);
+                store.tag(&named, &image.manifest_descriptor)?;
+                store.resolve(&named.to_string())?
+            }
+            None => image,
+        };
+
+        let mut sources = BlobSources::open(store.state_dir());
+        sources.record(
+            reference.registry(),
+            reference.repository(),
+            std::iter::once(image.manifest.config())
+                .chain(image.manifest.layers())
+                .map(|d| d.digest().as_ref()),
+        );
+        // The record is a hint for later pushes: failing to write it must not fail the pull.
+        if let Err(e) = sources.save() {
+            tracing::warn!("failed to record where blobs came from: {e}");
+        }
+        Ok(Pulled {
+            image,
+            snapshot,
+            downloaded,
+        })
+    }
+
+    /// The image manifest of `reference` (through an index if it names one): its exact bytes,
+    /// digest and parsed form.
+    async fn pull_manifest(
+        &self,
+        conn: &Connection,
+        reference: &Reference,
+    ) -> Result<(Vec<u8>, Digest, ImageManifest), RegistryError> {
+        let oref = oci_reference(reference);
+        let what = format!("manifest of {reference}");
+        let (bytes, digest) = self
+            .fetch_manifest(conn, &oref, &what, reference.digest())
+            .await?;
+        let media_type = declared_media_type(&bytes);
+        let (bytes, digest) = if is_index(&media_type) {
+            let index: ImageIndex =
+                serde_json::from_slice(&bytes).map_err(|e| RegistryError::BadManifest {
+                    reference: reference.to_string(),
+                    message: format!("invalid image index: {e}"),
+                })?;
+            let platform = self.options.platform.clone().unwrap_or_else(Platform::host);
+            let chosen =
+                select_platform(&index, &platform).ok_or_else(|| RegistryError::NoPlatform {
+                    reference: reference.to_string(),
+                    platform: platform.to_string(),
+                    available: available_platforms(&index),
+                })?;
+            let child = oref.clone_with_digest(chosen.digest().to_string());
+            let what = format!("manifest of {reference} for {platform}");
+            self.fetch_manifest(conn, &child, &what, Some(chosen.digest().clone()))
+                .await?
+        } else {
+            (bytes, digest)
+        };
+        if !is_manifest(&declared_media_type(&bytes)) {
+            return Err(RegistryError::BadManifest {
+                reference: reference.to_string(),
+                message: "not an image manifest".to_string(),
+            });
+        }
+        let manifest: ImageManifest =
+            serde_json::from_slice(&bytes).map_err(|e| RegistryError::BadManifest {
+                reference: reference.to_string(),
+                message: e.to_string(),
+            })?;
+        Ok((bytes, digest, manifest))
+    }
+
+    /// One manifest by tag or digest, its digest checked against its bytes and `expected`.
+    async fn fetch_manifest(
+        &self,
+        conn: &Connection,
+        oref: &oci_client::Reference,
+        what: &str,
+        expected: Option<Digest>,
+    ) -> Result<(Vec<u8>, Digest), RegistryError> {
+        let (bytes, header) = self
+            .retry(what, || async {
+                conn.client
+                    .pull_manifest_raw(oref, &conn.auth, &ACCEPTED_MANIFESTS)
+                    .await
+                    .map_err(|e| classify(&conn.registry, what, e))
+            })
+            .await?;
+        let actual = sha256_digest(&bytes);
+        let bad = |message: String| RegistryError::BadManifest {
+            reference: oref.whole(),
+            message,
+        };
+        if header != actual.to_string() {
+            return Err(bad(format!(
+                "the registry says its digest is {header}, but it hashes to {actual}"
+            )));
+        }
+        if let Some(expected) = expected
+            && expected != actual
+        {
+            return Err(bad(format!("expected digest {expected}, got {actual}")));
+        }
+        Ok((bytes.to_vec(), actual))
+    }
+
+    /// Streams one blob into the store, resuming with a Range request after a dropped
+    /// connection. Returns the bytes downloaded.
+    async fn fetch_blob(
+        &self,
+        conn: &Connection,
+        reference: &Reference,
+        store: &ImageStore,
+        desc: &Descriptor,
+    ) -> Result<u64, RegistryError> {
+        let digest = desc.digest().to_string();
+        let what = format!("blob {digest} of {}", reference.name());
+        let progress = self.reporter.blob(&digest, desc.size());
+        let oref = oci_reference(reference);
+        let mut download = Download {
+            writer: store.blob_writer()?,
+            written: 0,
+            received: 0,
+        };
+        let mut retrier = self.retrier(&what);
+        loop {
+            let before = download.received;
+            match self
+                .transfer(conn, &oref, store, desc, &mut download, &progress)
+                .await
+            {
+                Ok(()) => break,
+                Err(failure) => {
+                    // A try that moved the download forward does not count against the budget:
+                    // a long blob over a flaky link still finishes.
+                    if download.received > before {
+                        retrier = self.retrier(&what);
+                    }
+                    retrier.failed(failure).await?;
+                }
+            }
+        }
+        if download.written != desc.size() {
+            return Err(RegistryError::SizeMismatch {
+                digest,
+                expected: desc.size(),
+                actual: download.written,
+            });
+        }
+        download
+            .writer
+            .commit(Some(desc.digest()))
+            .map_err(|e| match e {
+                crate::image::StoreError::DigestMismatch { actual, .. } => {
+                    RegistryError::DigestMismatch {
+                        digest: digest.clone(),
+                        actual: actual.to_string(),
+                    }
+                }
+                other => other.into(),
+            })?;
+        progress.finish(&BlobEvent::Pulled);
+        Ok(download.received)
+    }
+
+    /// One request for the rest of a blob (from `download.written` on).
+    async fn transfer(
+        &self,
+        conn: &Connection,
+        oref: &oci_client::Reference,
+        store: &ImageStore,
+        desc: &Descriptor,
+        download: &mut Download,
+        progress: &super::progress::BlobProgress,
+    ) -> Result<(), Failure> {
+        let digest = desc.digest().to_string();
+        let what = format!("blob {digest}");
+        let response = conn
+            .client
+            .pull_blob_stream_partial(oref, digest.as_str(), download.written, None)
+            .await
+            .map_err(|e| classify(&conn.registry, &what, e))?;
+        let mut stream = match response {
+            BlobResponse::Partial(s) => s,
+            BlobResponse::Full(s) => {
+                // The registry ignored the Range header: start over.
+                if download.written > 0 {
+                    download.writer = store.blob_writer().map_err(RegistryError::from)?;
+                    download.written = 0;
+                    progress.set_position(0);
+                }
+                s
+            }
+        };
+        // oci-client reports the header only when it differs from the descriptor's digest.
+        if let Some(header) = stream.digest_header_value.take() {
+            return Err(Failure::Fatal(RegistryError::HeaderDigestMismatch {
+                digest,
+                header,
+            }));
+        }
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| io_failure(e, &what))?;
+            let len = chunk.len() as u64;
+            if download.written + len > desc.size() {
+                return Err(Failure::Fatal(RegistryError::SizeMismatch {
+                    digest,
+                    expected: desc.size(),
+                    actual: download.written + len,
+                }));
+            }
+            download.writer.write_all(&chunk).map_err(|source| {
+                Failure::Fatal(RegistryError::Io {
+                    path: store.state_dir().join("blobs"),
+                    source,
+                })
+            })?;
+            download.written += len;
+            download.received += len;
+            progress.advance(len);
+        }
+        Ok(())
+    }
+}
+
+/// A blob being downloaded.
+struct Download {
+    writer: BlobWriter,
+    /// Bytes in `writer`.
+    written: u64,
+    /// Bytes received over all tries (more than `written` after a restart).
+    received: u64,
+}
+
+/// The media type a manifest or index declares, or infers from its fields when it declares none.
+fn declared_media_type(bytes: &[u8]) -> MediaType {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+        manifests: Option<serde_json::Value>,
+    }
+    match serde_json::from_slice::<Head>(bytes) {
+        Ok(Head {
+            media_type: Some(m),
+            ..
+        }) => MediaType::from(m.as_str()),
+        Ok(Head {
+            manifests: Some(_), ..
+        }) => MediaType::ImageIndex,
+        _ => MediaType::ImageManifest,
+    }
+}
+
+fn available_platforms(index: &ImageIndex) -> String {
+    let names: Vec<String> = index
+        .manifests()
+        .iter()
+        .filter_map(|d| d.platform().as_ref())
+        .map(|p| {
+            let mut s = format!("{}/{}", p.os(), p.architecture());
+            if let Some(v) = p.variant() {
+                s.push('/');
+                s.push_str(v);
+            }
+            s
+        })
+        .collect();
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
+}

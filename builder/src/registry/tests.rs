@@ -1,0 +1,246 @@
+use std::str::FromStr;
+
+use oci_client::errors::{OciDistributionError, OciEnvelope, OciError, OciErrorCode};
+use oci_spec::image::{ImageIndex, ImageIndexBuilder};
+
+use super::auth::{challenge_param, read_config, write_config};
+use super::client::{Failure, classify};
+use super::*;
+
+#[test]
+fn loopback_and_listed_hosts_are_insecure_others_not() {
+    let listed = vec!["reg.example:5000".to_string(), "plain.example".to_string()];
+    for host in [
+        "localhost",
+        "localhost:5000",
+        "127.0.0.1:5000",
+        "127.3.4.5",
+        "[::1]:5000",
+        "reg.example:5000",
+        "plain.example:443",
+    ] {
+        assert!(is_insecure_host(host, &listed), "{host}");
+    }
+    for host in ["docker.io", "reg.example:5001", "10.0.0.1:5000", "ghcr.io"] {
+        assert!(!is_insecure_host(host, &listed), "{host}");
+    }
+}
+
+#[test]
+fn docker_hub_credentials_live_under_the_index_url() {
+    assert_eq!(registry_key("docker.io"), "https://index.docker.io/v1/");
+    assert_eq!(registry_key("127.0.0.1:5000"), "127.0.0.1:5000");
+}
+
+#[test]
+fn platforms_parse_and_print_as_docker_spells_them() {
+    let p = Platform::from_str("linux/arm64/v8").unwrap();
+    assert_eq!(p.variant.as_deref(), Some("v8"));
+    assert_eq!(p.to_string(), "linux/arm64/v8");
+    assert_eq!(
+        Platform::from_str("linux/amd64").unwrap().to_string(),
+        "linux/amd64"
+    );
+    for bad in ["linux", "linux/", "/amd64", "a/b/c/d", ""] {
+        assert!(Platform::from_str(bad).is_err(), "{bad:?}");
+    }
+}
+
+fn index(entries: &[(&str, &str, Option<&str>, char)]) -> ImageIndex {
+    let manifests = entries
+        .iter()
+        .map(|(os, arch, variant, hex)| {
+            let mut platform = oci_spec::image::PlatformBuilder::default()
+                .os(*os)
+                .architecture(*arch);
+            if let Some(v) = variant {
+                platform = platform.variant(*v);
+            }
+            oci_spec::image::DescriptorBuilder::default()
+                .media_type(oci_spec::image::MediaType::ImageManifest)
+                .size(100u64)
+                .digest(
+                    oci_spec::image::Digest::from_str(&format!(
+                        "sha256:{}",
+                        hex.to_string().repeat(64)
+                    ))
+                    .unwrap(),
+                )
+                .platform(platform.build().unwrap())
+                .build()
+                .unwrap()
+        })
+        .collect::<Vec<_>>();
+    ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .manifests(manifests)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn index_entry_is_chosen_by_os_architecture_and_variant() {
+    let idx = index(&[
+        ("linux", "arm", Some("v7"), 'a'),
+        ("linux", "arm", Some("v6"), 'b'),
+        ("linux", "amd64", None, 'c'),
+        ("linux", "arm64", None, 'd'),
+        ("unknown", "unknown", None, 'e'),
+    ]);
+    let pick = |p: &str| {
+        select_platform(&idx, &p.parse().unwrap()).map(|d| d.digest().digest()[..1].to_string())
+    };
+    assert_eq!(pick("linux/amd64").as_deref(), Some("c"));
+    assert_eq!(pick("linux/arm/v6").as_deref(), Some("b"));
+    assert_eq!(pick("linux/arm").as_deref(), Some("a"));
+    // arm64's v8 is implied when the index leaves the variant out.
+    assert_eq!(pick("linux/arm64/v8").as_deref(), Some("d"));
+    assert_eq!(pick("linux/s390x"), None);
+    assert_eq!(pick("windows/amd64"), None);
+}
+
+#[test]
+fn blob_sources_offer_other_repositories_of_the_same_registry_newest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = BlobSources::open(dir.path());
+    s.record("reg:5000", "a", ["sha256:1"]);
+    s.record("other:5000", "b", ["sha256:1"]);
+    s.record("reg:5000", "c", ["sha256:1", "sha256:2"]);
+    s.save().unwrap();
+    let s = BlobSources::open(dir.path());
+    assert_eq!(s.candidates("reg:5000", "x", "sha256:1"), ["c", "a"]);
+    assert_eq!(s.candidates("reg:5000", "c", "sha256:1"), ["a"]);
+    assert!(s.candidates("reg:5000", "x", "sha256:3").is_empty());
+}
+
+#[test]
+fn an_unreadable_sources_record_is_an_empty_one() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("registry-sources.json"), "{not json").unwrap();
+    assert!(
+        BlobSources::open(dir.path())
+            .candidates("r", "x", "sha256:1")
+            .is_empty()
+    );
+}
+
+#[test]
+fn bearer_challenge_parameters_are_read() {
+    let c = r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a:pull""#;
+    assert_eq!(
+        challenge_param(c, "realm").as_deref(),
+        Some("https://auth.example/token")
+    );
+    assert_eq!(
+        challenge_param(c, "service").as_deref(),
+        Some("registry.example")
+    );
+    assert_eq!(challenge_param(c, "error"), None);
+}
+
+#[test]
+fn config_file_keeps_other_fields_and_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("docker/config.json");
+    let mut config = read_config(&path).unwrap();
+    assert!(config.is_empty());
+    config.insert("credsStore".into(), "pass".into());
+    write_config(&path, &config).unwrap();
+    let again = read_config(&path).unwrap();
+    assert_eq!(again["credsStore"], "pass");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    std::fs::write(&path, "[]").unwrap();
+    assert!(matches!(
+        read_config(&path),
+        Err(RegistryError::Config { .. })
+    ));
+}
+
+fn fatal(f: Failure) -> RegistryError {
+    match f {
+        Failure::Fatal(e) => e,
+        Failure::Transient(m) => panic!("expected a fatal error, got transient {m}"),
+    }
+}
+
+#[test]
+fn server_errors_are_retried_and_client_errors_are_not() {
+    let server = |code| OciDistributionError::ServerError {
+        code,
+        url: "http://r/v2/".into(),
+        message: "boom".into(),
+    };
+    for code in [500, 502, 503, 429, 408] {
+        assert!(
+            matches!(classify("r", "x", server(code)), Failure::Transient(_)),
+            "{code}"
+        );
+    }
+    assert!(matches!(
+        fatal(classify("r", "x", server(401))),
+        RegistryError::Unauthorized { .. }
+    ));
+    assert!(matches!(
+        fatal(classify("r", "x", server(404))),
+        RegistryError::NotFound { .. }
+    ));
+    assert!(matches!(
+        fatal(classify("r", "x", server(400))),
+        RegistryError::Request { .. }
+    ));
+    let envelope = |code| OciDistributionError::RegistryError {
+        envelope: OciEnvelope {
+            errors: vec![OciError {
+                code,
+                message: String::new(),
+                detail: serde_json::Value::Null,
+            }],
+        },
+        url: "http://r/v2/".into(),
+    };
+    assert!(matches!(
+        fatal(classify("r", "x", envelope(OciErrorCode::ManifestUnknown))),
+        RegistryError::NotFound { .. }
+    ));
+    assert!(matches!(
+        fatal(classify("r", "x", envelope(OciErrorCode::Denied))),
+        RegistryError::Unauthorized { .. }
+    ));
+    assert!(matches!(
+        classify("r", "x", envelope(OciErrorCode::Toomanyrequests)),
+        Failure::Transient(_)
+    ));
+}
+
+#[test]
+fn a_cut_stream_is_retried_but_a_digest_mismatch_is_not() {
+    let cut = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed");
+    assert!(matches!(
+        super::client::io_failure(cut, "x"),
+        Failure::Transient(_)
+    ));
+    let bad = std::io::Error::other(oci_client::errors::DigestError::VerificationError {
+        expected: "sha256:1".into(),
+        actual: "sha256:2".into(),
+    });
+    assert!(matches!(
+        fatal(super::client::io_failure(bad, "x")),
+        RegistryError::DigestMismatch { .. }
+    ));
+}
+
+#[test]
+fn unauthorized_message_names_the_registry_and_the_fix() {
+    let e = RegistryError::Unauthorized {
+        registry: "127.0.0.1:5000".into(),
+        what: "manifest of 127.0.0.1:5000/a:latest".into(),
+    };
+    let msg = e.to_string();
+    assert!(
+        msg.contains("127.0.0.1:5000 refused the credentials"),
+        "{msg}"
+    );
+    assert!(msg.contains("img login 127.0.0.1:5000"), "{msg}");
+}

@@ -1,0 +1,495 @@
+//! `img pull`, `push`, `login`, `logout` and `FROM` auto-pull against Debian's docker-registry on
+//! a loopback port, cross-checked with skopeo and umoci, and through a fault-injecting proxy.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+use tests::images::{self, ImageView};
+use tests::manifest::Manifest;
+use tests::registry::{Fault, FaultProxy, Rule, TestRegistry, has_temp_files};
+
+use crate::Rig;
+
+fn can_run() -> bool {
+    tests::can_run(
+        true,
+        &["runc", "skopeo", "umoci", "docker-registry", "htpasswd"],
+    )
+}
+
+/// `img -s STATE args...` with `env` set and `stdin` fed.
+fn img_in(state: &Path, env: &[(&str, &Path)], stdin: Option<&str>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_img"));
+    cmd.arg("-s").arg(state).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(out.status.success(), "{what} failed:\n{}", text(&out));
+    text(&out)
+}
+
+/// The `Digest: sha256:…` line img pull and push print.
+fn printed_digest(output: &str) -> String {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix("Digest: "))
+        .unwrap_or_else(|| panic!("no digest printed:\n{output}"))
+        .trim()
+        .to_string()
+}
+
+fn inspect(rig_state: &Path, name: &str) -> Value {
+    let out = ok(
+        img_in(rig_state, &[], None, &["inspect", name]),
+        "img inspect",
+    );
+    let json: Value = serde_json::from_str(out.trim_end()).unwrap();
+    json[0].clone()
+}
+
+fn layer_digest(image: &Value) -> String {
+    image["Manifest"]["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn fresh_state() -> tempfile::TempDir {
+    tempfile::tempdir_in("/var/tmp").unwrap()
+}
+
+#[test]
+fn push_then_pull_gives_the_same_digest_and_peers_read_the_image() {
+    if !can_run() {
+        return;
+    }
+    let registry = TestRegistry::start().unwrap();
+    let host = registry.host();
+    let rig = Rig::create();
+    let local = inspect(&rig.state, "busybox");
+    let target = format!("{host}/test/busybox:1");
+
+    let pushed = rig.img_ok(&["push", "busybox", &target]);
+    assert!(pushed.contains(&format!("Pushing {target}...")), "{pushed}");
+    assert_eq!(printed_digest(&pushed), local["Digest"].as_str().unwrap());
+
+    // skopeo sees the manifest img stored, byte for byte.
+    let inspected = images::run(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{target}"),
+    ]))
+    .unwrap();
+    let inspected: Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(inspected["Digest"], local["Digest"]);
+
+    // umoci unpacks skopeo's copy to the tree img unpacks.
+    let layout = rig.dir.path().join("from-registry");
+    images::run(Command::new("skopeo").args([
+        "copy",
+        "-q",
+        "--src-tls-verify=false",
+        &format!("docker://{target}"),
+        &format!("oci:{}:x", layout.display()),
+    ]))
+    .unwrap();
+    let theirs = ImageView::of_layout(&layout, "x").unwrap();
+    let unpacked = rig.dir.path().join("unpacked");
+    rig.img_ok(&["unpack", "busybox", unpacked.to_str().unwrap()]);
+    let ours = Manifest::of_dir(&unpacked).unwrap();
+    let diff = ours.diff(&theirs.tree);
+    assert!(diff.is_empty(), "trees differ:\n{}", diff.join("\n"));
+
+    // A fresh state pulls the same manifest and applies its layer.
+    let other = fresh_state();
+    let pulled = ok(
+        img_in(other.path(), &[], None, &["pull", &target]),
+        "img pull",
+    );
+    assert!(pulled.contains(&format!("Pulling {target}...")), "{pulled}");
+    assert_eq!(printed_digest(&pulled), local["Digest"].as_str().unwrap());
+    assert!(pulled.contains("Snapshot ref: sha256:"), "{pulled}");
+    assert!(pulled.contains("Size: "), "{pulled}");
+    let ls = ok(img_in(other.path(), &[], None, &["ls"]), "img ls");
+    assert!(ls.contains(local["Digest"].as_str().unwrap()), "{ls}");
+
+    // Pushing again uploads nothing; pushing to another repository mounts the blobs.
+    let again = ok(
+        img_in(&rig.state, &[], None, &["push", "busybox", &target]),
+        "push",
+    );
+    assert!(again.contains("already exists"), "{again}");
+    assert!(!again.contains(": pushed"), "{again}");
+    let elsewhere = ok(
+        img_in(
+            &rig.state,
+            &[],
+            None,
+            &["push", "busybox", &format!("{host}/other/busybox:1")],
+        ),
+        "push",
+    );
+    assert!(
+        elsewhere.contains(&format!("mounted from {host}/test/busybox")),
+        "{elsewhere}"
+    );
+}
+
+#[test]
+fn an_image_pushed_by_skopeo_is_pulled_by_from_in_a_build() {
+    if !can_run() {
+        return;
+    }
+    let registry = TestRegistry::start().unwrap();
+    let rig = Rig::create();
+    let archive = rig.dir.path().join("busybox-oci.tar");
+    rig.img_ok(&[
+        "save",
+        "--format",
+        "oci-archive",
+        "-o",
+        archive.to_str().unwrap(),
+        "busybox",
+    ]);
+    let name = format!("{}/sk/busybox:1", registry.host());
+    images::run(Command::new("skopeo").args([
+        "copy",
+        "-q",
+        "--dest-tls-verify=false",
+        &format!("oci-archive:{}", archive.display()),
+        &format!("docker://{name}"),
+    ]))
+    .unwrap();
+
+    let ctx = crate::context(&format!("FROM {name}\nRUN echo built > /built\n"), &[]);
+    let out = rig.img(&["build", "-t", "built:1", ctx.path().to_str().unwrap()]);
+    assert!(out.status.success(), "build failed:\n{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("Pulling {name}")),
+        "{}",
+        text(&out)
+    );
+    let ls = rig.img_ok(&["ls"]);
+    assert!(ls.contains(&name), "{ls}");
+    let unpacked = rig.dir.path().join("built");
+    rig.img_ok(&["unpack", "built:1", unpacked.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(unpacked.join("built")).unwrap(),
+        "built\n"
+    );
+}
+
+#[test]
+fn login_checks_the_password_and_logout_forgets_it() {
+    if !can_run() {
+        return;
+    }
+    let registry = TestRegistry::start_with_auth("alice", "s3cret").unwrap();
+    let host = registry.host();
+    let rig = Rig::create();
+    let docker = fresh_state();
+    let env = [("DOCKER_CONFIG", docker.path())];
+    let config = docker.path().join("config.json");
+    let target = format!("{host}/private/busybox:1");
+
+    // Without credentials the registry refuses, and the error says what to do.
+    let denied = img_in(&rig.state, &env, None, &["push", "busybox", &target]);
+    assert!(!denied.status.success());
+    assert!(
+        text(&denied).contains(&format!("img login {host}")),
+        "{}",
+        text(&denied)
+    );
+
+    let wrong = img_in(
+        &rig.state,
+        &env,
+        Some("nope\n"),
+        &["login", "-u", "alice", "--password-stdin", host],
+    );
+    assert!(!wrong.status.success());
+    assert!(
+        text(&wrong).contains(&format!("{host} refused the credentials")),
+        "{}",
+        text(&wrong)
+    );
+    assert!(!config.exists(), "a rejected login must store nothing");
+
+    let right = ok(
+        img_in(
+            &rig.state,
+            &env,
+            Some("s3cret\n"),
+            &["login", "-u", "alice", "--password-stdin", host],
+        ),
+        "img login",
+    );
+    assert!(right.contains("Login Succeeded"), "{right}");
+    let stored: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    assert_eq!(stored["auths"][host]["auth"], "YWxpY2U6czNjcmV0"); // alice:s3cret
+
+    ok(
+        img_in(&rig.state, &env, None, &["push", "busybox", &target]),
+        "img push with credentials",
+    );
+    let other = fresh_state();
+    ok(
+        img_in(other.path(), &env, None, &["pull", &target]),
+        "img pull with credentials",
+    );
+
+    let out = ok(
+        img_in(&rig.state, &env, None, &["logout", host]),
+        "img logout",
+    );
+    assert!(out.contains("Removed login credentials"), "{out}");
+    let stored: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    assert!(stored["auths"].get(host).is_none(), "{stored}");
+    let third = fresh_state();
+    let denied = img_in(third.path(), &env, None, &["pull", &target]);
+    assert!(!denied.status.success());
+    assert!(
+        text(&denied).contains("refused the credentials"),
+        "{}",
+        text(&denied)
+    );
+}
+
+#[test]
+fn a_dropped_connection_and_server_errors_are_survived() {
+    if !can_run() {
+        return;
+    }
+    let registry = TestRegistry::start().unwrap();
+    let rig = Rig::create();
+    let local = inspect(&rig.state, "busybox");
+    let layer = layer_digest(&local);
+    let layer_hex = layer.trim_start_matches("sha256:").to_string();
+    rig.img_ok(&[
+        "push",
+        "busybox",
+        &format!("{}/test/busybox:1", registry.host()),
+    ]);
+
+    let proxy = FaultProxy::start(
+        registry.host(),
+        vec![
+            Rule {
+                method: "GET",
+                path_contains: "/manifests/".into(),
+                fault: Fault::Status(500),
+                times: 1,
+            },
+            Rule {
+                method: "GET",
+                path_contains: format!("/blobs/{layer}"),
+                fault: Fault::DropAfter(200_000),
+                times: 1,
+            },
+            Rule {
+                method: "GET",
+                path_contains: format!("/blobs/{layer}"),
+                fault: Fault::Status(503),
+                times: 1,
+            },
+        ],
+    )
+    .unwrap();
+    let through = format!("{}/test/busybox:1", proxy.host());
+    let other = fresh_state();
+    let pulled = ok(
+        img_in(other.path(), &[], None, &["pull", &through]),
+        "img pull",
+    );
+    assert_eq!(printed_digest(&pulled), local["Digest"].as_str().unwrap());
+    // After the cut, the download went on from where it stopped.
+    let seen = proxy.seen();
+    let resumed = seen.iter().any(|s| {
+        s.target.contains(&layer_hex)
+            && s.fault.is_none()
+            && s.range
+                .as_deref()
+                .is_some_and(|r| r.starts_with("bytes=") && !r.starts_with("bytes=0-"))
+    });
+    assert!(resumed, "no resumed blob request in {seen:#?}");
+
+    // Uploads and the manifest PUT get a 500 each and are retried.
+    proxy.set_rules(vec![
+        Rule {
+            method: "PUT",
+            path_contains: "/blobs/uploads/".into(),
+            fault: Fault::Status(500),
+            times: 1,
+        },
+        Rule {
+            method: "PUT",
+            path_contains: "/manifests/".into(),
+            fault: Fault::Status(502),
+            times: 1,
+        },
+    ]);
+    let copy = format!("{}/copy/busybox:1", proxy.host());
+    let pushed = ok(
+        img_in(&rig.state, &[], None, &["push", "busybox", &copy]),
+        "push",
+    );
+    assert_eq!(printed_digest(&pushed), local["Digest"].as_str().unwrap());
+    assert!(pushed.contains("retrying"), "{pushed}");
+}
+
+#[test]
+fn a_pull_that_fails_leaves_no_image_and_no_partial_blob() {
+    if !can_run() {
+        return;
+    }
+    let registry = TestRegistry::start().unwrap();
+    let rig = Rig::create();
+    let local = inspect(&rig.state, "busybox");
+    let layer = layer_digest(&local);
+    rig.img_ok(&[
+        "push",
+        "busybox",
+        &format!("{}/test/busybox:1", registry.host()),
+    ]);
+    let proxy = FaultProxy::start(
+        registry.host(),
+        vec![
+            // The first answer is cut short, then the server fails every time.
+            Rule {
+                method: "GET",
+                path_contains: format!("/blobs/{layer}"),
+                fault: Fault::DropAfter(100_000),
+                times: 1,
+            },
+            Rule {
+                method: "GET",
+                path_contains: format!("/blobs/{layer}"),
+                fault: Fault::Status(500),
+                times: 1000,
+            },
+        ],
+    )
+    .unwrap();
+    let other = fresh_state();
+    let name = format!("{}/test/busybox:1", proxy.host());
+    let out = img_in(other.path(), &[], None, &["pull", &name]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("gave up after 5 attempts"),
+        "{}",
+        text(&out)
+    );
+    let ls = ok(img_in(other.path(), &[], None, &["ls"]), "img ls");
+    assert!(!ls.contains("busybox"), "{ls}");
+    let blobs = other.path().join("blobs");
+    assert!(
+        !has_temp_files(&blobs),
+        "a partial blob was left in {blobs:?}"
+    );
+    assert!(
+        !blobs
+            .join("sha256")
+            .join(layer.trim_start_matches("sha256:"))
+            .exists()
+    );
+}
+
+#[test]
+fn a_push_rerun_after_a_failure_uploads_only_what_is_missing() {
+    if !can_run() {
+        return;
+    }
+    let registry = TestRegistry::start().unwrap();
+    let rig = Rig::create();
+    let local = inspect(&rig.state, "busybox");
+    let layer_hex = layer_digest(&local)
+        .trim_start_matches("sha256:")
+        .to_string();
+    let proxy = FaultProxy::start(
+        registry.host(),
+        vec![Rule {
+            method: "PUT",
+            path_contains: layer_hex.clone(),
+            fault: Fault::Status(500),
+            times: 1000,
+        }],
+    )
+    .unwrap();
+    let target = format!("{}/test/busybox:1", proxy.host());
+    let failed = rig.img(&["push", "busybox", &target]);
+    assert!(!failed.status.success(), "{}", text(&failed));
+
+    proxy.set_rules(Vec::new());
+    proxy.clear_seen();
+    let pushed = rig.img_ok(&["push", "busybox", &target]);
+    assert_eq!(printed_digest(&pushed), local["Digest"].as_str().unwrap());
+    let uploads: Vec<String> = proxy
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "PUT" && s.target.contains("/blobs/uploads/"))
+        .map(|s| s.target)
+        .collect();
+    assert_eq!(uploads.len(), 1, "{uploads:#?}");
+    assert!(uploads[0].contains(&layer_hex), "{uploads:#?}");
+}
+
+#[test]
+fn a_blob_whose_docker_content_digest_header_is_wrong_is_refused() {
+    if !can_run() {
+        return;
+    }
+    let registry = TestRegistry::start().unwrap();
+    let rig = Rig::create();
+    let local = inspect(&rig.state, "busybox");
+    let layer = layer_digest(&local);
+    rig.img_ok(&[
+        "push",
+        "busybox",
+        &format!("{}/test/busybox:1", registry.host()),
+    ]);
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let proxy = FaultProxy::start(
+        registry.host(),
+        vec![Rule {
+            method: "GET",
+            path_contains: format!("/blobs/{layer}"),
+            fault: Fault::SetHeader("Docker-Content-Digest", wrong.clone()),
+            times: 1000,
+        }],
+    )
+    .unwrap();
+    let other = fresh_state();
+    let name = format!("{}/test/busybox:1", proxy.host());
+    let out = img_in(other.path(), &[], None, &["pull", &name]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("the registry sent Docker-Content-Digest {wrong}")),
+        "{}",
+        text(&out)
+    );
+    let ls = ok(img_in(other.path(), &[], None, &["ls"]), "img ls");
+    assert!(!ls.contains("busybox"), "{ls}");
+}
