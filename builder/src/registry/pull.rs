@@ -172,18 +172,15 @@ impl Registry {
             }
         }
         let started = std::time::Instant::now();
-        let downloaded: u64 = self.block_on(async {
-            futures_util::stream::iter(
-                missing
-                    .iter()
-                    .map(|d| self.fetch_blob(&conn, &reference, store, d)),
-            )
-            .buffer_unordered(self.options.concurrency.max(1))
-            .try_fold(0u64, |sum, n| async move { Ok(sum + n) })
-            .await
-        })?;
-
-        tracing::debug!(%reference, downloaded, elapsed = ?started.elapsed(), "blobs fetched");
+        // The config first: its diff IDs are what the layers are applied against.
+        let mut downloaded = 0;
+        if let Some(pos) = missing
+            .iter()
+            .position(|d| d.digest() == manifest.config().digest())
+        {
+            let config = missing.remove(pos);
+            downloaded += self.block_on(self.fetch_blob(&conn, &reference, store, config))?;
+        }
         let config: ImageConfig = store.read_json(manifest.config().digest())?;
         if config.rootfs.diff_ids.len() != manifest.layers().len() {
             return Err(RegistryError::BadManifest {
@@ -195,17 +192,61 @@ impl Registry {
                 ),
             });
         }
+
+        // Layers download concurrently; a thread applies each one as soon as it and the layers
+        // below it are in, so applying overlaps downloading ("as it goes").
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<Digest>();
+        let (fetched, applied) = std::thread::scope(|s| {
+            let applier = backend.map(|b| {
+                let layers: Vec<Descriptor> = manifest.layers().to_vec();
+                let diff_ids = config.rootfs.diff_ids.clone();
+                let config = config.clone();
+                s.spawn(move || apply_as_they_come(b, store, &config, &layers, &diff_ids, done_rx))
+            });
+            let (conn, reference) = (&conn, &reference);
+            let fetched: Result<u64, RegistryError> = self.block_on(async {
+                futures_util::stream::iter(missing.iter().map(|d| {
+                    let done_tx = done_tx.clone();
+                    async move {
+                        let n = self.fetch_blob(conn, reference, store, d).await?;
+                        let _ = done_tx.send(d.digest().clone());
+                        Ok::<u64, RegistryError>(n)
+                    }
+                }))
+                .buffer_unordered(self.options.concurrency.max(1))
+                .try_fold(0u64, |sum, n| async move { Ok(sum + n) })
+                .await
+            });
+            drop(done_tx);
+            let applied = applier.map(|a| a.join().expect("the applier does not panic"));
+            (fetched, applied)
+        });
+        let applied = match (fetched, applied) {
+            (Ok(n), applied) => {
+                downloaded += n;
+                applied
+            }
+            (Err(e), Some(Ok(applied))) => {
+                // No orphan snapshots from a pull that failed.
+                remove_created(backend, &applied.created);
+                return Err(e);
+            }
+            // The applier removed what it made when it saw the downloads stop.
+            (Err(e), _) => return Err(e),
+        };
+        tracing::debug!(%reference, downloaded, elapsed = ?started.elapsed(), "blobs fetched");
         // The exact bytes the registry sent, so the stored digest is the registry's.
         store.put_blob(&manifest_bytes[..], Some(&manifest_digest))?;
         let image = store.resolve(&format!("{}@{manifest_digest}", reference.name()))?;
 
-        let snapshot = match backend {
-            Some(b) => crate::build::ensure_image_snapshot(b, store, &image).map_err(|e| {
-                RegistryError::Apply {
+        let snapshot = match applied {
+            Some(Ok(applied)) => applied.top,
+            Some(Err(message)) => {
+                return Err(RegistryError::Apply {
                     reference: reference.to_string(),
-                    message: e.to_string(),
-                }
-            })?,
+                    message,
+                });
+            }
             None => None,
         };
         tracing::debug!(%reference, elapsed = ?started.elapsed(), "layers applied");
@@ -484,5 +525,87 @@ fn available_platforms(index: &ImageIndex) -> String {
         "none".to_string()
     } else {
         names.join(", ")
+    }
+}
+
+/// What `apply_as_they_come` made.
+struct Applied {
+    /// The snapshot of the whole image (`None` for an image without layers).
+    top: Option<String>,
+    /// Snapshots this pull created, bottom first.
+    created: Vec<String>,
+}
+
+/// Applies `layers` bottom up as their blobs arrive (their digests come on `done`; blobs already
+/// stored count as arrived). On an error the snapshots it created are removed again.
+fn apply_as_they_come(
+    backend: &dyn Backend,
+    store: &ImageStore,
+    config: &ImageConfig,
+    layers: &[Descriptor],
+    diff_ids: &[Digest],
+    done: std::sync::mpsc::Receiver<Digest>,
+) -> Result<Applied, String> {
+    let mut arrived: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut applied = Applied {
+        top: None,
+        created: Vec::new(),
+    };
+    let chain = crate::image::chain_ids(diff_ids);
+    for (i, layer) in layers.iter().enumerate() {
+        while !arrived.contains(layer.digest().as_ref())
+            && !store.has_blob(layer.digest()).unwrap_or(false)
+        {
+            match done.recv() {
+                Ok(d) => {
+                    arrived.insert(d.to_string());
+                }
+                // The downloads ended without this layer: they failed, and say why.
+                Err(_) => {
+                    remove_created(Some(backend), &applied.created);
+                    return Err(format!("layer {} was not downloaded", layer.digest()));
+                }
+            }
+        }
+        let name = chain[i].to_string();
+        let existed = backend.stat(&name).is_ok();
+        let mut prefix_config = config.clone();
+        prefix_config.rootfs.diff_ids = diff_ids[..=i].to_vec();
+        let state = crate::build::StageState {
+            config: prefix_config,
+            layers: layers[..=i]
+                .iter()
+                .map(|l| crate::build::LayerRecord {
+                    digest: l.digest().clone(),
+                    size: l.size(),
+                    media_type: l.media_type().to_string(),
+                })
+                .collect(),
+        };
+        match crate::build::ensure_snapshot(backend, store, &state) {
+            Ok(top) => {
+                if !existed {
+                    applied.created.push(name);
+                }
+                applied.top = top;
+            }
+            Err(e) => {
+                remove_created(Some(backend), &applied.created);
+                return Err(e);
+            }
+        }
+    }
+    Ok(applied)
+}
+
+/// Removes snapshots a failed pull created, top first.
+fn remove_created(backend: Option<&dyn Backend>, created: &[String]) {
+    let Some(backend) = backend else {
+        return;
+    };
+    for name in created.iter().rev() {
+        if let Err(e) = backend.remove(name) {
+            tracing::warn!(snapshot = %name, "failed to remove a snapshot of a failed pull: {e}");
+        }
     }
 }

@@ -493,3 +493,42 @@ fn a_blob_whose_docker_content_digest_header_is_wrong_is_refused() {
     let ls = ok(img_in(other.path(), &[], None, &["ls"]), "img ls");
     assert!(!ls.contains("busybox"), "{ls}");
 }
+
+/// Layers are applied while the others download; when a later layer never arrives, the snapshots
+/// of the layers below it are removed again.
+#[test]
+fn a_failed_pull_leaves_no_snapshot_of_the_layers_it_applied() {
+    if !can_run() {
+        return;
+    }
+    let registry = TestRegistry::start().unwrap();
+    let rig = Rig::create();
+    let ctx = crate::context("FROM busybox\nRUN echo top > /top\n", &[]);
+    rig.img_ok(&["build", "-t", "two", ctx.path().to_str().unwrap()]);
+    let two = inspect(&rig.state, "two");
+    let top = two["Manifest"]["layers"][1]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    rig.img_ok(&["push", "two", &format!("{}/test/two:1", registry.host())]);
+    let proxy = FaultProxy::start(
+        registry.host(),
+        vec![Rule {
+            method: "GET",
+            path_contains: format!("/blobs/{top}"),
+            fault: Fault::Status(500),
+            times: 1000,
+        }],
+    )
+    .unwrap();
+    let other = fresh_state();
+    let out = img_in(
+        other.path(),
+        &[],
+        None,
+        &["pull", &format!("{}/test/two:1", proxy.host())],
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    let du = ok(img_in(other.path(), &[], None, &["du"]), "img du");
+    assert!(!du.contains("snapshot"), "{du}");
+}
