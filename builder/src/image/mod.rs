@@ -29,7 +29,9 @@ pub use config::{
 };
 pub use lock::{Contention, LockError, StateLock};
 pub use reference::{Reference, ReferenceError};
-pub use store::{Blob, BlobWriter, Garbage, Image, ImageStore, StoreError, Usage};
+pub use store::{
+    Blob, BlobWriter, Garbage, Image, ImageStore, StoreError, Usage, manifest_media_type,
+};
 
 use oci_spec::image::{
     Descriptor, Digest, ImageManifest, ImageManifestBuilder, MediaType, Sha256Digest,

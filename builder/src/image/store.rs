@@ -685,7 +685,7 @@ impl ImageStore {
 }
 
 /// The media type a manifest blob declares, OCI image manifest when it declares none.
-pub(crate) fn manifest_media_type(bytes: &[u8]) -> MediaType {
+pub fn manifest_media_type(bytes: &[u8]) -> MediaType {
     #[derive(Deserialize)]
     struct Head {
         #[serde(rename = "mediaType")]

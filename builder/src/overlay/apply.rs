@@ -128,25 +128,6 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Splits an entry path into clean components; refuses `..` and strips a leading `/` or `./`.
-fn components(path: &[u8], limits: &ImportLimits) -> Result<Vec<Vec<u8>>> {
-    if path.len() > limits.max_path {
-        return Err(Error::NameTooLong(format!(
-            "path of {} bytes (--max-path)",
-            path.len()
-        )));
-    }
-    let mut out = Vec::new();
-    for c in path.split(|&b| b == b'/') {
-        match c {
-            b"" | b"." => {}
-            b".." => return Err(Error::Invalid("path has a `..` component".into())),
-            c => out.push(c.to_vec()),
-        }
-    }
-    Ok(out)
-}
-
 fn shown(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -307,7 +288,7 @@ impl Extractor<'_> {
         path: &[u8],
         limits: &ImportLimits,
     ) -> Result<()> {
-        let comps = components(path, limits)?;
+        let comps = imgfs::layer::import::components(path, limits)?;
         let Some((name, dirs)) = comps.split_last() else {
             // The root directory itself: take its attributes.
             if entry.header().entry_type().is_dir() {
@@ -498,7 +479,7 @@ impl Extractor<'_> {
             .into_owned();
         let shown_target = shown(&target);
         let missing = || Error::NotFound(format!("hard link target {shown_target}"));
-        let tcomps = components(&target, limits)?;
+        let tcomps = imgfs::layer::import::components(&target, limits)?;
         let Some((tname, tdirs)) = tcomps.split_last() else {
             return Err(Error::NotPermitted(format!(
                 "hard link to directory {shown_target}"

@@ -12,7 +12,7 @@ use std::str::FromStr;
 
 use futures_util::{StreamExt, TryStreamExt};
 use oci_client::client::BlobResponse;
-use oci_spec::image::{Descriptor, Digest, ImageIndex, ImageManifest, MediaType};
+use oci_spec::image::{Descriptor, Digest, ImageIndex, ImageManifest};
 
 use super::RegistryError;
 use super::client::{Connection, Failure, Registry, classify, io_failure, oci_reference};
@@ -290,7 +290,7 @@ impl Registry {
         let (bytes, digest) = self
             .fetch_manifest(conn, &oref, &what, reference.digest())
             .await?;
-        let media_type = declared_media_type(&bytes);
+        let media_type = crate::image::manifest_media_type(&bytes);
         let (bytes, digest) = if is_index(&media_type) {
             let index: ImageIndex =
                 serde_json::from_slice(&bytes).map_err(|e| RegistryError::BadManifest {
@@ -311,7 +311,7 @@ impl Registry {
         } else {
             (bytes, digest)
         };
-        if !is_manifest(&declared_media_type(&bytes)) {
+        if !is_manifest(&crate::image::manifest_media_type(&bytes)) {
             return Err(RegistryError::BadManifest {
                 reference: reference.to_string(),
                 message: "not an image manifest".to_string(),
@@ -485,26 +485,6 @@ struct Download {
     written: u64,
     /// Bytes received over all tries (more than `written` after a restart).
     received: u64,
-}
-
-/// The media type a manifest or index declares, or infers from its fields when it declares none.
-fn declared_media_type(bytes: &[u8]) -> MediaType {
-    #[derive(serde::Deserialize)]
-    struct Head {
-        #[serde(rename = "mediaType")]
-        media_type: Option<String>,
-        manifests: Option<serde_json::Value>,
-    }
-    match serde_json::from_slice::<Head>(bytes) {
-        Ok(Head {
-            media_type: Some(m),
-            ..
-        }) => MediaType::from(m.as_str()),
-        Ok(Head {
-            manifests: Some(_), ..
-        }) => MediaType::ImageIndex,
-        _ => MediaType::ImageManifest,
-    }
 }
 
 fn available_platforms(index: &ImageIndex) -> String {

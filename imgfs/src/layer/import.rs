@@ -134,7 +134,8 @@ fn layer_err(what: &str, e: std::io::Error) -> Error {
 }
 
 /// Splits an entry path into clean components; refuses `..` and strips a leading `/` or `./`.
-fn components(path: &[u8], limits: &ImportLimits) -> Result<Vec<Vec<u8>>> {
+/// Every layer applier (imgfs's, the builder's overlayfs one) takes paths through this.
+pub fn components(path: &[u8], limits: &ImportLimits) -> Result<Vec<Vec<u8>>> {
     if path.len() > limits.max_path {
         return Err(Error::NameTooLong(format!(
             "path of {} bytes (--max-path)",
