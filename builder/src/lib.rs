@@ -5,6 +5,7 @@ pub mod build;
 pub mod context;
 pub mod dockerfile;
 pub mod dockerignore;
+pub mod doctor;
 pub mod image;
 pub mod overlay;
 pub mod registry;

@@ -77,6 +77,8 @@ enum Command {
     Login(registry::LoginArgs),
     /// Remove the stored credentials of a registry.
     Logout(registry::LogoutArgs),
+    /// Check what builds as an ordinary user need, and print how to fix what is missing.
+    Doctor,
     /// Print the version of img and of imgfs.
     Version,
 }
@@ -114,6 +116,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Login(args) => return registry::login(args),
         Command::Logout(args) => return registry::logout(args),
+        Command::Doctor => return doctor(),
         other => other,
     };
     let state = open_state(cli.state)?;
@@ -131,8 +134,28 @@ fn run(cli: Cli) -> Result<()> {
         Command::Prune => images::prune(&state),
         Command::Pull(args) => registry::pull(&state, args),
         Command::Push(args) => registry::push(&state, args),
-        Command::Version | Command::Login(_) | Command::Logout(_) => {
+        Command::Version | Command::Login(_) | Command::Logout(_) | Command::Doctor => {
             unreachable!("handled above")
         }
     }
+}
+
+fn doctor() -> Result<()> {
+    let host = builder::doctor::Host::real();
+    let checks = builder::doctor::checks(&host);
+    let mut missing = 0;
+    for c in &checks {
+        match &c.problem {
+            None => println!("ok       {}", c.what),
+            Some(p) => {
+                missing += 1;
+                println!("MISSING  {}: {}", c.what, p.detail);
+                println!("         fix: {}", p.fix);
+            }
+        }
+    }
+    if missing > 0 {
+        anyhow::bail!("{missing} of {} checks failed", checks.len());
+    }
+    Ok(())
 }
