@@ -24,6 +24,9 @@ const DEFAULT_SHELL: [&str; 2] = ["/bin/sh", "-c"];
 /// The PATH a RUN step gets when the image sets none (what Docker uses).
 const DEFAULT_PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The gzip level of the layers img writes (see `fs_step_on`).
+const LAYER_GZIP_LEVEL: u32 = 2;
+
 /// The layer media type img writes.
 const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
@@ -578,7 +581,11 @@ impl<'e, 'a> StageRunner<'e, 'a> {
             .images
             .blob_writer()
             .map_err(|e| self.fail(ins, e))?;
-        let mut gz = GzEncoder::new(writer, Compression::fast());
+        // Level 2, not 1: zlib-rs's level 1 never falls back to stored blocks, so incompressible
+        // data grows by 4% and every pull pays a full inflate for it (233 ms against 62 ms per
+        // 52 MB of random bytes); level 2 stores such blocks, and a root file system layer comes
+        // out 14% smaller (43 against 50 MB per 100 MB), for 1.15 against 0.74 s of compression.
+        let mut gz = GzEncoder::new(writer, Compression::new(LAYER_GZIP_LEVEL));
         let report = backend
             .diff(key, &mut gz)
             .map_err(|e| self.fail(ins, format!("failed to write the layer: {e}")))?;

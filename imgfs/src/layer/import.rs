@@ -87,12 +87,96 @@ pub fn import_layer(
 fn apply(tree: &Tree, input: impl Read, limits: &ImportLimits) -> Result<(String, u64, u64)> {
     let mut input = BufReader::with_capacity(1 << 20, input);
     let head = input.fill_buf().map_err(|e| Error::io("read layer", e))?;
-    let gzip = head.starts_with(&[0x1f, 0x8b]);
-    let stream: Box<dyn Read> = if gzip {
-        Box::new(MultiGzDecoder::new(input))
-    } else {
-        Box::new(input)
-    };
+    if !head.starts_with(&[0x1f, 0x8b]) {
+        return apply_tar(tree, input, limits);
+    }
+    // Inflating is the largest single cost of applying a gzip layer (37% of an `img pull` of
+    // incompressible layers, beside 28% for sha256), so it runs on this thread while a second
+    // one parses the tar and stores the files. Errors of the decoder travel down the channel, so
+    // the tar side sees them exactly as it would reading the decoder itself. The channel is
+    // bounded: a layer that trips a limit stops the decoder within a few MiB.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(4);
+    std::thread::scope(|s| {
+        let worker = s.spawn(move || apply_tar(tree, ChannelReader::new(rx), limits));
+        let mut decoder = MultiGzDecoder::new(input);
+        loop {
+            let mut buf = vec![0u8; INFLATE_BLOCK];
+            let (filled, error) = read_block(&mut decoder, &mut buf);
+            buf.truncate(filled);
+            // The tar side stops taking (an error or a limit) and reports why itself.
+            if filled > 0 && tx.send(Ok(buf)).is_err() {
+                break;
+            }
+            if let Some(e) = error {
+                let _ = tx.send(Err(e));
+                break;
+            }
+            if filled == 0 {
+                break;
+            }
+        }
+        drop(tx);
+        worker.join().expect("the layer worker does not panic")
+    })
+}
+
+/// Bytes handed from the decoder to the tar thread at a time.
+const INFLATE_BLOCK: usize = 1 << 20;
+
+/// Reads until `buf` is full, the stream ends or it fails: the bytes read, and the error that
+/// stopped it (after those bytes; a gzip CRC error comes after all the data).
+fn read_block(r: &mut impl Read, buf: &mut [u8]) -> (usize, Option<std::io::Error>) {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return (filled, Some(e)),
+        }
+    }
+    (filled, None)
+}
+
+/// The receiving end of the decoder thread as a `Read`.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl ChannelReader {
+    fn new(rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>) -> ChannelReader {
+        ChannelReader {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.buf.len() {
+            match self.rx.recv() {
+                Ok(Ok(buf)) => {
+                    self.buf = buf;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                // The decoder is done: end of stream.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Applies an uncompressed tar stream to `tree`; returns the diff id, entries and tar bytes.
+fn apply_tar(tree: &Tree, stream: impl Read, limits: &ImportLimits) -> Result<(String, u64, u64)> {
     let mut hashing = HashingReader::new(stream, limits.max_bytes);
     let mut entries = 0u64;
     let mut parents = Parents::default();
