@@ -474,3 +474,32 @@ fn the_overlay_backend_survives_a_reopen() {
     assert_eq!(names, ["base", "work"]);
     assert_eq!(paths(&diff(&s, "base")), ["a"]);
 }
+
+conformance!(zstd_and_gzip_layers_apply_like_the_plain_tar, |s| {
+    let plain = simple_layer(&[("a", b"alpha"), ("dir/b", b"beta")]);
+    let zstd = zstd::encode_all(&plain[..], 3).unwrap();
+    let gzip = tests::layer::gzip(&plain);
+    let mut ids = Vec::new();
+    for (name, bytes) in [("plain", &plain), ("zstd", &zstd), ("gzip", &gzip)] {
+        let applied = s
+            .apply(name, None, &mut &bytes[..], &ImportLimits::default())
+            .unwrap();
+        ids.push(applied.diff_id);
+        assert_eq!(
+            listing(&diff(s, name)),
+            listing(&diff(s, "plain")),
+            "{name}"
+        );
+    }
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "one diff id, the uncompressed tar's: {ids:?}"
+    );
+    // A zstd stream cut short is refused, and leaves nothing under the name.
+    let cut = &zstd[..zstd.len() / 2];
+    assert!(
+        s.apply("cut", None, &mut &cut[..], &ImportLimits::default())
+            .is_err()
+    );
+    assert!(s.stat("cut").is_err());
+});

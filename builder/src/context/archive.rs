@@ -16,11 +16,6 @@ use crate::dockerignore::clean;
 pub enum ArchiveError {
     #[error("{archive}: entry {entry:?} points outside the destination")]
     Escape { archive: String, entry: String },
-    #[error("{archive}: {compression} archives are not supported")]
-    Unsupported {
-        archive: String,
-        compression: &'static str,
-    },
     #[error("{archive}: entry {entry:?}: {source}")]
     Entry {
         archive: String,
@@ -95,16 +90,19 @@ pub(crate) fn decompress<'a>(
         archive: archive.to_string(),
         source,
     })?;
-    let unsupported = |compression| ArchiveError::Unsupported {
-        archive: archive.to_string(),
-        compression,
-    };
     match sniff(head) {
         Compression::None => Ok(Box::new(reader)),
         Compression::Gzip => Ok(Box::new(flate2::read::MultiGzDecoder::new(reader))),
-        Compression::Bzip2 => Err(unsupported("bzip2")),
-        Compression::Xz => Err(unsupported("xz")),
-        Compression::Zstd => Err(unsupported("zstd")),
+        Compression::Bzip2 => Ok(Box::new(bzip2::read::MultiBzDecoder::new(reader))),
+        Compression::Xz => Ok(Box::new(xz2::read::XzDecoder::new_multi_decoder(reader))),
+        Compression::Zstd => Ok(Box::new(
+            zstd::stream::read::Decoder::with_buffer(reader).map_err(|source| {
+                ArchiveError::Read {
+                    archive: archive.to_string(),
+                    source,
+                }
+            })?,
+        )),
     }
 }
 

@@ -62,8 +62,6 @@ pub enum ArchiveError {
         layers: usize,
         diff_ids: usize,
     },
-    #[error("layer {0} is zstd-compressed, which img cannot decompress yet")]
-    Zstd(String),
     #[error("layer {layer} has media type {media_type}, which is not a layer")]
     NotALayer { layer: Digest, media_type: String },
     #[error("the input is not a tar archive (plain or gzip-compressed)")]
@@ -208,7 +206,7 @@ fn save_docker<W: Write>(
                 let mut tmp = tempfile::tempfile_in(store.state_dir()).map_err(|e| {
                     ArchiveError::Store(io_store("create temporary file in", store.state_dir(), e))
                 })?;
-                let actual = uncompressed_digest(store, layer, &mut tmp, &image.name.to_string())?;
+                let actual = uncompressed_digest(store, layer, &mut tmp)?;
                 if actual != *diff_id {
                     return Err(ArchiveError::DiffIdMismatch(Box::new(DiffIdMismatch {
                         image: image.name.to_string(),
@@ -250,7 +248,6 @@ fn uncompressed_digest(
     store: &ImageStore,
     layer: &Descriptor,
     sink: &mut impl Write,
-    image: &str,
 ) -> Result<Digest, ArchiveError> {
     let compression =
         Compression::of_layer(layer.media_type()).ok_or_else(|| ArchiveError::NotALayer {
@@ -262,7 +259,7 @@ fn uncompressed_digest(
         Compression::None => Box::new(blob),
         Compression::Gzip => Box::new(GzDecoder::new(blob)),
         Compression::Zstd => {
-            return Err(ArchiveError::Zstd(format!("{} of {image}", layer.digest())));
+            Box::new(zstd::stream::read::Decoder::with_buffer(blob).map_err(ArchiveError::Read)?)
         }
     };
     hash_copy(&mut reader, sink).map_err(ArchiveError::Read)
@@ -574,7 +571,7 @@ fn load_docker(store: &ImageStore, members: &Members) -> Result<Vec<Loaded>, Arc
             let actual = if Compression::sniff(&head[..n]) == Compression::None {
                 blob.digest.clone()
             } else {
-                uncompressed_digest(store, &layer, &mut io::sink(), &what)?
+                uncompressed_digest(store, &layer, &mut io::sink())?
             };
             if actual != *diff_id {
                 return Err(ArchiveError::DiffIdMismatch(Box::new(DiffIdMismatch {

@@ -48,6 +48,11 @@ pub(crate) fn extract(
     let head = input.fill_buf().map_err(|e| io_err("read layer", e))?;
     let stream: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
         Box::new(MultiGzDecoder::new(input))
+    } else if head.starts_with(&imgfs::layer::import::ZSTD_MAGIC) {
+        Box::new(
+            zstd::stream::read::Decoder::with_buffer(input)
+                .map_err(|e| io_err("read zstd layer", e))?,
+        )
     } else {
         Box::new(input)
     };

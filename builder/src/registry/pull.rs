@@ -147,8 +147,7 @@ impl Registry {
         let mut wanted: Vec<&Descriptor> = vec![manifest.config()];
         for layer in manifest.layers() {
             match Compression::of_layer(layer.media_type()) {
-                Some(Compression::None | Compression::Gzip) => {}
-                // imgfs applies plain and gzip tars; zstd would need a decoder in its import.
+                Some(Compression::None | Compression::Gzip | Compression::Zstd) => {}
                 _ => {
                     return Err(RegistryError::UnsupportedLayer {
                         digest: layer.digest().to_string(),

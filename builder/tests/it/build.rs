@@ -366,3 +366,52 @@ ONBUILD RUN echo triggered > /triggered
         );
     }
 }
+
+/// ADD unpacks local archives whatever their compression (Docker's: gzip, bzip2, xz, and zstd
+/// since BuildKit 0.10).
+#[test]
+fn add_unpacks_gzip_bzip2_xz_and_zstd_archives() {
+    if !can_run() {
+        return;
+    }
+    let rig = Rig::create();
+    let ctx = context(
+        "FROM busybox\nADD a.tar.gz b.tar.bz2 c.tar.xz d.tar.zst /unpacked/\n",
+        &[],
+    );
+    let tar = |name: &str| {
+        tests::LayerBuilder::new()
+            .file(format!("from-{name}"), 0o644, name)
+            .finish()
+    };
+    let write = |file: &str, bytes: Vec<u8>| fs::write(ctx.path().join(file), bytes).unwrap();
+    write("a.tar.gz", tests::layer::gzip(&tar("gzip")));
+    write("d.tar.zst", zstd::encode_all(&tar("zstd")[..], 3).unwrap());
+    for (file, tool, name) in [("b.tar.bz2", "bzip2", "bzip2"), ("c.tar.xz", "xz", "xz")] {
+        let mut child = std::process::Command::new(tool)
+            .arg("-c")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let data = tar(name);
+        let mut stdin = child.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &data));
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap().unwrap();
+        write(file, out.stdout);
+    }
+    for backend in BACKENDS {
+        let img = rig.img_build(ctx.path(), backend, &format!("add-{backend}"), &[]);
+        for name in ["gzip", "bzip2", "xz", "zstd"] {
+            let e = img
+                .tree
+                .get(format!("unpacked/from-{name}"))
+                .unwrap_or_else(|| panic!("{backend}: {name} archive not unpacked"));
+            assert_eq!(
+                e.sha256,
+                tests::manifest::Entry::file(0o644, name.as_bytes()).sha256
+            );
+        }
+    }
+}
