@@ -11,6 +11,7 @@ pub mod overlay;
 pub mod registry;
 pub mod runc;
 pub mod state;
+pub mod userns;
 
 /// The version printed by `img version`, with the imgfs version it was built against.
 pub fn version_string() -> String {

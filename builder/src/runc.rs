@@ -201,6 +201,29 @@ impl RuncExecutor {
         spec.set_hostname(Some(req.hostname.clone()));
 
         let mut mounts = spec.mounts().clone().unwrap_or_default();
+        if crate::userns::inside() {
+            // In img's own user namespace the network namespace (the host's) is not ours, and
+            // the kernel refuses a new sysfs there: bind the host's /sys read-only instead, as
+            // rootless runc and podman do; cgroupfs goes for the same reason.
+            mounts.retain(|m| !m.destination().starts_with("/sys/fs/cgroup"));
+            for m in mounts.iter_mut() {
+                if m.destination() == Path::new("/sys") {
+                    *m = MountBuilder::default()
+                        .destination("/sys")
+                        .typ("none")
+                        .source("/sys")
+                        .options(vec![
+                            "rbind".into(),
+                            "nosuid".into(),
+                            "noexec".into(),
+                            "nodev".into(),
+                            "ro".into(),
+                        ])
+                        .build()
+                        .map_err(err)?;
+                }
+            }
+        }
         // The generated files are bind-mounted read-only, as BuildKit does; a RUN step that
         // writes /etc/hosts gets EROFS rather than a change that silently vanishes.
         for (dest, src) in [

@@ -84,6 +84,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    if let Err(e) = builder::userns::enter() {
+        eprintln!("error: failed to enter img's user namespace: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let filter = if cli.debug { "debug" } else { "warn" };
     tracing_subscriber::fmt()
@@ -119,6 +123,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Doctor => return doctor(),
         other => other,
     };
+    // An ordinary user's img runs as root of its own user namespace (see builder::userns).
+    if !nix::unistd::Uid::effective().is_root() && !builder::userns::inside() {
+        let dir = std::path::absolute(cli.state.unwrap_or_else(state::default_dir))?;
+        let status = builder::userns::reexec(&[("IMG_STATE", dir.into_os_string())])?;
+        std::process::exit(status.code().unwrap_or(1));
+    }
     let state = open_state(cli.state)?;
     match command {
         Command::Build(args) => build::build(&state, args),

@@ -10,6 +10,7 @@ mod cli;
 mod commands;
 mod errors;
 mod registry;
+mod unprivileged;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -34,13 +35,13 @@ pub fn can_run() -> bool {
 /// and files that runc and buildah bind-mount over. Docker's builder removes such mount points
 /// after each step and buildah 1.28 leaves them in the image (empty `/etc/hosts`, `/proc`, ...),
 /// so a base that has them keeps the comparison about the Dockerfile.
-struct Base {
+pub struct Base {
     _dir: tempfile::TempDir,
-    layout: PathBuf,
-    docker_archive: PathBuf,
+    pub layout: PathBuf,
+    pub docker_archive: PathBuf,
 }
 
-fn base() -> &'static Base {
+pub fn base() -> &'static Base {
     static BASE: OnceLock<Base> = OnceLock::new();
     BASE.get_or_init(|| {
         let dir = tempfile::tempdir_in("/var/tmp").unwrap();

@@ -1,0 +1,174 @@
+//! Running img as an ordinary user: img re-executes itself as root of a new user namespace, with
+//! the user's subordinate ids mapped by `newuidmap`/`newgidmap`, and in a mount namespace of its
+//! own, where it may mount FUSE and overlayfs and run runc.
+//!
+//! The child unshares in `pre_exec` and waits on a pipe until the parent has written its id
+//! maps; only then does it unshare the mount namespace (which needs the capabilities the mapped
+//! root has) and exec img again, now as uid 0 inside.
+
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::process::{Command, ExitStatus};
+
+use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
+use thiserror::Error;
+
+/// Set in the re-executed img: it runs inside the namespaces.
+pub const INSIDE_ENV: &str = "IMG_USERNS";
+
+#[derive(Debug, Error)]
+pub enum UsernsError {
+    #[error("failed to start img in a user namespace: {0}")]
+    Spawn(io::Error),
+    #[error("{program} failed for {user}: {message} (img doctor says what is missing)")]
+    Map {
+        program: &'static str,
+        user: String,
+        message: String,
+    },
+}
+
+/// True when this process already runs inside img's user namespace.
+pub fn inside() -> bool {
+    std::env::var_os(INSIDE_ENV).is_some()
+}
+
+/// A range of subordinate ids: start and count.
+fn subordinate(file: &str, user: &str, id: u32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.trim().split(':');
+        let (who, start, count) = (f.next()?, f.next()?, f.next()?);
+        (who == user || who == id.to_string())
+            .then(|| Some((start.parse().ok()?, count.parse().ok()?)))
+            .flatten()
+    })
+}
+
+/// The environment variable that hands the child its two pipe ends ("READ,WRITE").
+const PIPES_ENV: &str = "IMG_USERNS_PIPES";
+
+/// Re-runs this img, with the same arguments, as root of a new user namespace; returns its exit
+/// status. `extra_env` is set in the child (the caller passes the user's state dir, which the
+/// child, as uid 0, would otherwise take to be /var/lib/img).
+///
+/// The child unshares its user namespace first thing (`enter`), says so on a pipe, and waits
+/// on another until the parent has run `newuidmap`/`newgidmap` for it. (Unsharing in
+/// `pre_exec` instead would deadlock: `spawn` waits for the exec.)
+pub fn reexec(extra_env: &[(&str, OsString)]) -> Result<ExitStatus, UsernsError> {
+    use std::os::fd::AsRawFd;
+    let uid = nix::unistd::getuid().as_raw();
+    let gid = nix::unistd::getgid().as_raw();
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string());
+    let spawn_err = |e: nix::errno::Errno| UsernsError::Spawn(e.into());
+    // Without O_CLOEXEC: the child inherits its ends across exec.
+    let (to_child_r, to_child_w) = nix::unistd::pipe2(OFlag::empty()).map_err(spawn_err)?;
+    let (from_child_r, from_child_w) = nix::unistd::pipe2(OFlag::empty()).map_err(spawn_err)?;
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.args(std::env::args_os().skip(1))
+        .env(INSIDE_ENV, "1")
+        .env(
+            PIPES_ENV,
+            format!("{},{}", to_child_r.as_raw_fd(), from_child_w.as_raw_fd()),
+        );
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().map_err(UsernsError::Spawn)?;
+    drop(to_child_r);
+    drop(from_child_w);
+    let mut from_child = std::fs::File::from(from_child_r);
+    let mut to_child = std::fs::File::from(to_child_w);
+    let mut byte = [0u8; 1];
+    if from_child.read(&mut byte).map_err(UsernsError::Spawn)? != 1 {
+        // The child failed before unsharing; its own error message says why.
+        return child.wait().map_err(UsernsError::Spawn);
+    }
+    let pid = child.id().to_string();
+    let mapped = (|| {
+        for (program, file, id) in [
+            ("newuidmap", "/etc/subuid", uid),
+            ("newgidmap", "/etc/subgid", gid),
+        ] {
+            let mut args = vec![pid.clone(), "0".into(), id.to_string(), "1".into()];
+            match subordinate(file, &user, uid) {
+                Some((start, count)) => {
+                    args.extend(["1".into(), start.to_string(), count.to_string()]);
+                }
+                None => eprintln!(
+                    "warning: no {file} range for {user}: only your own id is mapped, so RUN \
+                     steps cannot switch users or chown files (see img doctor)"
+                ),
+            }
+            let out = Command::new(program)
+                .args(&args)
+                .output()
+                .map_err(|e| UsernsError::Map {
+                    program,
+                    user: user.clone(),
+                    message: e.to_string(),
+                })?;
+            if !out.status.success() {
+                return Err(UsernsError::Map {
+                    program,
+                    user: user.clone(),
+                    message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                });
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = mapped {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
+    to_child.write_all(&[1]).map_err(UsernsError::Spawn)?;
+    drop(to_child);
+    child.wait().map_err(UsernsError::Spawn)
+}
+
+/// The child's side of `reexec`, first thing in `main`: unshare the user namespace, wait for
+/// the parent to map it, then take a mount namespace of its own. Does nothing in a process that
+/// `reexec` did not start.
+pub fn enter() -> io::Result<()> {
+    let Some(pipes) = std::env::var_os(PIPES_ENV) else {
+        return Ok(());
+    };
+    // SAFETY: single-threaded at this point (first thing in main); nothing else reads it.
+    unsafe { std::env::remove_var(PIPES_ENV) };
+    let pipes = pipes.to_string_lossy().into_owned();
+    let (r, w) = pipes
+        .split_once(',')
+        .and_then(|(r, w)| Some((r.parse::<i32>().ok()?, w.parse::<i32>().ok()?)))
+        .ok_or_else(|| io::Error::other(format!("bad {PIPES_ENV}: {pipes}")))?;
+    // SAFETY: the parent created these descriptors for us and nothing else in this process
+    // owns them.
+    let (mut to_us, mut to_parent) = unsafe {
+        use std::os::fd::FromRawFd;
+        (std::fs::File::from_raw_fd(r), std::fs::File::from_raw_fd(w))
+    };
+    nix::sched::unshare(CloneFlags::CLONE_NEWUSER).map_err(io::Error::from)?;
+    to_parent.write_all(&[1])?;
+    drop(to_parent);
+    let mut byte = [0u8; 1];
+    if to_us.read(&mut byte)? != 1 {
+        return Err(io::Error::other("the parent could not map our user ids"));
+    }
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(io::Error::from)?;
+    // Mounts made in here stay in here.
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(io::Error::from)?;
+    Ok(())
+}

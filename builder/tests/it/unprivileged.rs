@@ -1,0 +1,128 @@
+//! img as an ordinary user: it enters a user namespace of its own (newuidmap/newgidmap with the
+//! user's subordinate ranges), mounts imgfs there and runs runc inside, and the image it builds
+//! is the one root builds, owners included.
+//!
+//! Runs as the user `tests` that tools/setup creates (with /etc/subuid and /etc/subgid ranges),
+//! after making /dev/fuse usable by users (mode 0666), as distributions ship it.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::{Rig, base, can_run, context, normalized_config};
+
+const USER: &str = "tests";
+
+fn as_user(state: &Path, home: &Path, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args([
+            &format!("--reuid={USER}"),
+            &format!("--regid={USER}"),
+            "--init-groups",
+        ])
+        .arg(env!("CARGO_BIN_EXE_img"))
+        .arg("-s")
+        .arg(state)
+        .args(args)
+        .env("HOME", home)
+        .env_remove("XDG_DATA_HOME")
+        .output()
+        .unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn an_ordinary_user_builds_the_image_root_builds() {
+    if !can_run() || !tests::can_run(true, &["setpriv", "newuidmap", "newgidmap"]) {
+        return;
+    }
+    std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666)).unwrap();
+    let rig = Rig::create();
+    let ctx = context(
+        "FROM busybox AS base
+RUN touch /a /b /c && chown 1000:1000 /a && chown 65534:65534 /b && mkdir /d && chown 2000:3000 /d
+RUN echo 'app:x:2000:2000::/home/app:/bin/sh' >> /etc/passwd && echo 'app:x:2000:' >> /etc/group
+USER app
+RUN id > /tmp/ids
+USER root
+FROM busybox
+COPY --from=base /a /copied-a
+COPY --from=base --chown=1234:5678 /b /copied-b
+COPY --from=base /d /d
+COPY --from=base /etc/passwd /etc/group /etc/
+RUN echo built > /built && mkdir /owned && chown 2000:3000 /owned && touch /nobody \
+    && chown 65534:65534 /nobody
+",
+        &[],
+    );
+    let theirs = rig.img_build(ctx.path(), "fuse", "as-root", &[]);
+
+    // A home and state the user owns; the context and base image readable by it.
+    let home = tempfile::tempdir_in("/var/tmp").unwrap();
+    let uid = nix::unistd::User::from_name(USER)
+        .unwrap()
+        .expect("user tests (tools/setup)");
+    nix::unistd::chown(home.path(), Some(uid.uid), Some(uid.gid)).unwrap();
+    for p in [ctx.path(), home.path()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let archive = home.path().join("busybox.tar");
+    std::fs::copy(&base().docker_archive, &archive).unwrap();
+    std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let state = home.path().join("state");
+
+    ok(as_user(
+        &state,
+        home.path(),
+        &["load", "-i", archive.to_str().unwrap()],
+    ));
+    ok(as_user(
+        &state,
+        home.path(),
+        &["build", "-t", "as-user", ctx.path().to_str().unwrap()],
+    ));
+    let saved = home.path().join("as-user.tar");
+    ok(as_user(
+        &state,
+        home.path(),
+        &[
+            "save",
+            "--format",
+            "oci-archive",
+            "-o",
+            saved.to_str().unwrap(),
+            "as-user",
+        ],
+    ));
+    let ours = tests::images::ImageView::of_oci_archive(&saved, "latest").unwrap();
+    let diff = ours.tree.diff(&theirs.tree);
+    assert!(
+        diff.is_empty(),
+        "as {USER} vs as root:\n{}",
+        diff.join("\n")
+    );
+    assert_eq!(
+        normalized_config(&ours.config),
+        normalized_config(&theirs.config)
+    );
+    let owned = ours.tree.get("owned").unwrap();
+    assert_eq!(
+        (owned.uid, owned.gid),
+        (2000, 3000),
+        "owners survive the user namespace"
+    );
+    let nobody = ours.tree.get("nobody").unwrap();
+    assert_eq!((nobody.uid, nobody.gid), (65534, 65534));
+    // The state belongs to the user, not to a subordinate id.
+    let meta = std::fs::metadata(state.join("images.json")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), uid.uid.as_raw());
+}
