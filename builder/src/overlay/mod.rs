@@ -552,10 +552,14 @@ impl Backend for OverlaySnapshotter {
         } else {
             flags |= nix::mount::MsFlags::MS_RDONLY;
         }
-        opts.push_str(",index=off,metacopy=off,redirect_dir=off");
-        if !nix::unistd::geteuid().is_root() {
+        opts.push_str(",index=off,metacopy=off");
+        if sys::trusted_xattrs() {
+            opts.push_str(",redirect_dir=off");
+        } else {
             // Without CAP_SYS_ADMIN overlayfs keeps whiteouts and opaque marks in user.* xattrs.
-            opts.push_str(",userxattr");
+            // redirect_dir=off still follows redirects (redirect_always_follow), which reads
+            // trusted.* xattrs, so the kernel wants nofollow beside userxattr.
+            opts.push_str(",redirect_dir=nofollow,userxattr");
         }
         if opts.len() >= 4096 {
             return Err(io::Error::new(

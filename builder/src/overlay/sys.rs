@@ -13,9 +13,18 @@ use std::path::Path;
 /// The xattr prefixes overlayfs keeps its own marks under, as root and with `userxattr`.
 pub(crate) const OVERLAY_PREFIXES: [&[u8]; 2] = [b"trusted.overlay.", b"user.overlay."];
 
+/// True for root of the initial user namespace, which may use trusted.* xattrs. Root of a user
+/// namespace (an ordinary user's img, see `userns`) may mount overlayfs but only with
+/// `userxattr`, so it keeps its marks under user.*.
+pub(crate) fn trusted_xattrs() -> bool {
+    nix::unistd::geteuid().is_root()
+        && std::fs::read_to_string("/proc/self/uid_map")
+            .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+}
+
 /// The prefix of the xattrs this process writes overlay marks under.
 pub(crate) fn overlay_prefix() -> &'static str {
-    if nix::unistd::geteuid().is_root() {
+    if trusted_xattrs() {
         "trusted.overlay."
     } else {
         "user.overlay."

@@ -1,6 +1,6 @@
 //! img as an ordinary user: it enters a user namespace of its own (newuidmap/newgidmap with the
-//! user's subordinate ranges), mounts imgfs there and runs runc inside, and the image it builds
-//! is the one root builds, owners included.
+//! user's subordinate ranges), mounts imgfs (or overlayfs with userxattr) there and runs runc
+//! inside, and the image it builds is the one root builds, owners included, on both backends.
 //!
 //! Runs as the user `tests` that tools/setup creates (with /etc/subuid and /etc/subgid ranges),
 //! after making /dev/fuse usable by users (mode 0666), as distributions ship it.
@@ -85,43 +85,41 @@ RUN echo built > /built && mkdir /owned && chown 2000:3000 /owned && touch /nobo
         home.path(),
         &["load", "-i", archive.to_str().unwrap()],
     ));
-    ok(as_user(
-        &state,
-        home.path(),
-        &["build", "-t", "as-user", ctx.path().to_str().unwrap()],
-    ));
-    let saved = home.path().join("as-user.tar");
-    ok(as_user(
-        &state,
-        home.path(),
-        &[
-            "save",
-            "--format",
-            "oci-archive",
-            "-o",
-            saved.to_str().unwrap(),
-            "as-user",
-        ],
-    ));
-    let ours = tests::images::ImageView::of_oci_archive(&saved, "latest").unwrap();
-    let diff = ours.tree.diff(&theirs.tree);
-    assert!(
-        diff.is_empty(),
-        "as {USER} vs as root:\n{}",
-        diff.join("\n")
-    );
-    assert_eq!(
-        normalized_config(&ours.config),
-        normalized_config(&theirs.config)
-    );
-    let owned = ours.tree.get("owned").unwrap();
-    assert_eq!(
-        (owned.uid, owned.gid),
-        (2000, 3000),
-        "owners survive the user namespace"
-    );
-    let nobody = ours.tree.get("nobody").unwrap();
-    assert_eq!((nobody.uid, nobody.gid), (65534, 65534));
+    for backend in crate::BACKENDS {
+        let tag = format!("as-user-{backend}");
+        let context = ctx.path().to_str().unwrap();
+        ok(as_user(
+            &state,
+            home.path(),
+            &["build", "--backend", backend, "-t", &tag, context],
+        ));
+        let saved = home.path().join(format!("{tag}.tar"));
+        let saved_arg = saved.to_str().unwrap();
+        ok(as_user(
+            &state,
+            home.path(),
+            &["save", "--format", "oci-archive", "-o", saved_arg, &tag],
+        ));
+        let ours = tests::images::ImageView::of_oci_archive(&saved, "latest").unwrap();
+        let diff = ours.tree.diff(&theirs.tree);
+        assert!(
+            diff.is_empty(),
+            "{backend} as {USER} vs as root:\n{}",
+            diff.join("\n")
+        );
+        assert_eq!(
+            normalized_config(&ours.config),
+            normalized_config(&theirs.config)
+        );
+        let owned = ours.tree.get("owned").unwrap();
+        assert_eq!(
+            (owned.uid, owned.gid),
+            (2000, 3000),
+            "{backend}: owners survive the user namespace"
+        );
+        let nobody = ours.tree.get("nobody").unwrap();
+        assert_eq!((nobody.uid, nobody.gid), (65534, 65534), "{backend}");
+    }
     // The state belongs to the user, not to a subordinate id.
     let meta = std::fs::metadata(state.join("images.json")).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), uid.uid.as_raw());
