@@ -124,3 +124,54 @@ RUN echo built > /built && mkdir /owned && chown 2000:3000 /owned && touch /nobo
     let meta = std::fs::metadata(state.join("images.json")).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), uid.uid.as_raw());
 }
+
+/// Pull, build FROM the pulled image and push, all as the user; root pulls what the user
+/// pushed and gets the same digest.
+#[test]
+fn an_ordinary_user_pulls_builds_and_pushes() {
+    if !can_run()
+        || !tests::can_run(
+            true,
+            &["setpriv", "newuidmap", "newgidmap", "docker-registry"],
+        )
+    {
+        return;
+    }
+    std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666)).unwrap();
+    let registry = tests::registry::TestRegistry::start().unwrap();
+    let host = registry.host().to_owned();
+    let rig = Rig::create();
+    rig.img_ok(&["push", "busybox", &format!("{host}/base/busybox:1")]);
+
+    let home = tempfile::tempdir_in("/var/tmp").unwrap();
+    let uid = nix::unistd::User::from_name(USER)
+        .unwrap()
+        .expect("user tests (tools/setup)");
+    nix::unistd::chown(home.path(), Some(uid.uid), Some(uid.gid)).unwrap();
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ctx = context(
+        &format!("FROM {host}/base/busybox:1\nRUN echo pushed > /pushed && chown 1000 /pushed\n"),
+        &[],
+    );
+    std::fs::set_permissions(ctx.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state = home.path().join("state");
+    let target = format!("{host}/user/app:1");
+    ok(as_user(
+        &state,
+        home.path(),
+        &["build", "-t", &target, ctx.path().to_str().unwrap()],
+    ));
+    let pushed = ok(as_user(&state, home.path(), &["push", &target]));
+    let digest = |out: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix("Digest: "))
+            .unwrap_or_else(|| panic!("no digest in {out}"))
+            .trim()
+            .to_owned()
+    };
+    let pulled = rig.img_ok(&["pull", &target]);
+    assert_eq!(digest(&pushed), digest(&pulled));
+    let view = rig.img_view(&target);
+    let e = view.tree.get("pushed").unwrap();
+    assert_eq!((e.uid, e.gid), (1000, 0));
+}
