@@ -2,9 +2,9 @@
 //! the user's subordinate ids mapped by `newuidmap`/`newgidmap`, and in a mount namespace of its
 //! own, where it may mount FUSE and overlayfs and run runc.
 //!
-//! The child unshares in `pre_exec` and waits on a pipe until the parent has written its id
-//! maps; only then does it unshare the mount namespace (which needs the capabilities the mapped
-//! root has) and exec img again, now as uid 0 inside.
+//! The re-executed img unshares its user namespace first thing in `main` (`enter`) and waits on
+//! a pipe until the parent has written its id maps; only then does it unshare the mount
+//! namespace (which needs the capabilities the mapped root has) and go on as uid 0 inside.
 
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
