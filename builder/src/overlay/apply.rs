@@ -9,16 +9,14 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use flate2::read::MultiGzDecoder;
 use imgfs::layer::{ImportLimits, OPAQUE_MARKER, WHITEOUT_PREFIX};
 use imgfs::{Error, Result};
-use sha2::{Digest, Sha256};
 
 use super::sys::{self, check, cstr, fd_path, open_dir_beneath};
 use super::{io_err, lookup, os};
@@ -44,93 +42,15 @@ pub(crate) fn extract(
         upper,
         dir_times: BTreeMap::new(),
     };
-    let mut input = BufReader::with_capacity(1 << 20, input);
-    let head = input.fill_buf().map_err(|e| io_err("read layer", e))?;
-    let stream: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
-        Box::new(MultiGzDecoder::new(input))
-    } else if head.starts_with(&imgfs::layer::import::ZSTD_MAGIC) {
-        Box::new(
-            zstd::stream::read::Decoder::with_buffer(input)
-                .map_err(|e| io_err("read zstd layer", e))?,
-        )
-    } else {
-        Box::new(input)
-    };
-    let mut hashing = HashingReader {
-        inner: stream,
-        hasher: Sha256::new(),
-        count: 0,
-        limit: limits.max_bytes,
-    };
-    let mut entries = 0u64;
-    {
-        let mut archive = tar::Archive::new(&mut hashing);
-        let iter = archive.entries().map_err(|e| layer_err("read layer", e))?;
-        for entry in iter {
-            let mut entry = entry.map_err(|e| layer_err("read layer", e))?;
-            entries += 1;
-            if entries > limits.max_entries {
-                return Err(Error::Limit(format!(
-                    "layer has more than {} entries (--max-entries)",
-                    limits.max_entries
-                )));
-            }
-            let path = entry.path_bytes().into_owned();
-            let shown = String::from_utf8_lossy(&path).into_owned();
-            x.entry(&mut entry, &path, limits).map_err(|e| match e {
-                Error::Limit(_) => e,
-                Error::Io { source, .. } if source.kind() == io::ErrorKind::FileTooLarge => {
-                    Error::Limit(source.to_string())
-                }
-                e => Error::Layer(format!("layer entry {shown}: {e}")),
-            })?;
-        }
-    }
-    // The diff id covers the whole stream, including the end-of-archive blocks and any padding.
-    io::copy(&mut hashing, &mut io::sink()).map_err(|e| layer_err("read layer", e))?;
+    let read = imgfs::layer::import::read_layer(input, limits, &mut |entry, path| {
+        x.entry(entry, path, limits)
+    })?;
     x.set_dir_times()?;
     Ok(Extracted {
-        diff_id: format!("sha256:{}", hex::encode(hashing.hasher.finalize())),
-        entries,
-        tar_bytes: hashing.count,
+        diff_id: read.diff_id,
+        entries: read.entries,
+        tar_bytes: read.tar_bytes,
     })
-}
-
-fn layer_err(what: &str, e: io::Error) -> Error {
-    if e.kind() == io::ErrorKind::FileTooLarge {
-        return Error::Limit(e.to_string());
-    }
-    let detail = match e.kind() {
-        io::ErrorKind::UnexpectedEof => "unexpected end of data (truncated layer)".to_string(),
-        _ => e.to_string(),
-    };
-    Error::Layer(format!("{what}: {detail}"))
-}
-
-/// Counts and hashes the uncompressed stream, and stops it at the byte limit.
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-    count: u64,
-    limit: u64,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count += n as u64;
-        if self.count > self.limit {
-            return Err(io::Error::new(
-                io::ErrorKind::FileTooLarge,
-                format!(
-                    "layer expands to more than {} bytes (--max-bytes)",
-                    self.limit
-                ),
-            ));
-        }
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
 }
 
 fn shown(b: &[u8]) -> String {

@@ -85,12 +85,41 @@ pub fn import_layer(
 }
 
 fn apply(tree: &Tree, input: impl Read, limits: &ImportLimits) -> Result<(String, u64, u64)> {
+    let mut parents = Parents::default();
+    let read = read_layer(input, limits, &mut |entry, path| {
+        apply_entry(tree, entry, path, limits, &mut parents)
+    })?;
+    Ok((read.diff_id, read.entries, read.tar_bytes))
+}
+
+/// What reading a layer produced.
+#[derive(Clone, Debug)]
+pub struct LayerRead {
+    /// The sha256 of the uncompressed tar: the layer's diff id.
+    pub diff_id: String,
+    pub entries: u64,
+    /// Bytes of uncompressed tar stream.
+    pub tar_bytes: u64,
+}
+
+/// One entry of a layer as `read_layer` hands it out.
+pub type LayerEntry<'a, 'r> = tar::Entry<'a, Box<dyn Read + 'r>>;
+
+/// Reads the layer `input` (a tar, plain, gzip or zstd) and hands each entry with its raw path
+/// to `apply`, in order; every layer applier (imgfs's, the builder's overlayfs one) goes through
+/// here, so limits, diff ids and error messages are the same for all. An error of `apply` is
+/// reported as `layer entry PATH: ...` (limits as they are).
+pub fn read_layer(
+    input: impl Read,
+    limits: &ImportLimits,
+    apply: &mut (dyn FnMut(&mut LayerEntry<'_, '_>, &[u8]) -> Result<()> + Send),
+) -> Result<LayerRead> {
     let mut input = BufReader::with_capacity(1 << 20, input);
     let head = input.fill_buf().map_err(|e| Error::io("read layer", e))?;
     let gzip = head.starts_with(&[0x1f, 0x8b]);
     let zstd = head.starts_with(&ZSTD_MAGIC);
     if !gzip && !zstd {
-        return apply_tar(tree, input, limits);
+        return read_tar(input, limits, apply);
     }
     // Inflating is the largest single cost of applying a compressed layer (37% of an `img pull` of
     // incompressible layers, beside 28% for sha256), so it runs on this thread while a second
@@ -99,7 +128,7 @@ fn apply(tree: &Tree, input: impl Read, limits: &ImportLimits) -> Result<(String
     // bounded: a layer that trips a limit stops the decoder within a few MiB.
     let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(4);
     std::thread::scope(|s| {
-        let worker = s.spawn(move || apply_tar(tree, ChannelReader::new(rx), limits));
+        let worker = s.spawn(move || read_tar(ChannelReader::new(rx), limits, apply));
         let mut decoder: Box<dyn Read> = if gzip {
             Box::new(MultiGzDecoder::new(input))
         } else {
@@ -199,13 +228,17 @@ impl Read for ChannelReader {
     }
 }
 
-/// Applies an uncompressed tar stream to `tree`; returns the diff id, entries and tar bytes.
-fn apply_tar(tree: &Tree, stream: impl Read, limits: &ImportLimits) -> Result<(String, u64, u64)> {
+/// `read_layer` on an uncompressed tar stream.
+fn read_tar(
+    stream: impl Read,
+    limits: &ImportLimits,
+    apply: &mut (dyn FnMut(&mut LayerEntry<'_, '_>, &[u8]) -> Result<()> + Send),
+) -> Result<LayerRead> {
     let mut hashing = HashingReader::new(stream, limits.max_bytes);
     let mut entries = 0u64;
-    let mut parents = Parents::default();
     {
-        let mut archive = tar::Archive::new(&mut hashing);
+        let erased: Box<dyn Read + '_> = Box::new(&mut hashing);
+        let mut archive = tar::Archive::new(erased);
         let iter = archive.entries().map_err(|e| layer_err("read layer", e))?;
         for entry in iter {
             let mut entry = entry.map_err(|e| layer_err("read layer", e))?;
@@ -217,17 +250,28 @@ fn apply_tar(tree: &Tree, stream: impl Read, limits: &ImportLimits) -> Result<(S
                 )));
             }
             let path = entry.path_bytes().into_owned();
-            let shown = String::from_utf8_lossy(&path).into_owned();
-            apply_entry(tree, &mut entry, &path, limits, &mut parents).map_err(|e| match e {
+            apply(&mut entry, &path).map_err(|e| match e {
                 Error::Limit(_) => e,
-                e => Error::Layer(format!("layer entry {shown}: {e}")),
+                // An applier that reads entry content through its own I/O error type still
+                // hits the byte limit.
+                Error::Io { source, .. } if source.kind() == std::io::ErrorKind::FileTooLarge => {
+                    Error::Limit(source.to_string())
+                }
+                e => Error::Layer(format!(
+                    "layer entry {}: {e}",
+                    String::from_utf8_lossy(&path)
+                )),
             })?;
         }
     }
     // The diff id covers the whole stream, including the end-of-archive blocks and any padding.
     std::io::copy(&mut hashing, &mut std::io::sink()).map_err(|e| layer_err("read layer", e))?;
     let (diff_id, tar_bytes) = hashing.finish();
-    Ok((diff_id, entries, tar_bytes))
+    Ok(LayerRead {
+        diff_id,
+        entries,
+        tar_bytes,
+    })
 }
 
 fn layer_err(what: &str, e: std::io::Error) -> Error {
