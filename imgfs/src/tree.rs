@@ -150,6 +150,33 @@ pub struct Tree {
     scratch: Mutex<Option<Arc<File>>>,
     /// The next free slot of the scratch file.
     next_slot: AtomicU64,
+    /// Inode records read or written lately (see `InodeCache`).
+    inodes: Mutex<InodeCache>,
+}
+
+/// Inode records of one tree kept in memory, so that the requests that read an inode over and
+/// over (every SETATTR, GETATTR and GETXATTR; a `tar -x` sends ~8 per file) do not each build a
+/// rocksdb iterator and seek it (~5-10 µs). The records a tree sees change only through its own
+/// `Txn`s (lower snapshots are immutable, the head has one writer), which update the cache after
+/// their batch is written.
+#[derive(Default)]
+struct InodeCache {
+    map: HashMap<Ino, Inode>,
+    /// Bumped by every write. A read that began before a write does not insert what it read,
+    /// which may be the version that write replaced.
+    epoch: u64,
+}
+
+impl InodeCache {
+    /// Enough for the working set of any build step; cleared when full, which is rare and cheap.
+    const CAPACITY: usize = 65536;
+
+    fn insert(&mut self, ino: Ino, inode: Inode) {
+        if self.map.len() >= Self::CAPACITY {
+            self.map.clear();
+        }
+        self.map.insert(ino, inode);
+    }
 }
 
 impl Drop for Tree {
@@ -171,6 +198,9 @@ struct Txn<'a> {
     b: Batch,
     /// References to stored chunks that this group's overwrites and deletions drop.
     unref: HashMap<ChunkDigest, u64>,
+    /// The inode records this group writes (`None`: the head's version is deleted), for the
+    /// tree's cache once the batch is in.
+    inodes: Vec<(Ino, Option<Inode>)>,
 }
 
 impl Txn<'_> {
@@ -189,6 +219,13 @@ impl Txn<'_> {
 
     fn put_inode(&mut self, ino: Ino, inode: &Inode) {
         self.put(&key::inode_base(ino), &inode.encode());
+        self.inodes.push((ino, Some(inode.clone())));
+    }
+
+    /// Deletes the head's own version of an inode record.
+    fn delete_inode(&mut self, ino: Ino) {
+        self.delete(&key::inode_base(ino));
+        self.inodes.push((ino, None));
     }
 
     fn put_dentry(&mut self, dir: Ino, name: &[u8], d: Dentry) {
@@ -208,13 +245,32 @@ impl Txn<'_> {
     }
 
     fn write(mut self) -> Result<()> {
+        let inodes = std::mem::take(&mut self.inodes);
+        let written = self.write_batch();
+        let mut cache = self.tree.inodes.lock().expect("poisoned");
+        cache.epoch += 1;
+        for (ino, inode) in inodes {
+            match (inode, written.is_ok()) {
+                (Some(inode), true) => cache.insert(ino, inode),
+                // Deleted here, or not known to be written: read it again next time.
+                _ => {
+                    cache.map.remove(&ino);
+                }
+            }
+        }
+        written
+    }
+
+    fn write_batch(&mut self) -> Result<()> {
         let store = &self.tree.store;
+        let batch = std::mem::take(&mut self.b);
         if self.unref.is_empty() {
-            return store.inner.meta.write(self.b, false);
+            return store.inner.meta.write(batch, false);
         }
         let _g = store.inner.chunk_lock.lock().expect("poisoned");
-        let freed = store.unref_chunks(&mut self.b, &self.unref)?;
-        store.inner.meta.write(self.b, false)?;
+        let mut batch = batch;
+        let freed = store.unref_chunks(&mut batch, &self.unref)?;
+        store.inner.meta.write(batch, false)?;
         store.release_chunks(&freed)
     }
 }
@@ -277,6 +333,7 @@ impl Tree {
             lock: Mutex::new(()),
             scratch: Mutex::new(None),
             next_slot: AtomicU64::new(next_slot),
+            inodes: Mutex::new(InodeCache::default()),
         })
     }
 
@@ -312,6 +369,7 @@ impl Tree {
             tree: self,
             b: Batch::default(),
             unref: HashMap::new(),
+            inodes: Vec::new(),
         }
     }
 
@@ -319,15 +377,27 @@ impl Tree {
 
     /// The inode's current record.
     pub fn inode(&self, ino: Ino) -> Result<Inode> {
-        match self
+        let epoch = {
+            let cache = self.inodes.lock().expect("poisoned");
+            if let Some(inode) = cache.map.get(&ino) {
+                return Ok(inode.clone());
+            }
+            cache.epoch
+        };
+        let inode = match self
             .store
             .inner
             .meta
             .visible(&key::inode_base(ino), &self.chain)?
         {
-            Some((_, v)) => Inode::decode(&v),
-            None => Err(Error::Stale(ino)),
+            Some((_, v)) => Inode::decode(&v)?,
+            None => return Err(Error::Stale(ino)),
+        };
+        let mut cache = self.inodes.lock().expect("poisoned");
+        if cache.epoch == epoch {
+            cache.insert(ino, inode.clone());
         }
+        Ok(inode)
     }
 
     pub fn getattr(&self, ino: Ino) -> Result<Attr> {
@@ -1405,7 +1475,7 @@ impl Tree {
                 // Keep the head's version (it records the lost links) so diffs see the change.
                 continue;
             }
-            txn.delete(&key::inode_base(*ino));
+            txn.delete_inode(*ino);
             if let Some(d) = inode.data {
                 for (index, extent, snap) in self.extents(d, 0, u64::MAX)? {
                     if snap == head {
