@@ -253,6 +253,12 @@ impl RuncExecutor {
         }
         spec.set_mounts(Some(mounts));
 
+        if crate::userns::inside() {
+            let gids = crate::userns::IdMap::own_gids()
+                .map_err(|e| ExecError::Spec(format!("failed to read /proc/self/gid_map: {e}")))?;
+            drop_unmapped_gids(&mut spec, &gids);
+        }
+
         if let Some(linux) = spec.linux_mut() {
             let namespaces = linux.namespaces().clone().map(|ns| {
                 ns.into_iter()
@@ -525,9 +531,46 @@ impl MountStubs {
     }
 }
 
+/// Takes out of `spec` the group ids a user namespace with map `gids` cannot set, which would
+/// fail the whole step: supplementary groups from the image's /etc/group and the devpts
+/// `gid=5` (tty) option. An ordinary user without subordinate ranges maps only their own id, so
+/// only gid 0 is left. Rootless runc's own spec conversion (`runc spec --rootless`) drops every
+/// `gid=` option for the same reason; here only unmapped ones go, so with subordinate ranges the
+/// container is the one root gets. The step's primary gid stays: a USER whose group is not
+/// mapped fails with runc's error, which is what the fallback warning announced.
+fn drop_unmapped_gids(spec: &mut Spec, gids: &crate::userns::IdMap) {
+    if let Some(user) = spec.process_mut().as_mut().map(|p| p.user_mut())
+        && let Some(additional) = user.additional_gids().clone()
+    {
+        let kept: Vec<u32> = additional
+            .into_iter()
+            .filter(|g| gids.contains(*g))
+            .collect();
+        user.set_additional_gids(Some(kept));
+    }
+    if let Some(mounts) = spec.mounts_mut() {
+        for m in mounts.iter_mut() {
+            if let Some(options) = m.options().clone() {
+                let kept = options
+                    .into_iter()
+                    .filter(|o| {
+                        o.strip_prefix("gid=")
+                            .and_then(|g| g.parse::<u32>().ok())
+                            .is_none_or(|g| gids.contains(g))
+                    })
+                    .collect();
+                m.set_options(Some(kept));
+            }
+        }
+    }
+}
+
 fn parent_of(path: &'static str) -> &'static str {
     match path.rfind('/') {
         Some(0) | None => "/",
         Some(i) => &path[..i],
     }
 }
+
+#[cfg(test)]
+mod tests;

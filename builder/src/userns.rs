@@ -34,6 +34,38 @@ pub fn inside() -> bool {
     std::env::var_os(INSIDE_ENV).is_some()
 }
 
+/// The ids a user namespace maps, as its own processes see them: `/proc/self/uid_map` or
+/// `gid_map` read as (first id inside, count) ranges. Ids outside every range cannot own files
+/// or be set as a process's ids in there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdMap(Vec<(u32, u32)>);
+
+impl IdMap {
+    /// This process's group id map.
+    pub fn own_gids() -> io::Result<IdMap> {
+        std::fs::read_to_string("/proc/self/gid_map").map(|t| IdMap::parse(&t))
+    }
+
+    /// Parses the kernel's format: "inside outside count" per line.
+    pub fn parse(text: &str) -> IdMap {
+        IdMap(
+            text.lines()
+                .filter_map(|l| {
+                    let mut f = l.split_whitespace().map(|w| w.parse::<u32>().ok());
+                    let (inside, _outside, count) = (f.next()??, f.next()??, f.next()??);
+                    Some((inside, count))
+                })
+                .collect(),
+        )
+    }
+
+    pub fn contains(&self, id: u32) -> bool {
+        self.0.iter().any(|&(first, count)| {
+            id >= first && u64::from(id) < u64::from(first) + u64::from(count)
+        })
+    }
+}
+
 /// A range of subordinate ids: start and count.
 fn subordinate(file: &str, user: &str, id: u32) -> Option<(u64, u64)> {
     let text = std::fs::read_to_string(file).ok()?;
@@ -43,6 +75,24 @@ fn subordinate(file: &str, user: &str, id: u32) -> Option<(u64, u64)> {
         (who == user || who == id.to_string())
             .then(|| Some((start.parse().ok()?, count.parse().ok()?)))
             .flatten()
+    })
+}
+
+/// The one line img prints when `user` lacks a subordinate range in one of the `files` (each
+/// with the range found, if any): img then maps only the user's own id, and says once, not
+/// once per map, what that costs.
+fn fallback_warning(user: &str, files: &[(&str, Option<(u64, u64)>)]) -> Option<String> {
+    let missing: Vec<&str> = files
+        .iter()
+        .filter(|(_, range)| range.is_none())
+        .map(|(file, _)| *file)
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "warning: no {} range for {user}, so only your own id is mapped: RUN steps cannot \
+             run as another user or chown files to one (img doctor says how to add ranges)",
+            missing.join(" or ")
+        )
     })
 }
 
@@ -90,20 +140,19 @@ pub fn reexec(extra_env: &[(&str, OsString)]) -> Result<ExitStatus, UsernsError>
         return child.wait().map_err(UsernsError::Spawn);
     }
     let pid = child.id().to_string();
+    let ranges = [
+        ("newuidmap", "/etc/subuid", uid),
+        ("newgidmap", "/etc/subgid", gid),
+    ]
+    .map(|(program, file, id)| (program, file, id, subordinate(file, &user, uid)));
+    if let Some(line) = fallback_warning(&user, &ranges.map(|(_, file, _, r)| (file, r))) {
+        eprintln!("{line}");
+    }
     let mapped = (|| {
-        for (program, file, id) in [
-            ("newuidmap", "/etc/subuid", uid),
-            ("newgidmap", "/etc/subgid", gid),
-        ] {
+        for (program, _, id, range) in &ranges {
             let mut args = vec![pid.clone(), "0".into(), id.to_string(), "1".into()];
-            match subordinate(file, &user, uid) {
-                Some((start, count)) => {
-                    args.extend(["1".into(), start.to_string(), count.to_string()]);
-                }
-                None => eprintln!(
-                    "warning: no {file} range for {user}: only your own id is mapped, so RUN \
-                     steps cannot switch users or chown files (see img doctor)"
-                ),
+            if let Some((start, count)) = range {
+                args.extend(["1".into(), start.to_string(), count.to_string()]);
             }
             let out = Command::new(program)
                 .args(&args)
@@ -171,4 +220,54 @@ pub fn enter() -> io::Result<()> {
     )
     .map_err(io::Error::from)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_map_contains_the_ids_of_its_ranges_only() {
+        let map =
+            IdMap::parse("         0       1001          1\n         1     100000      65536\n");
+        assert!(map.contains(0) && map.contains(1) && map.contains(65536));
+        assert!(!map.contains(65537));
+        let own = IdMap::parse("0 1002 1\n");
+        assert!(own.contains(0) && !own.contains(5));
+        assert!(IdMap::parse("0 0 4294967295\n").contains(u32::MAX - 1));
+    }
+
+    #[test]
+    fn the_fallback_warning_is_one_line_naming_every_missing_file() {
+        let both =
+            fallback_warning("bob", &[("/etc/subuid", None), ("/etc/subgid", None)]).unwrap();
+        assert_eq!(both.lines().count(), 1);
+        assert!(
+            both.starts_with("warning: no /etc/subuid or /etc/subgid range for bob"),
+            "{both}"
+        );
+        assert!(both.contains("chown"), "{both}");
+        let gid_only = fallback_warning(
+            "bob",
+            &[
+                ("/etc/subuid", Some((100000, 65536))),
+                ("/etc/subgid", None),
+            ],
+        )
+        .unwrap();
+        assert!(
+            gid_only.starts_with("warning: no /etc/subgid range for bob"),
+            "{gid_only}"
+        );
+        assert_eq!(
+            fallback_warning(
+                "bob",
+                &[
+                    ("/etc/subuid", Some((100000, 65536))),
+                    ("/etc/subgid", Some((100000, 65536)))
+                ],
+            ),
+            None
+        );
+    }
 }

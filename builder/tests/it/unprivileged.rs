@@ -2,8 +2,9 @@
 //! user's subordinate ranges), mounts imgfs (or overlayfs with userxattr) there and runs runc
 //! inside, and the image it builds is the one root builds, owners included, on both backends.
 //!
-//! Runs as the user `tests` that tools/setup creates (with /etc/subuid and /etc/subgid ranges),
-//! after making /dev/fuse usable by users (mode 0666), as distributions ship it.
+//! Runs as the users tools/setup creates: `tests`, with /etc/subuid and /etc/subgid ranges, and
+//! `tests-nosub`, without, for whom img maps only the user's own id. /dev/fuse is made usable by
+//! users (mode 0666), as distributions ship it.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -12,12 +13,17 @@ use std::process::{Command, Output};
 use crate::{Rig, base, can_run, context, normalized_config};
 
 const USER: &str = "tests";
+const USER_WITHOUT_RANGES: &str = "tests-nosub";
 
 fn as_user(state: &Path, home: &Path, args: &[&str]) -> Output {
+    run_as(USER, state, home, args)
+}
+
+fn run_as(user: &str, state: &Path, home: &Path, args: &[&str]) -> Output {
     Command::new("setpriv")
         .args([
-            &format!("--reuid={USER}"),
-            &format!("--regid={USER}"),
+            &format!("--reuid={user}"),
+            &format!("--regid={user}"),
             "--init-groups",
         ])
         .arg(env!("CARGO_BIN_EXE_img"))
@@ -174,4 +180,80 @@ fn an_ordinary_user_pulls_builds_and_pushes() {
     let view = rig.img_view(&target);
     let e = view.tree.get("pushed").unwrap();
     assert_eq!((e.uid, e.gid), (1000, 0));
+}
+
+/// Without /etc/subuid and /etc/subgid lines img maps only the user's own id: a build whose RUN
+/// steps stay root works, with one warning line saying what will not; a chown to another id
+/// fails the step with its command and exit code.
+#[test]
+fn a_user_without_subordinate_ids_builds_as_root_only_after_one_warning() {
+    if !can_run() || !tests::can_run(true, &["setpriv", "newuidmap", "newgidmap"]) {
+        return;
+    }
+    std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666)).unwrap();
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with(&format!("{USER_WITHOUT_RANGES}:"))),
+            "{USER_WITHOUT_RANGES} must have no {file} range (tools/setup)"
+        );
+    }
+    let user = nix::unistd::User::from_name(USER_WITHOUT_RANGES)
+        .unwrap()
+        .expect("user tests-nosub (tools/setup)");
+    let home = tempfile::tempdir_in("/var/tmp").unwrap();
+    nix::unistd::chown(home.path(), Some(user.uid), Some(user.gid)).unwrap();
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let archive = home.path().join("busybox.tar");
+    std::fs::copy(&base().docker_archive, &archive).unwrap();
+    std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let state = home.path().join("state");
+    let img = |args: &[&str]| run_as(USER_WITHOUT_RANGES, &state, home.path(), args);
+    ok(img(&["load", "-i", archive.to_str().unwrap()]));
+
+    let ctx = context("FROM busybox\nRUN echo hi > /hi\n", &[]);
+    std::fs::set_permissions(ctx.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = img(&[
+        "build",
+        "--backend",
+        "fuse",
+        "-t",
+        "hi",
+        ctx.path().to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    ok(out);
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.to_lowercase().contains("warning"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    for words in ["/etc/subuid", "/etc/subgid", "another user", "chown"] {
+        assert!(warnings[0].contains(words), "{words} in {}", warnings[0]);
+    }
+    let saved = home.path().join("hi.tar");
+    ok(img(&[
+        "save",
+        "--format",
+        "oci-archive",
+        "-o",
+        saved.to_str().unwrap(),
+        "hi",
+    ]));
+    let view = tests::images::ImageView::of_oci_archive(&saved, "latest").unwrap();
+    let hi = view.tree.get("hi").expect("/hi in the image");
+    assert_eq!((hi.uid, hi.gid, hi.size), (0, 0, Some(3)));
+
+    let ctx = context("FROM busybox\nRUN echo hi > /hi && chown 1000 /hi\n", &[]);
+    std::fs::set_permissions(ctx.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = img(&["build", "--backend", "fuse", ctx.path().to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Dockerfile:2: RUN echo hi > /hi && chown 1000 /hi:")
+            && stderr.contains("exit code: 1"),
+        "{stderr}"
+    );
 }
