@@ -1,11 +1,19 @@
 //! `img doctor`: what a build as an ordinary user needs from the machine, checked one by one,
 //! each missing piece with the command that fixes it.
 //!
-//! The checks read files and metadata only; they change nothing and start nothing.
+//! The checks read files and metadata, except one: whether the kernel mounts overlayfs in a user
+//! namespace is only known by trying, so `overlay_in_userns` forks a child that does, in a
+//! temporary directory it removes again. Nothing else is changed or started.
 
+use std::ffi::CString;
 use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use thiserror::Error;
 
 /// One finding.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,16 +29,22 @@ pub struct Problem {
     pub fix: String,
 }
 
-/// The machine as the checks see it; `Host::real()` reads this machine.
+/// The machine as the checks see it; `Host::real` reads this machine.
 pub struct Host {
     pub root: PathBuf,
     pub uid: u32,
     pub user: String,
     pub path: Vec<PathBuf>,
+    /// Where the overlayfs probe makes its temporary directory (the file system img keeps its
+    /// state on), or `None` not to run the probe: a host under a fake `root` is not this
+    /// machine's kernel.
+    pub probe_dir: Option<PathBuf>,
 }
 
 impl Host {
-    pub fn real() -> Host {
+    /// This machine as the current user sees it; the overlayfs probe runs in `state_dir`, or
+    /// its nearest existing ancestor.
+    pub fn real(state_dir: &Path) -> Host {
         let uid = nix::unistd::Uid::effective();
         let user = nix::unistd::User::from_uid(uid)
             .ok()
@@ -45,6 +59,10 @@ impl Host {
             uid: uid.as_raw(),
             user,
             path,
+            probe_dir: state_dir
+                .ancestors()
+                .find(|d| d.is_dir())
+                .map(Path::to_owned),
         }
     }
 
@@ -182,7 +200,173 @@ pub fn checks(host: &Host) -> Vec<Check> {
             _ => ok(what),
         },
     );
+
+    if let Some(dir) = &host.probe_dir {
+        let what = "kernel overlayfs in a user namespace (--backend overlayfs)";
+        out.push(match overlay_in_userns(dir) {
+            Ok(()) => ok(what),
+            Err(e @ ProbeError::Scratch { .. }) => bad(
+                what,
+                format!("not tried: {e}"),
+                format!(
+                    "img keeps its state there: sudo chown {} {}, or choose another with -s",
+                    host.user,
+                    dir.display()
+                ),
+            ),
+            Err(e) => {
+                let release = read("/proc/sys/kernel/osrelease").unwrap_or_default();
+                let permit = host
+                    .file("/sys/module/overlay/parameters/permit_mounts_in_userns")
+                    .exists();
+                bad(what, e.to_string(), overlay_fix(&release, permit))
+            }
+        });
+    }
     out
+}
+
+/// What to do when overlayfs cannot be mounted in a user namespace, given the kernel release
+/// and whether the overlay module has Ubuntu's `permit_mounts_in_userns` parameter. Upstream
+/// kernels allow it from 5.11 (with `userxattr`); Ubuntu's allowed it earlier behind that
+/// parameter. Either way the FUSE backend needs none of this.
+fn overlay_fix(release: &str, permit_parameter: bool) -> String {
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    if version >= (5, 11) {
+        "none known (the kernel should allow it); build with --backend fuse".to_owned()
+    } else if permit_parameter {
+        "echo Y | sudo tee /sys/module/overlay/parameters/permit_mounts_in_userns   \
+         (or build with --backend fuse)"
+            .to_owned()
+    } else {
+        format!("a kernel >= 5.11 (this is {release}); until then build with --backend fuse")
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    #[error("failed to make the probe's directories in {path}: {source}")]
+    Scratch { path: PathBuf, source: io::Error },
+    #[error("failed to fork the probe: {0}")]
+    Fork(Errno),
+    #[error("{step} failed: {errno}")]
+    Step { step: &'static str, errno: Errno },
+    #[error("the probe ended without saying why: {0}")]
+    Died(String),
+}
+
+/// The probe's steps, in order; the child reports the index of the one that failed.
+const PROBE_STEPS: [&str; 5] = [
+    "unshare(CLONE_NEWUSER|CLONE_NEWNS)",
+    "writing /proc/self/setgroups",
+    "writing /proc/self/uid_map",
+    "writing /proc/self/gid_map",
+    "mounting overlayfs with userxattr",
+];
+
+/// Mounts overlayfs with `userxattr` (lower, upper and work directories in a temporary
+/// directory under `dir`) in a child that unshares a user and a mount namespace mapping only
+/// its own ids, as an ordinary user's img does (see `userns`). The mount goes with the child.
+///
+/// The child is forked, not spawned: unsharing a user namespace needs a single-threaded process
+/// and the doctor has no helper binary to exec. Since the caller may have threads (the test
+/// harness does), the child only makes system calls on buffers prepared before the fork.
+pub fn overlay_in_userns(dir: &Path) -> Result<(), ProbeError> {
+    let scratch_err = |source| ProbeError::Scratch {
+        path: dir.to_owned(),
+        source,
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".img-doctor-")
+        .tempdir_in(dir)
+        .map_err(scratch_err)?;
+    for d in ["lower", "upper", "work", "merged"] {
+        fs::create_dir(tmp.path().join(d)).map_err(scratch_err)?;
+    }
+    let c = |s: &[u8]| CString::new(s).expect("no NUL in paths made here");
+    let p = |d: &str| tmp.path().join(d);
+    let options = c(format!(
+        "lowerdir={},upperdir={},workdir={},userxattr",
+        p("lower").display(),
+        p("upper").display(),
+        p("work").display()
+    )
+    .as_bytes());
+    let merged = c(p("merged").as_os_str().as_bytes());
+    let overlay = c(b"overlay");
+    let files = [
+        (c(b"/proc/self/setgroups"), b"deny".to_vec()),
+        (
+            c(b"/proc/self/uid_map"),
+            format!("0 {} 1", nix::unistd::geteuid()).into_bytes(),
+        ),
+        (
+            c(b"/proc/self/gid_map"),
+            format!("0 {} 1", nix::unistd::getegid()).into_bytes(),
+        ),
+    ];
+    let (report_r, report_w) = nix::unistd::pipe().map_err(ProbeError::Fork)?;
+
+    // SAFETY: the child calls only async-signal-safe functions (raw system calls on memory
+    // allocated before the fork) and leaves through _exit.
+    match unsafe { nix::unistd::fork() }.map_err(ProbeError::Fork)? {
+        nix::unistd::ForkResult::Child => {
+            use std::os::fd::AsRawFd;
+            let report = report_w.as_raw_fd();
+            fn fail(report: i32, step: u8) -> ! {
+                // SAFETY: plain system calls on a descriptor we own and a stack buffer.
+                unsafe {
+                    let message = [step, *libc::__errno_location() as u8];
+                    libc::write(report, message.as_ptr().cast(), 2);
+                    libc::_exit(1)
+                }
+            }
+            // SAFETY: as above; every pointer is into a CString or Vec made before the fork.
+            unsafe {
+                if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) != 0 {
+                    fail(report, 0);
+                }
+                for (i, (path, content)) in files.iter().enumerate() {
+                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
+                    if fd < 0
+                        || libc::write(fd, content.as_ptr().cast(), content.len())
+                            != content.len() as isize
+                    {
+                        fail(report, 1 + i as u8);
+                    }
+                    libc::close(fd);
+                }
+                if libc::mount(
+                    overlay.as_ptr(),
+                    merged.as_ptr(),
+                    overlay.as_ptr(),
+                    0,
+                    options.as_ptr().cast(),
+                ) != 0
+                {
+                    fail(report, 4);
+                }
+                libc::_exit(0)
+            }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(report_w);
+            let status = nix::sys::wait::waitpid(child, None).map_err(ProbeError::Fork)?;
+            let mut report = [0u8; 2];
+            let n = nix::unistd::read(&report_r, &mut report).unwrap_or(0);
+            match (status, n) {
+                (nix::sys::wait::WaitStatus::Exited(_, 0), _) => Ok(()),
+                (_, 2) => Err(ProbeError::Step {
+                    step: PROBE_STEPS[usize::from(report[0]).min(PROBE_STEPS.len() - 1)],
+                    errno: Errno::from_raw(i32::from(report[1])),
+                }),
+                (status, _) => Err(ProbeError::Died(format!("{status:?}"))),
+            }
+        }
+    }
 }
 
 fn xattr_present(path: &Path, name: &str) -> bool {
@@ -221,6 +405,7 @@ mod tests {
             uid,
             user: "alice".into(),
             path: vec![dir.join("usr/bin")],
+            probe_dir: None,
         }
     }
 
@@ -281,6 +466,43 @@ mod tests {
         if nix::unistd::Uid::effective().is_root() {
             assert_eq!(problems(&checks), Vec::<String>::new());
         }
+    }
+
+    #[test]
+    fn the_overlay_fix_depends_on_the_kernel() {
+        assert!(overlay_fix("5.4.0-150-generic", true).starts_with("echo Y | sudo tee "));
+        let old = overlay_fix("5.10.0-28-amd64", false);
+        assert!(
+            old.starts_with("a kernel >= 5.11 (this is 5.10.0-28-amd64)"),
+            "{old}"
+        );
+        for fix in [
+            overlay_fix("5.4.0-150-generic", true),
+            old,
+            overlay_fix("6.18.44", false),
+        ] {
+            assert!(fix.contains("--backend fuse"), "{fix}");
+        }
+    }
+
+    /// This machine's kernel (5.11 or later) mounts overlayfs in a user namespace; root's
+    /// probe maps only uid 0, as an ordinary user's maps only their own id.
+    #[test]
+    fn the_overlay_probe_mounts_on_a_kernel_that_allows_it() {
+        let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        if overlay_fix(&release, false).starts_with("a kernel >= 5.11") {
+            eprintln!("skipping: kernel {release} predates overlayfs in user namespaces");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        overlay_in_userns(dir.path()).unwrap();
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "probe cleaned up"
+        );
+        let missing = overlay_in_userns(&dir.path().join("missing")).unwrap_err();
+        assert!(matches!(missing, ProbeError::Scratch { .. }), "{missing}");
     }
 
     #[test]

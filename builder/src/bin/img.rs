@@ -120,7 +120,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Login(args) => return registry::login(args),
         Command::Logout(args) => return registry::logout(args),
-        Command::Doctor => return doctor(),
+        Command::Doctor => return doctor(cli.state),
         other => other,
     };
     // An ordinary user's img runs as root of its own user namespace (see builder::userns).
@@ -150,8 +150,9 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn doctor() -> Result<()> {
-    let host = builder::doctor::Host::real();
+fn doctor(state: Option<PathBuf>) -> Result<()> {
+    let state = std::path::absolute(state.unwrap_or_else(state::default_dir))?;
+    let host = builder::doctor::Host::real(&state);
     let checks = builder::doctor::checks(&host);
     let mut missing = 0;
     for c in &checks {

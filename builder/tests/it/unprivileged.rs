@@ -257,3 +257,37 @@ fn a_user_without_subordinate_ids_builds_as_root_only_after_one_warning() {
         "{stderr}"
     );
 }
+
+/// `img doctor` as `tests` finds everything an unprivileged build needs, overlayfs in a user
+/// namespace included (tried for real); as `tests-nosub` it names the missing ranges with the
+/// command that adds them.
+#[test]
+fn doctor_passes_for_a_ready_user_and_prints_fixes_for_one_without_ranges() {
+    if !can_run() || !tests::can_run(true, &["setpriv", "newuidmap", "newgidmap"]) {
+        return;
+    }
+    std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666)).unwrap();
+    for (user, ready) in [(USER, true), (USER_WITHOUT_RANGES, false)] {
+        let account = nix::unistd::User::from_name(user).unwrap().unwrap();
+        let home = tempfile::tempdir_in("/var/tmp").unwrap();
+        nix::unistd::chown(home.path(), Some(account.uid), Some(account.gid)).unwrap();
+        let out = run_as(user, &home.path().join("state"), home.path(), &["doctor"]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(out.status.success(), ready, "{user}:\n{stdout}");
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("ok ") && l.contains("kernel overlayfs in a user namespace")),
+            "{user}:\n{stdout}"
+        );
+        if !ready {
+            for file in ["subuids", "subgids"] {
+                let fix = format!("fix: sudo usermod --add-{file} 100000-165535 {user}");
+                assert!(
+                    stdout.lines().any(|l| l.trim() == fix),
+                    "{fix} in\n{stdout}"
+                );
+            }
+        }
+    }
+}
