@@ -3,6 +3,11 @@
 //!
 //! These need root, runc, /dev/fuse, buildah, skopeo and umoci. Without them a test prints why
 //! and passes, except with CI=true, where it fails: CI must run them.
+//!
+//! With `IMG_TEST_USER=NAME` every img the tests start through `img_command` (the `Rig`, the
+//! registry tests) runs as that ordinary user, through setpriv, with a state dir and HOME the
+//! user owns; the peers (buildah, skopeo, umoci) and the checks stay root's. tools/test runs the
+//! build and registry tests a second time that way, as the user `tests`.
 
 mod build;
 mod cache;
@@ -14,6 +19,7 @@ mod unprivileged;
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -29,6 +35,47 @@ pub const BACKENDS: [&str; 2] = ["fuse", "overlayfs"];
 
 pub fn can_run() -> bool {
     tests::can_run(true, &PEERS)
+}
+
+/// The ordinary user img runs as in these tests (`IMG_TEST_USER`), or `None` for root.
+pub fn test_user() -> Option<&'static nix::unistd::User> {
+    static USER: OnceLock<Option<nix::unistd::User>> = OnceLock::new();
+    USER.get_or_init(|| {
+        let name = std::env::var("IMG_TEST_USER")
+            .ok()
+            .filter(|n| !n.is_empty())?;
+        let user = nix::unistd::User::from_name(&name)
+            .unwrap()
+            .unwrap_or_else(|| panic!("IMG_TEST_USER={name}: no such user (tools/setup)"));
+        // Ordinary users mount imgfs through /dev/fuse; see unprivileged.rs.
+        fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).unwrap();
+        Some(user)
+    })
+    .as_ref()
+}
+
+/// A temporary directory in /var/tmp that img may write: owned by the test user, if any.
+pub fn img_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    if let Some(user) = test_user() {
+        nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid)).unwrap();
+    }
+    dir
+}
+
+/// The img under test, run as the test user (with `home` as HOME) when there is one.
+pub fn img_command(home: &Path) -> Command {
+    let Some(user) = test_user() else {
+        return Command::new(env!("CARGO_BIN_EXE_img"));
+    };
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--reuid={}", user.uid))
+        .arg(format!("--regid={}", user.gid))
+        .arg("--init-groups")
+        .arg(env!("CARGO_BIN_EXE_img"))
+        .env("HOME", home)
+        .env_remove("XDG_DATA_HOME");
+    cmd
 }
 
 /// The base image all tests build on, made once per test process: busybox plus the mount points
@@ -57,6 +104,8 @@ pub fn base() -> &'static Base {
             Ok(())
         })
         .unwrap();
+        // The test user loads the archive too.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let docker_archive = dir.path().join("busybox.tar");
         images::run(
             Command::new("skopeo")
@@ -68,6 +117,7 @@ pub fn base() -> &'static Base {
                 )),
         )
         .unwrap();
+        fs::set_permissions(&docker_archive, fs::Permissions::from_mode(0o644)).unwrap();
         Base {
             _dir: dir,
             layout,
@@ -85,7 +135,7 @@ pub struct Rig {
 
 impl Rig {
     pub fn create() -> Rig {
-        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let dir = img_dir();
         let state = dir.path().join("img");
         let buildah = Buildah::new(&dir.path().join("buildah"), "vfs");
         let rig = Rig {
@@ -95,6 +145,14 @@ impl Rig {
         };
         let base = base();
         rig.img_ok(&["load", "-i", base.docker_archive.to_str().unwrap()]);
+        if let Some(user) = test_user() {
+            // The state is the user's own, not a subordinate id's or root's.
+            let meta = fs::metadata(rig.state.join("images.json")).unwrap();
+            assert_eq!(
+                std::os::unix::fs::MetadataExt::uid(&meta),
+                user.uid.as_raw()
+            );
+        }
         rig.buildah
             .load(&base.layout, "busybox", "docker.io/library/busybox:latest")
             .unwrap();
@@ -103,7 +161,7 @@ impl Rig {
 
     /// `img -s STATE args...`.
     pub fn img(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_img"))
+        img_command(self.dir.path())
             .arg("-s")
             .arg(&self.state)
             .args(args)
@@ -169,6 +227,8 @@ impl Rig {
 /// A build context: a temporary directory with `files` (path, content) and a Dockerfile.
 pub fn context(dockerfile: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    // Readable by the test user, if any, like the files (the umask is 022).
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
     for (path, content) in files {
         let p = dir.path().join(path);
