@@ -161,7 +161,8 @@ pub struct Tree {
 /// their batch is written.
 #[derive(Default)]
 struct InodeCache {
-    map: HashMap<Ino, Inode>,
+    /// Each record, and whether it is the head's own version (whose change key is written).
+    map: HashMap<Ino, (Inode, bool)>,
     /// Bumped by every write. A read that began before a write does not insert what it read,
     /// which may be the version that write replaced.
     epoch: u64,
@@ -171,11 +172,11 @@ impl InodeCache {
     /// Enough for the working set of any build step; cleared when full, which is rare and cheap.
     const CAPACITY: usize = 65536;
 
-    fn insert(&mut self, ino: Ino, inode: Inode) {
+    fn insert(&mut self, ino: Ino, inode: Inode, in_head: bool) {
         if self.map.len() >= Self::CAPACITY {
             self.map.clear();
         }
-        self.map.insert(ino, inode);
+        self.map.insert(ino, (inode, in_head));
     }
 }
 
@@ -218,7 +219,18 @@ impl Txn<'_> {
     }
 
     fn put_inode(&mut self, ino: Ino, inode: &Inode) {
-        self.put(&key::inode_base(ino), &inode.encode());
+        let base = key::inode_base(ino);
+        let head = self.tree.head();
+        self.b.put(&key::versioned(&base, head), &inode.encode());
+        // The head's own version was written together with its change key, which therefore
+        // exists: SETATTR after SETATTR need not write it again (tar sends four per file).
+        let in_head = matches!(
+            self.tree.inodes.lock().expect("poisoned").map.get(&ino),
+            Some((_, true))
+        );
+        if !in_head {
+            self.b.put(&key::change(head, &base), &[]);
+        }
         self.inodes.push((ino, Some(inode.clone())));
     }
 
@@ -251,7 +263,7 @@ impl Txn<'_> {
         cache.epoch += 1;
         for (ino, inode) in inodes {
             match (inode, written.is_ok()) {
-                (Some(inode), true) => cache.insert(ino, inode),
+                (Some(inode), true) => cache.insert(ino, inode, true),
                 // Deleted here, or not known to be written: read it again next time.
                 _ => {
                     cache.map.remove(&ino);
@@ -379,23 +391,23 @@ impl Tree {
     pub fn inode(&self, ino: Ino) -> Result<Inode> {
         let epoch = {
             let cache = self.inodes.lock().expect("poisoned");
-            if let Some(inode) = cache.map.get(&ino) {
+            if let Some((inode, _)) = cache.map.get(&ino) {
                 return Ok(inode.clone());
             }
             cache.epoch
         };
-        let inode = match self
+        let (inode, snap) = match self
             .store
             .inner
             .meta
             .visible(&key::inode_base(ino), &self.chain)?
         {
-            Some((_, v)) => Inode::decode(&v)?,
+            Some((snap, v)) => (Inode::decode(&v)?, snap),
             None => return Err(Error::Stale(ino)),
         };
         let mut cache = self.inodes.lock().expect("poisoned");
         if cache.epoch == epoch {
-            cache.insert(ino, inode.clone());
+            cache.insert(ino, inode.clone(), self.writable && snap == self.head());
         }
         Ok(inode)
     }
@@ -646,21 +658,25 @@ impl Tree {
             .ok_or_else(|| Error::Invalid("offset".into()))?;
         let mut txn = self.txn();
         if !buf.is_empty() {
-            let data = match inode.data {
-                Some(d) => d,
+            let (data, fresh) = match inode.data {
+                Some(d) => (d, false),
                 None => {
                     let d = DataId(self.store.alloc_id()?);
                     inode.data = Some(d);
-                    d
+                    (d, true)
                 }
             };
             let cs = self.chunk_size();
             let (first, last) = (offset / cs, (end - 1) / cs);
-            let existing: HashMap<u64, (Extent, SnapshotId)> = self
-                .extents(data, first, last)?
-                .into_iter()
-                .map(|(i, e, s)| (i, (e, s)))
-                .collect();
+            // New content has no extents yet: no need to look (the first write of every file).
+            let existing: HashMap<u64, (Extent, SnapshotId)> = if fresh {
+                HashMap::new()
+            } else {
+                self.extents(data, first, last)?
+                    .into_iter()
+                    .map(|(i, e, s)| (i, (e, s)))
+                    .collect()
+            };
             let f = self.scratch()?;
             for index in first..=last {
                 let cstart = index * cs;
