@@ -14,7 +14,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
@@ -38,6 +38,8 @@ pub struct MountOptions {
     pub threads: usize,
     /// Let every user reach the mount (`allow_other`), with the kernel checking permissions.
     pub allow_other: bool,
+    /// Where to count requests and the time spent serving them (`imgfs mount --stats`).
+    pub stats: Option<Arc<RequestStats>>,
 }
 
 impl Default for MountOptions {
@@ -45,6 +47,7 @@ impl Default for MountOptions {
         MountOptions {
             threads: 2,
             allow_other: true,
+            stats: None,
         }
     }
 }
@@ -55,6 +58,43 @@ pub struct FuseFs {
     next_fh: AtomicU64,
     /// Open directories: the listing taken at opendir, so offsets stay valid while it changes.
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    stats: Option<Arc<RequestStats>>,
+}
+
+/// How many requests of each kind a mount served and how long imgfs took to answer them
+/// (from the handler's start to its reply; the kernel's round trip is not included). Tells
+/// whether a workload is slow because of the requests the kernel sends or the work each costs.
+#[derive(Debug, Default)]
+pub struct RequestStats {
+    by_op: Mutex<HashMap<&'static str, (u64, Duration)>>,
+}
+
+impl RequestStats {
+    fn record(&self, op: &'static str, took: Duration) {
+        let mut by_op = self.by_op.lock().expect("poisoned");
+        let e = by_op.entry(op).or_default();
+        e.0 += 1;
+        e.1 += took;
+    }
+
+    /// One line per kind of request, the most time first: name, count, mean and total time.
+    pub fn report(&self) -> String {
+        let by_op = self.by_op.lock().expect("poisoned");
+        let mut rows: Vec<_> = by_op.iter().collect();
+        rows.sort_by_key(|(_, (_, total))| std::cmp::Reverse(*total));
+        let mut out = format!(
+            "{:<12} {:>9} {:>10} {:>10}\n",
+            "request", "count", "mean µs", "total s"
+        );
+        for (op, (n, total)) in rows {
+            out += &format!(
+                "{op:<12} {n:>9} {:>10.1} {:>10.3}\n",
+                total.as_secs_f64() * 1e6 / *n as f64,
+                total.as_secs_f64()
+            );
+        }
+        out
+    }
 }
 
 /// Turns a library error into the errno the kernel gets, logging the ones that mean trouble.
@@ -96,43 +136,6 @@ error_reply!(
     ReplyDirectory,
     ReplyDirectoryPlus
 );
-
-/// Runs a handler: `body` computes the answer from the tree, `send` replies with it. An error
-/// becomes its errno (`errno`) and a panic in `body` becomes EIO, so no request can take the
-/// mount down.
-fn serve<R: ErrorReply, T>(
-    op: &str,
-    reply: R,
-    body: impl FnOnce() -> Result<T, Error>,
-    send: impl FnOnce(R, T),
-) {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(v)) => send(reply, v),
-        Ok(Err(e)) => reply.fail(errno(op, &e)),
-        Err(_) => {
-            tracing::error!(op, "request handler panicked; replied EIO");
-            reply.fail(Errno::EIO);
-        }
-    }
-}
-
-/// `serve` for replies filled piece by piece (directory listings): `fill` adds to the reply,
-/// which is sent once it succeeds.
-fn serve_mut<R: ErrorReply>(
-    op: &str,
-    mut reply: R,
-    fill: impl FnOnce(&mut R) -> Result<(), Error>,
-    send: impl FnOnce(R),
-) {
-    match catch_unwind(AssertUnwindSafe(|| fill(&mut reply))) {
-        Ok(Ok(())) => send(reply),
-        Ok(Err(e)) => reply.fail(errno(op, &e)),
-        Err(_) => {
-            tracing::error!(op, "request handler panicked; replied EIO");
-            reply.fail(Errno::EIO);
-        }
-    }
-}
 
 fn system_time(t: Timestamp) -> SystemTime {
     if t.sec >= 0 {
@@ -230,11 +233,12 @@ fn time_or_now(t: Option<TimeOrNow>) -> Option<Timestamp> {
 }
 
 impl FuseFs {
-    pub fn new(tree: Tree) -> FuseFs {
+    pub fn new(tree: Tree, stats: Option<Arc<RequestStats>>) -> FuseFs {
         FuseFs {
             tree: Arc::new(tree),
             next_fh: AtomicU64::new(1),
             dirs: Mutex::new(HashMap::new()),
+            stats,
         }
     }
 
@@ -257,6 +261,55 @@ impl FuseFs {
             }
         }
         Ok(NewNode::new(kind, perm, req.uid(), gid))
+    }
+
+    /// Runs a handler: `body` computes the answer from the tree, `send` replies with it. An error
+    /// becomes its errno (`errno`) and a panic in `body` becomes EIO, so no request can take the
+    /// mount down.
+    fn serve<R: ErrorReply, T>(
+        &self,
+        op: &'static str,
+        reply: R,
+        body: impl FnOnce() -> Result<T, Error>,
+        send: impl FnOnce(R, T),
+    ) {
+        let start = self.stats.as_ref().map(|_| Instant::now());
+        let result = catch_unwind(AssertUnwindSafe(body));
+        if let (Some(stats), Some(start)) = (&self.stats, start) {
+            stats.record(op, start.elapsed());
+        }
+        match result {
+            Ok(Ok(v)) => send(reply, v),
+            Ok(Err(e)) => reply.fail(errno(op, &e)),
+            Err(_) => {
+                tracing::error!(op, "request handler panicked; replied EIO");
+                reply.fail(Errno::EIO);
+            }
+        }
+    }
+
+    /// `serve` for replies filled piece by piece (directory listings): `fill` adds to the reply,
+    /// which is sent once it succeeds.
+    fn serve_mut<R: ErrorReply>(
+        &self,
+        op: &'static str,
+        mut reply: R,
+        fill: impl FnOnce(&mut R) -> Result<(), Error>,
+        send: impl FnOnce(R),
+    ) {
+        let start = self.stats.as_ref().map(|_| Instant::now());
+        let result = catch_unwind(AssertUnwindSafe(|| fill(&mut reply)));
+        if let (Some(stats), Some(start)) = (&self.stats, start) {
+            stats.record(op, start.elapsed());
+        }
+        match result {
+            Ok(Ok(())) => send(reply),
+            Ok(Err(e)) => reply.fail(errno(op, &e)),
+            Err(_) => {
+                tracing::error!(op, "request handler panicked; replied EIO");
+                reply.fail(Errno::EIO);
+            }
+        }
     }
 
     fn entry_reply(&self, reply: ReplyEntry, attr: &Attr) {
@@ -317,7 +370,8 @@ pub fn session(
     };
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
-    let mut session = fuser::Session::new(FuseFs::new(tree), mountpoint, &config)?;
+    let mut session =
+        fuser::Session::new(FuseFs::new(tree, opts.stats.clone()), mountpoint, &config)?;
     let unmounter = session.unmount_callable();
     set_readahead(mountpoint, READAHEAD_KIB);
     Ok((session, unmounter))
@@ -385,7 +439,7 @@ impl Filesystem for FuseFs {
             Err(Error::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
         };
-        serve("lookup", reply, found, |reply, attr| match attr {
+        self.serve("lookup", reply, found, |reply, attr| match attr {
             Some(a) => self.entry_reply(reply, &a),
             // An entry with inode 0 makes the kernel cache the miss.
             None => reply.entry(&TTL, &negative_attr(), Generation(0)),
@@ -393,7 +447,7 @@ impl Filesystem for FuseFs {
     }
 
     fn getattr(&self, _req: &Request, i: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        serve(
+        self.serve(
             "getattr",
             reply,
             || self.tree.getattr(ino(i)),
@@ -435,7 +489,7 @@ impl Filesystem for FuseFs {
             kill_suid: mode.is_none() && (chown || (size.is_some() && req.uid() != 0)),
             kill_caps: chown || size.is_some(),
         };
-        serve(
+        self.serve(
             "setattr",
             reply,
             || self.tree.setattr(ino(i), &set),
@@ -444,7 +498,7 @@ impl Filesystem for FuseFs {
     }
 
     fn readlink(&self, _req: &Request, i: INodeNo, reply: ReplyData) {
-        serve(
+        self.serve(
             "readlink",
             reply,
             || self.tree.readlink(ino(i)),
@@ -469,7 +523,7 @@ impl Filesystem for FuseFs {
             node.rdev = rdev as u64;
             self.tree.mknod(ino(parent), name(n), &node)
         };
-        serve("mknod", reply, made, |r, (i, inode)| {
+        self.serve("mknod", reply, made, |r, (i, inode)| {
             self.entry_reply(r, &Attr::of(i, &inode))
         });
     }
@@ -487,13 +541,13 @@ impl Filesystem for FuseFs {
             let node = self.new_node(req, ino(parent), FileKind::Dir, mode)?;
             self.tree.mknod(ino(parent), name(n), &node)
         };
-        serve("mkdir", reply, made, |r, (i, inode)| {
+        self.serve("mkdir", reply, made, |r, (i, inode)| {
             self.entry_reply(r, &Attr::of(i, &inode))
         });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
-        serve(
+        self.serve(
             "unlink",
             reply,
             || self.tree.unlink(ino(parent), name(n)),
@@ -502,7 +556,7 @@ impl Filesystem for FuseFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
-        serve(
+        self.serve(
             "rmdir",
             reply,
             || self.tree.rmdir(ino(parent), name(n)),
@@ -524,7 +578,7 @@ impl Filesystem for FuseFs {
             node.target = target.as_os_str().as_bytes().to_vec();
             self.tree.mknod(ino(parent), name(link), &node)
         };
-        serve("symlink", reply, made, |r, (i, inode)| {
+        self.serve("symlink", reply, made, |r, (i, inode)| {
             self.entry_reply(r, &Attr::of(i, &inode))
         });
     }
@@ -552,7 +606,7 @@ impl Filesystem for FuseFs {
             self.tree
                 .rename(ino(parent), name(n), ino(newparent), name(newname), mode)
         };
-        serve("rename", reply, renamed, |r, ()| r.ok());
+        self.serve("rename", reply, renamed, |r, ()| r.ok());
     }
 
     fn link(
@@ -564,7 +618,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEntry,
     ) {
         let linked = || self.tree.link(ino(i), ino(newparent), name(newname));
-        serve("link", reply, linked, |r, inode| {
+        self.serve("link", reply, linked, |r, inode| {
             self.entry_reply(r, &Attr::of(ino(i), &inode))
         });
     }
@@ -584,7 +638,7 @@ impl Filesystem for FuseFs {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        serve(
+        self.serve(
             "read",
             reply,
             || self.tree.read(ino(i), offset, size),
@@ -605,7 +659,7 @@ impl Filesystem for FuseFs {
         reply: ReplyWrite,
     ) {
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        serve(
+        self.serve(
             "write",
             reply,
             || self.tree.write_as(ino(i), offset, data, kill),
@@ -650,11 +704,11 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        serve("fsync", reply, || self.tree.fsync(), |r, ()| r.ok());
+        self.serve("fsync", reply, || self.tree.fsync(), |r, ()| r.ok());
     }
 
     fn opendir(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        serve(
+        self.serve(
             "opendir",
             reply,
             || self.tree.readdir(ino(i)),
@@ -708,7 +762,7 @@ impl Filesystem for FuseFs {
             }
             Ok(())
         };
-        serve_mut("readdir", reply, fill, |r| r.ok());
+        self.serve_mut("readdir", reply, fill, |r| r.ok());
     }
 
     fn readdirplus(
@@ -749,7 +803,7 @@ impl Filesystem for FuseFs {
             }
             Ok(())
         };
-        serve_mut("readdirplus", reply, fill, |r| r.ok());
+        self.serve_mut("readdirplus", reply, fill, |r| r.ok());
     }
 
     fn releasedir(
@@ -772,7 +826,7 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        serve("fsyncdir", reply, || self.tree.fsync(), |r, ()| r.ok());
+        self.serve("fsyncdir", reply, || self.tree.fsync(), |r, ()| r.ok());
     }
 
     fn statfs(&self, _req: &Request, _i: INodeNo, reply: ReplyStatfs) {
@@ -816,11 +870,11 @@ impl Filesystem for FuseFs {
             }
             self.tree.setxattr(ino(i), name(n), value)
         };
-        serve("setxattr", reply, set, |r, ()| r.ok());
+        self.serve("setxattr", reply, set, |r, ()| r.ok());
     }
 
     fn getxattr(&self, _req: &Request, i: INodeNo, n: &OsStr, size: u32, reply: ReplyXattr) {
-        serve(
+        self.serve(
             "getxattr",
             reply,
             || self.tree.getxattr(ino(i), name(n)),
@@ -837,13 +891,13 @@ impl Filesystem for FuseFs {
             }
             Ok(buf)
         };
-        serve("listxattr", reply, names, |r, buf| {
+        self.serve("listxattr", reply, names, |r, buf| {
             xattr_reply(r, size, &buf)
         });
     }
 
     fn removexattr(&self, _req: &Request, i: INodeNo, n: &OsStr, reply: ReplyEmpty) {
-        serve(
+        self.serve(
             "removexattr",
             reply,
             || self.tree.removexattr(ino(i), name(n)),
@@ -870,7 +924,7 @@ impl Filesystem for FuseFs {
             let node = self.new_node(req, ino(parent), FileKind::File, mode)?;
             self.tree.mknod(ino(parent), name(n), &node)
         };
-        serve("create", reply, made, |r, (i, inode)| {
+        self.serve("create", reply, made, |r, (i, inode)| {
             r.created(
                 &TTL,
                 &file_attr(&Attr::of(i, &inode)),
@@ -915,7 +969,7 @@ impl Filesystem for FuseFs {
                 std::io::Error::from_raw_os_error(libc::EOPNOTSUPP),
             )),
         };
-        serve("fallocate", reply, allocated, |r, ()| r.ok());
+        self.serve("fallocate", reply, allocated, |r, ()| r.ok());
     }
 }
 

@@ -1,5 +1,6 @@
 //! The `imgfs mount` process: it reports success only once the mount is usable, commits on
-//! unmount by `imgfs umount` or by a signal, and keeps a second writer out of the store.
+//! unmount by `imgfs umount` or by a signal, keeps a second writer out of the store, and counts
+//! the requests it served when asked (`--stats`).
 //! Needs root and /dev/fuse: without them it passes with a note, except under CI=true.
 
 use std::path::Path;
@@ -104,7 +105,7 @@ fn daemon_mount_umount_and_signals_commit_the_writable_child() {
     assert!(ok(imgfs(&["diff", "--store", s, "base", "one"])).contains("A /f"));
 
     // SIGTERM unmounts and commits too.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_imgfs"))
+    let child = Command::new(env!("CARGO_BIN_EXE_imgfs"))
         .args([
             "mount",
             "--store",
@@ -114,6 +115,7 @@ fn daemon_mount_umount_and_signals_commit_the_writable_child() {
             "--writable",
             "--commit",
             "two",
+            "--stats",
             m,
         ])
         .stderr(Stdio::piped())
@@ -130,8 +132,16 @@ fn daemon_mount_umount_and_signals_commit_the_writable_child() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    assert!(child.wait().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
     assert!(!is_mounted(&mnt));
+    // --stats counted the one file created.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.lines()
+            .any(|l| l.split_whitespace().take(2).eq(["create", "1"])),
+        "{err}"
+    );
     assert!(ok(imgfs(&["diff", "--store", s, "one", "two"])).contains("A /g"));
     let fsck = ok(imgfs(&["fsck", s]));
     assert!(fsck.contains("0 problems"), "{fsck}");

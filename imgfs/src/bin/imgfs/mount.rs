@@ -4,10 +4,11 @@
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use imgfs::fuse::{self, MountOptions};
+use imgfs::fuse::{self, MountOptions, RequestStats};
 use imgfs::{SnapshotKind, Store};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 
@@ -38,6 +39,10 @@ pub struct Args {
     /// FUSE worker threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// When the mount ends, print how many requests of each kind it served and the time
+    /// imgfs spent on them.
+    #[arg(long)]
+    pub stats: bool,
     pub mountpoint: PathBuf,
 }
 
@@ -101,8 +106,10 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         store.tree_read_only(&key)?
     };
+    let stats = args.stats.then(|| Arc::new(RequestStats::default()));
     let opts = MountOptions {
         threads: args.threads,
+        stats: stats.clone(),
         ..Default::default()
     };
     let (session, _) = fuse::session(tree, &args.mountpoint, &opts)
@@ -134,6 +141,9 @@ pub fn run(args: Args) -> Result<()> {
         }
     });
     background.join().context("serving the mount failed")?;
+    if let Some(stats) = stats {
+        eprint!("{}", stats.report());
+    }
 
     if let Some(name) = &args.commit {
         let rec = store
