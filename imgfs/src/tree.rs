@@ -728,6 +728,18 @@ impl Tree {
                     .collect()
             };
             let f = self.scratch()?;
+            // Slots are handed out in order, so a large write's chunks usually sit side by side
+            // in the scratch file: one pwrite per run of them instead of one per chunk. Each
+            // chunk's copy-up (which writes only its own slot) happens before the run that
+            // covers it is written.
+            let mut run: Option<(u64, std::ops::Range<usize>)> = None;
+            let flush = |run: &mut Option<(u64, std::ops::Range<usize>)>| -> Result<()> {
+                if let Some((at, bytes)) = run.take() {
+                    f.write_all_at(&buf[bytes], at)
+                        .ctx(|| format!("write inode {ino}"))?;
+                }
+                Ok(())
+            };
             for index in first..=last {
                 let cstart = index * cs;
                 let current = existing.get(&index).copied();
@@ -742,12 +754,19 @@ impl Tree {
                 let slot = self.copy_up_chunk(&mut txn, data, index, current, keep)?;
                 let from = offset.max(cstart);
                 let to = end.min(cstart + cs);
-                f.write_all_at(
-                    &buf[(from - offset) as usize..(to - offset) as usize],
-                    slot * cs + (from - cstart),
-                )
-                .ctx(|| format!("write inode {ino}"))?;
+                let at = slot * cs + (from - cstart);
+                let bytes = (from - offset) as usize..(to - offset) as usize;
+                match &mut run {
+                    Some((start, r)) if *start + r.len() as u64 == at && r.end == bytes.start => {
+                        r.end = bytes.end;
+                    }
+                    _ => {
+                        flush(&mut run)?;
+                        run = Some((at, bytes));
+                    }
+                }
             }
+            flush(&mut run)?;
             inode.size = inode.size.max(end);
         }
         let now = Timestamp::now();
