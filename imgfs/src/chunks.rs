@@ -31,6 +31,30 @@ struct Pack {
 struct Writer {
     id: PackId,
     len: u64,
+    /// Where the last `start_writeback` of this pack ended.
+    kicked: u64,
+}
+
+/// Appended bytes after which the kernel is told to start writing them out, so the `sync` of a
+/// commit finds little left to write: a 50 MB layer import otherwise waits ~50 ms for its whole
+/// pack tail at commit, on the critical path of a pull.
+const WRITEBACK_STEP: u64 = 8 << 20;
+
+/// Asks the kernel to start writing `len` bytes of `file` from `offset` to disk, without waiting
+/// and without any durability promise (`sync` still makes them durable). Failure only costs
+/// time, so it is ignored.
+pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range only reads its integer arguments; an invalid fd is an error
+    // return, not undefined behaviour.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
 }
 
 /// The pack files of one store.
@@ -113,14 +137,20 @@ impl PackStore {
         }
         let last = synced.iter().next_back().map(|(id, len)| (*id, *len));
         *store.writer.lock().expect("poisoned") = Some(match last {
-            Some((id, len)) if len < PACK_MAX / 2 => Writer { id, len },
+            Some((id, len)) if len < PACK_MAX / 2 => Writer {
+                id,
+                len,
+                kicked: len,
+            },
             Some((id, _)) => Writer {
                 id: PackId(id.0 + 1),
                 len: 0,
+                kicked: 0,
             },
             None => Writer {
                 id: PackId(1),
                 len: 0,
+                kicked: 0,
             },
         });
         Ok(store)
@@ -162,6 +192,7 @@ impl PackStore {
             *w = Writer {
                 id: PackId(w.id.0 + 1),
                 len: 0,
+                kicked: 0,
             };
         }
         let pack = self.pack(w.id)?;
@@ -170,6 +201,10 @@ impl PackStore {
             .ctx(|| format!("append to pack {}", w.id.0))?;
         let at = (w.id, w.len);
         w.len += data.len() as u64;
+        if w.len - w.kicked >= WRITEBACK_STEP {
+            start_writeback(&pack.file, w.kicked, w.len - w.kicked);
+            w.kicked = w.len;
+        }
         self.dirty.lock().expect("poisoned").insert(w.id);
         Ok(at)
     }
