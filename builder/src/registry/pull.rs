@@ -131,6 +131,12 @@ pub struct Pulled {
 }
 
 impl Registry {
+    /// Parses `name` and sets up the client for its registry (TLS roots, credentials), which a
+    /// pull or push of it then reuses: lets a caller do that while it does something else.
+    pub fn connect(&self, name: &str) -> Result<(), RegistryError> {
+        self.connection(&Reference::parse(name)?).map(|_| ())
+    }
+
     /// Pulls `name` into `store`, applies its layers to `backend` when given, and then names it
     /// (when `name` has a tag; a digest-only reference is stored unnamed).
     pub fn pull(
@@ -178,7 +184,10 @@ impl Registry {
             .position(|d| d.digest() == manifest.config().digest())
         {
             let config = missing.remove(pos);
-            downloaded += self.block_on(self.fetch_blob(&conn, &reference, store, config))?;
+            // Nobody reads the config while it arrives.
+            let arrival = Arrival::default();
+            downloaded +=
+                self.block_on(self.fetch_blob(&conn, &reference, store, config, &arrival))?;
         }
         let config: ImageConfig = store.read_json(manifest.config().digest())?;
         if config.rootfs.diff_ids.len() != manifest.layers().len() {
@@ -192,31 +201,52 @@ impl Registry {
             });
         }
 
-        // Layers download concurrently; a thread applies each one as soon as it and the layers
-        // below it are in, so applying overlaps downloading ("as it goes").
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<Digest>();
+        // A thread applies each layer as soon as the layers below it are applied, reading it
+        // while it downloads (`Arrival`), so the apply finishes with the download instead of
+        // starting after it. Then layers download one at a time, in manifest order: the apply
+        // keeps pace with a single download, and a second one in parallel only takes CPU from
+        // the apply of the first, which is what the pull waits for (bench/registry-compare.sh on
+        // two busy cores, median img pull: 0.81 and 0.90 s one at a time, 0.96 s two, 0.93 s
+        // three). Without an apply, they download `concurrency` at a time.
+        let downloads = if backend.is_some() {
+            1
+        } else {
+            self.options.concurrency.max(1)
+        };
+        let arrivals: std::collections::HashMap<String, Arrival> = missing
+            .iter()
+            .map(|d| (d.digest().to_string(), Arrival::default()))
+            .collect();
         let (fetched, applied) = std::thread::scope(|s| {
             let applier = backend.map(|b| {
                 let layers: Vec<Descriptor> = manifest.layers().to_vec();
                 let diff_ids = config.rootfs.diff_ids.clone();
-                let config = config.clone();
-                s.spawn(move || apply_as_they_come(b, store, &config, &layers, &diff_ids, done_rx))
+                let arrivals = &arrivals;
+                s.spawn(move || apply_as_they_come(b, store, &layers, &diff_ids, arrivals))
             });
-            let (conn, reference) = (&conn, &reference);
+            let (conn, reference, arrivals) = (&conn, &reference, &arrivals);
             let fetched: Result<u64, RegistryError> = self.block_on(async {
-                futures_util::stream::iter(missing.iter().map(|d| {
-                    let done_tx = done_tx.clone();
-                    async move {
-                        let n = self.fetch_blob(conn, reference, store, d).await?;
-                        let _ = done_tx.send(d.digest().clone());
-                        Ok::<u64, RegistryError>(n)
-                    }
+                futures_util::stream::iter(missing.iter().map(|d| async move {
+                    let arrival = &arrivals[d.digest().as_ref()];
+                    let fetched = self.fetch_blob(conn, reference, store, d, arrival).await;
+                    arrival.end(
+                        fetched
+                            .as_ref()
+                            .map(|_| d.size())
+                            .map_err(|e| e.to_string()),
+                    );
+                    fetched
                 }))
-                .buffer_unordered(self.options.concurrency.max(1))
+                .buffer_unordered(downloads)
                 .try_fold(0u64, |sum, n| async move { Ok(sum + n) })
                 .await
             });
-            drop(done_tx);
+            // Downloads the first failure cancelled never ended by themselves.
+            for arrival in arrivals.values() {
+                arrival.end(Err(
+                    "the pull stopped before this blob was downloaded".to_string()
+                ));
+            }
             let applied = applier.map(|a| a.join().expect("the applier does not panic"));
             (fetched, applied)
         });
@@ -366,6 +396,7 @@ impl Registry {
         reference: &Reference,
         store: &ImageStore,
         desc: &Descriptor,
+        arrival: &Arrival,
     ) -> Result<u64, RegistryError> {
         let digest = desc.digest().to_string();
         let what = format!("blob {digest} of {}", reference.name());
@@ -375,7 +406,9 @@ impl Registry {
             writer: store.blob_writer()?,
             written: 0,
             received: 0,
+            arrival,
         };
+        download.restarted();
         let mut retrier = self.retrier(&what);
         loop {
             let before = download.received;
@@ -414,6 +447,7 @@ impl Registry {
                 other => other.into(),
             })?;
         progress.finish(&BlobEvent::Pulled);
+        tracing::debug!(%digest, "blob stored");
         Ok(download.received)
     }
 
@@ -424,7 +458,7 @@ impl Registry {
         oref: &oci_client::Reference,
         store: &ImageStore,
         desc: &Descriptor,
-        download: &mut Download,
+        download: &mut Download<'_>,
         progress: &super::progress::BlobProgress,
     ) -> Result<(), Failure> {
         let digest = desc.digest().to_string();
@@ -441,6 +475,7 @@ impl Registry {
                 if download.written > 0 {
                     download.writer = store.blob_writer().map_err(RegistryError::from)?;
                     download.written = 0;
+                    download.restarted();
                     progress.set_position(0);
                 }
                 s
@@ -471,6 +506,7 @@ impl Registry {
             })?;
             download.written += len;
             download.received += len;
+            download.arrival.flushed(download.writer.flushed());
             progress.advance(len);
         }
         Ok(())
@@ -478,12 +514,150 @@ impl Registry {
 }
 
 /// A blob being downloaded.
-struct Download {
+struct Download<'a> {
     writer: BlobWriter,
     /// Bytes in `writer`.
     written: u64,
     /// Bytes received over all tries (more than `written` after a restart).
     received: u64,
+    /// Where the applier follows the download.
+    arrival: &'a Arrival,
+}
+
+impl Download<'_> {
+    /// Tells the applier the blob now starts over in a new file of `writer`.
+    fn restarted(&self) {
+        // Without a second handle nobody can follow this file; the applier then waits for the
+        // stored blob.
+        self.arrival.restart(self.writer.reopen().ok());
+    }
+}
+
+/// A layer blob on its way into the store, as the applier sees it: the temporary file it is
+/// written to and how much of it is there, then whether it was stored. The applier reads the
+/// blob from that file as it grows (from the page cache, right behind the download) and sees
+/// its end only once it is stored under its verified digest, so nothing it applies is
+/// committed before the blob is.
+#[derive(Default)]
+pub(super) struct Arrival {
+    state: std::sync::Mutex<ArrivalState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct ArrivalState {
+    /// The file being written, once the download has started.
+    file: Option<std::sync::Arc<std::fs::File>>,
+    /// How many times the download started over in a new file (a reader of an older one fails).
+    generation: u32,
+    /// Bytes of `file` written through.
+    written: u64,
+    /// `Ok(size)` once the blob is stored, `Err` once its download failed.
+    end: Option<Result<u64, String>>,
+}
+
+impl Arrival {
+    fn update(&self, f: impl FnOnce(&mut ArrivalState)) {
+        f(&mut self.state.lock().expect("poisoned"));
+        self.changed.notify_all();
+    }
+
+    pub(super) fn restart(&self, file: Option<std::fs::File>) {
+        self.update(|s| {
+            s.file = file.map(std::sync::Arc::new);
+            s.generation += 1;
+            s.written = 0;
+        });
+    }
+
+    pub(super) fn flushed(&self, written: u64) {
+        let mut s = self.state.lock().expect("poisoned");
+        if s.written != written {
+            s.written = written;
+            drop(s);
+            self.changed.notify_all();
+        }
+    }
+
+    /// Records how the download ended; the first end counts.
+    pub(super) fn end(&self, end: Result<u64, String>) {
+        self.update(|s| {
+            if s.end.is_none() {
+                if let Ok(size) = end {
+                    s.written = size;
+                }
+                s.end = Some(end);
+            }
+        });
+    }
+
+    /// Waits for the download to end: the blob's size if it was stored.
+    pub(super) fn wait(&self) -> Result<u64, String> {
+        let mut s = self.state.lock().expect("poisoned");
+        loop {
+            if let Some(end) = &s.end {
+                return end.clone();
+            }
+            s = self.changed.wait(s).expect("poisoned");
+        }
+    }
+
+    /// A reader of the blob from its first byte, following the download.
+    pub(super) fn follow(&self) -> Follow<'_> {
+        Follow {
+            arrival: self,
+            generation: None,
+            pos: 0,
+        }
+    }
+}
+
+/// Reads an `Arrival`'s file as it grows; ends where the stored blob ends, fails where the
+/// download does (or starts over).
+pub(super) struct Follow<'a> {
+    arrival: &'a Arrival,
+    /// The file generation this reader started on.
+    generation: Option<u32>,
+    pos: u64,
+}
+
+impl std::io::Read for Follow<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let mut s = self.arrival.state.lock().expect("poisoned");
+        loop {
+            if let Some(Err(e)) = &s.end {
+                return Err(std::io::Error::other(e.clone()));
+            }
+            if let Some(file) = &s.file {
+                let generation = *self.generation.get_or_insert(s.generation);
+                if generation != s.generation {
+                    return Err(std::io::Error::other("the download started over"));
+                }
+                if self.pos < s.written {
+                    let n = buf.len().min((s.written - self.pos) as usize);
+                    let file = file.clone();
+                    drop(s);
+                    let n = std::os::unix::fs::FileExt::read_at(&*file, &mut buf[..n], self.pos)?;
+                    if n == 0 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                    self.pos += n as u64;
+                    return Ok(n);
+                }
+                if matches!(s.end, Some(Ok(_))) {
+                    return Ok(0);
+                }
+            } else if s.end.is_some() {
+                // Stored, but through a file this reader never had: the applier reads the
+                // stored blob instead.
+                return Err(std::io::Error::other("the download could not be followed"));
+            }
+            s = self.arrival.changed.wait(s).expect("poisoned");
+        }
+    }
 }
 
 fn available_platforms(index: &ImageIndex) -> String {
@@ -515,66 +689,100 @@ struct Applied {
     created: Vec<String>,
 }
 
-/// Applies `layers` bottom up as their blobs arrive (their digests come on `done`; blobs already
-/// stored count as arrived). On an error the snapshots it created are removed again.
+/// Applies `layers` bottom up, each as soon as the one below is applied: a layer being
+/// downloaded is read as it arrives (`arrivals`), one already stored from the store. A layer
+/// whose streamed apply fails (say, its download started over) is applied again from the store
+/// once its download has ended. On an error the snapshots it created are removed again.
 fn apply_as_they_come(
     backend: &dyn Backend,
     store: &ImageStore,
-    config: &ImageConfig,
     layers: &[Descriptor],
     diff_ids: &[Digest],
-    done: std::sync::mpsc::Receiver<Digest>,
+    arrivals: &std::collections::HashMap<String, Arrival>,
 ) -> Result<Applied, String> {
-    let mut arrived: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut applied = Applied {
         top: None,
         created: Vec::new(),
     };
     let chain = crate::image::chain_ids(diff_ids);
     for (i, layer) in layers.iter().enumerate() {
-        while !arrived.contains(layer.digest().as_ref())
-            && !store.has_blob(layer.digest()).unwrap_or(false)
-        {
-            match done.recv() {
-                Ok(d) => {
-                    arrived.insert(d.to_string());
-                }
-                // The downloads ended without this layer: they failed, and say why.
-                Err(_) => {
-                    remove_created(Some(backend), &applied.created);
-                    return Err(format!("layer {} was not downloaded", layer.digest()));
-                }
-            }
-        }
         let name = chain[i].to_string();
-        let existed = backend.stat(&name).is_ok();
-        let mut prefix_config = config.clone();
-        prefix_config.rootfs.diff_ids = diff_ids[..=i].to_vec();
-        let state = crate::build::StageState {
-            config: prefix_config,
-            layers: layers[..=i]
-                .iter()
-                .map(|l| crate::build::LayerRecord {
-                    digest: l.digest().clone(),
-                    size: l.size(),
-                    media_type: l.media_type().to_string(),
-                })
-                .collect(),
-        };
-        match crate::build::ensure_snapshot(backend, store, &state) {
-            Ok(top) => {
-                if !existed {
-                    applied.created.push(name);
+        let parent = (i > 0).then(|| chain[i - 1].to_string());
+        let present = backend
+            .stat(&name)
+            .is_ok_and(|s| s.kind == imgfs::SnapshotKind::Committed);
+        if !present {
+            tracing::debug!(layer = %layer.digest(), "applying layer");
+            let arrival = arrivals.get(layer.digest().as_ref());
+            let want = &diff_ids[i];
+            let parent = parent.as_deref();
+            let result = match arrival {
+                Some(arrival) => {
+                    let streamed =
+                        apply_layer(backend, &name, parent, &mut arrival.follow(), layer, want);
+                    match (streamed, arrival.wait()) {
+                        (Ok(()), _) => Ok(()),
+                        (Err(e), Ok(_)) => {
+                            tracing::debug!(layer = %layer.digest(), "applying the stored blob after a failed streamed apply: {e}");
+                            apply_stored(backend, store, &name, parent, layer, want)
+                        }
+                        (Err(_), Err(download)) => Err(format!(
+                            "layer {} was not downloaded: {download}",
+                            layer.digest()
+                        )),
+                    }
                 }
-                applied.top = top;
-            }
-            Err(e) => {
+                None => apply_stored(backend, store, &name, parent, layer, want),
+            };
+            if let Err(e) = result {
                 remove_created(Some(backend), &applied.created);
                 return Err(e);
             }
+            applied.created.push(name.clone());
+            tracing::debug!(layer = %layer.digest(), "layer applied");
         }
+        applied.top = Some(name);
     }
     Ok(applied)
+}
+
+/// `apply_layer` of a stored blob.
+fn apply_stored(
+    backend: &dyn Backend,
+    store: &ImageStore,
+    name: &str,
+    parent: Option<&str>,
+    layer: &Descriptor,
+    diff_id: &Digest,
+) -> Result<(), String> {
+    let mut blob = store
+        .open_blob(layer.digest())
+        .map_err(|e| format!("layer {}: {e}", layer.digest()))?;
+    apply_layer(backend, name, parent, &mut blob, layer, diff_id)
+}
+
+/// Applies `layer`, read from `blob`, as the committed snapshot `name` on `parent`, and checks it
+/// has the diff id the image config gives it; one that does not is removed again.
+fn apply_layer(
+    backend: &dyn Backend,
+    name: &str,
+    parent: Option<&str>,
+    blob: &mut dyn std::io::Read,
+    layer: &Descriptor,
+    diff_id: &Digest,
+) -> Result<(), String> {
+    let applied = backend
+        .apply(name, parent, blob, &imgfs::layer::ImportLimits::default())
+        .map_err(|e| format!("failed to apply layer {}: {e}", layer.digest()))?;
+    if applied.diff_id != diff_id.as_ref() {
+        let _ = backend.remove(name);
+        return Err(format!(
+            "layer {} has diff id {} but the image config says {diff_id}",
+            layer.digest(),
+            applied.diff_id
+        ));
+    }
+    Ok(())
 }
 
 /// Removes snapshots a failed pull created, top first.

@@ -244,3 +244,64 @@ fn unauthorized_message_names_the_registry_and_the_fix() {
     );
     assert!(msg.contains("img login 127.0.0.1:5000"), "{msg}");
 }
+
+/// An `Arrival` fed from a temporary file the way a download feeds it.
+fn arriving(bytes: &[u8]) -> (tempfile::NamedTempFile, super::pull::Arrival) {
+    use std::io::Write;
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(bytes).unwrap();
+    let arrival = super::pull::Arrival::default();
+    arrival.restart(Some(file.reopen().unwrap()));
+    (file, arrival)
+}
+
+#[test]
+fn a_follower_reads_what_has_arrived_and_ends_only_once_the_blob_is_stored() {
+    use std::io::Read;
+    let (_file, arrival) = arriving(b"hello world");
+    arrival.flushed(5);
+    std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut all = Vec::new();
+            arrival.follow().read_to_end(&mut all).map(|_| all)
+        });
+        // The reader has the first five bytes and waits: neither more bytes nor an end yet.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!reader.is_finished());
+        arrival.flushed(11);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!reader.is_finished(), "ended before the blob was stored");
+        arrival.end(Ok(11));
+        assert_eq!(reader.join().unwrap().unwrap(), b"hello world");
+    });
+}
+
+#[test]
+fn a_follower_fails_when_the_blob_fails_verification_even_with_every_byte_read() {
+    use std::io::Read;
+    let (_file, arrival) = arriving(b"hello world");
+    arrival.flushed(11);
+    let mut follow = arrival.follow();
+    let mut buf = [0u8; 11];
+    follow.read_exact(&mut buf).unwrap();
+    arrival.end(Err("blob sha256:ab has digest sha256:cd".to_string()));
+    let err = follow.read(&mut buf).unwrap_err();
+    assert!(err.to_string().contains("has digest"), "{err}");
+}
+
+#[test]
+fn a_follower_fails_when_the_download_starts_over_in_a_new_file() {
+    use std::io::Read;
+    let (_file, arrival) = arriving(b"hello world");
+    arrival.flushed(11);
+    let mut follow = arrival.follow();
+    let mut buf = [0u8; 4];
+    follow.read_exact(&mut buf).unwrap();
+    let again = tempfile::NamedTempFile::new().unwrap();
+    arrival.restart(Some(again.reopen().unwrap()));
+    let err = follow.read(&mut buf).unwrap_err();
+    assert!(err.to_string().contains("started over"), "{err}");
+    // The download's end is still what the applier waits for.
+    arrival.end(Ok(11));
+    assert_eq!(arrival.wait(), Ok(11));
+}

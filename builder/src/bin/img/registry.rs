@@ -73,9 +73,17 @@ pub fn pull(state: &State, args: PullArgs) -> Result<()> {
         args.flags.options(args.platform.as_deref())?,
         Reporter::for_stderr(),
     )?;
+    // Two slow starts overlap: compiling the reference grammar's regex and loading the TLS roots
+    // (~80 ms of CPU) on one thread, creating or opening the snapshot store (fsyncs) on this one.
+    let (connected, backend) = std::thread::scope(|s| {
+        let connect = s.spawn(|| registry.connect(&args.name));
+        let backend = state.imgfs();
+        (connect.join().expect("connecting does not panic"), backend)
+    });
+    connected?;
     let reference = builder::image::Reference::parse(&args.name)?;
     println!("Pulling {reference}...");
-    let backend = state.imgfs()?;
+    let backend = backend?;
     let pulled = registry
         .pull(&state.images, &args.name, Some(&backend))
         .with_context(|| format!("failed to pull {reference}"))?;
