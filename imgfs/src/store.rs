@@ -81,10 +81,20 @@ fn lock_file(root: &Path) -> Result<File> {
         .truncate(false)
         .open(&path)
         .ctx(|| format!("open {}", path.display()))?;
+    // A lock that names our own pid may be held by a child we are starting: between fork and
+    // exec it shares our descriptors, this LOCK's included (seen in tests that spawn processes
+    // while others reopen a store). That clears within milliseconds, so wait for it a little;
+    // a lock held by another process fails at once.
+    let own = std::process::id().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     // SAFETY: flock on an fd we own; no memory is involved.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    while unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let pid = std::fs::read_to_string(&path).unwrap_or_default();
         let pid = pid.trim();
+        if pid == own && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            continue;
+        }
         return Err(Error::Locked {
             path: root.to_path_buf(),
             pid: if pid.is_empty() {
