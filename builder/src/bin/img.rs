@@ -89,7 +89,13 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let cli = Cli::parse();
-    let filter = if cli.debug { "debug" } else { "warn" };
+    // rustls-platform-verifier logs an untrusted certificate at ERROR on every handshake; the
+    // registry client reports it once as the command's error, naming the host.
+    let filter = if cli.debug {
+        "debug"
+    } else {
+        "warn,rustls_platform_verifier=off"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("IMG_LOG")

@@ -13,7 +13,7 @@ use docker_credential::{CredentialRetrievalError, DockerCredential};
 use serde_json::{Map, Value};
 
 use super::RegistryError;
-use super::client::{Failure, Registry, error_chain, is_insecure_host, registry_key};
+use super::client::{Failure, Registry, error_chain, is_insecure_host, registry_key, tls_failure};
 
 /// Stored credentials for one registry.
 #[derive(Clone, PartialEq, Eq)]
@@ -62,11 +62,73 @@ pub(super) fn credentials(registry: &str) -> Result<Option<Credentials>, Registr
             path,
             message: "not valid JSON".to_string(),
         }),
-        Err(e) => Err(RegistryError::Credentials {
-            registry: registry.to_string(),
-            message: e.to_string(),
-        }),
+        Err(e) => {
+            let helper = read_config(&path)
+                .ok()
+                .and_then(|config| helper_for(&config, &registry_key(registry)))
+                .unwrap_or_else(|| "the credential helper".to_string());
+            let on_path = std::env::var_os("PATH").is_some_and(|path| {
+                std::env::split_paths(&path).any(|dir| dir.join(&helper).is_file())
+            });
+            helper_error(registry, &helper, on_path, e)
+        }
     }
+}
+
+/// The helper program config.json names for `key`: `credHelpers[key]`, else `credsStore`, as
+/// `docker-credential-NAME`.
+fn helper_for(config: &Map<String, Value>, key: &str) -> Option<String> {
+    let name = config
+        .get("credHelpers")
+        .and_then(|h| h.get(key))
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .or_else(|| config.get("credsStore").and_then(Value::as_str))?;
+    Some(format!("docker-credential-{name}"))
+}
+
+/// What a failed credential helper means. A helper that has nothing for the registry says so
+/// with docker-credential-helpers' "credentials not found" error, which Docker takes as no
+/// credentials (an anonymous pull), and so does img; anything else is an error that names the
+/// helper and repeats what it printed. `on_path` tells a helper that is missing from one that
+/// exited before it read the request (both are a failed write to its stdin to the crate).
+pub(super) fn helper_error(
+    registry: &str,
+    helper: &str,
+    on_path: bool,
+    e: CredentialRetrievalError,
+) -> Result<Option<Credentials>, RegistryError> {
+    let message = match e {
+        CredentialRetrievalError::HelperFailure { stdout, stderr, .. } => {
+            let said = [stderr.trim(), stdout.trim()]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ");
+            if said.contains("credentials not found") {
+                return Ok(None);
+            }
+            if said.is_empty() {
+                format!("`{helper} get` failed without a message")
+            } else {
+                format!("`{helper} get` failed: {}", said.replace('\n', " "))
+            }
+        }
+        CredentialRetrievalError::HelperCommunicationError if on_path => {
+            format!("`{helper} get` exited before reading which registry it was asked for")
+        }
+        CredentialRetrievalError::HelperCommunicationError => {
+            format!("could not run `{helper} get`: {helper} is not on PATH")
+        }
+        CredentialRetrievalError::MalformedHelperResponse => format!(
+            "`{helper} get` did not answer with JSON like {{\"Username\": ..., \"Secret\": ...}}"
+        ),
+        other => other.to_string(),
+    };
+    Err(RegistryError::Credentials {
+        registry: registry.to_string(),
+        message,
+    })
 }
 
 /// Checks `username` and `password` against `registry` (basic or bearer-token auth, as the
@@ -141,7 +203,10 @@ async fn verify(
     username: &str,
     password: &str,
 ) -> Result<(), Failure> {
-    let transient = |e: reqwest::Error| Failure::Transient(error_chain(&e));
+    let transient = |e: reqwest::Error| match tls_failure(host, &e) {
+        Some(tls) => Failure::Fatal(tls),
+        None => Failure::Transient(error_chain(&e)),
+    };
     let rejected = || {
         Failure::Fatal(RegistryError::Unauthorized {
             registry: host.to_string(),

@@ -323,7 +323,10 @@ pub(super) fn classify(registry: &str, what: &str, err: OciDistributionError) ->
                 fatal(envelope.to_string())
             }
         }
-        OciDistributionError::RequestError(e) => request_failure(&e, unauthorized, fatal),
+        OciDistributionError::RequestError(e) => match tls_failure(registry, &e) {
+            Some(tls) => Failure::Fatal(tls),
+            None => request_failure(&e, unauthorized, fatal),
+        },
         OciDistributionError::IoError(e) => io_failure(e, what),
         OciDistributionError::DigestError(DigestError::VerificationError { expected, actual }) => {
             Failure::Fatal(RegistryError::DigestMismatch {
@@ -348,6 +351,43 @@ fn request_failure(
         _ if e.is_builder() => fatal(error_chain(e)),
         _ => Failure::Transient(error_chain(e)),
     }
+}
+
+/// The TLS error behind a failed request, if that is why it failed. A certificate the client
+/// does not trust or a failed handshake will fail the same way on every try, so it is reported
+/// at once, naming the host, instead of after the retries as a connection error.
+pub(super) fn tls_failure(
+    registry: &str,
+    e: &(dyn std::error::Error + 'static),
+) -> Option<RegistryError> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            let hint = match tls {
+                rustls::Error::InvalidCertificate(_) => {
+                    " (trust the registry's CA in the system store, or name a PEM file of \
+                     trusted CAs in SSL_CERT_FILE)"
+                }
+                _ => "",
+            };
+            return Some(RegistryError::Tls {
+                registry: registry.to_string(),
+                message: tls.to_string(),
+                hint,
+            });
+        }
+        // An `io::Error` wrapping another error reports that error's source as its own, so
+        // the wrapped error (tokio-rustls nests an io::Error in another) is only reachable
+        // through `get_ref`.
+        current = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    None
 }
 
 /// Errors from a blob stream: oci-client wraps transport errors and its digest check in

@@ -304,4 +304,89 @@ fn a_follower_fails_when_the_download_starts_over_in_a_new_file() {
     // The download's end is still what the applier waits for.
     arrival.end(Ok(11));
     assert_eq!(arrival.wait(), Ok(11));
+
+#[test]
+fn a_helper_without_credentials_for_the_registry_means_anonymous() {
+    let e = docker_credential::CredentialRetrievalError::HelperFailure {
+        helper: "docker-credential-pass".into(),
+        stdout: "credentials not found in native keychain\n".into(),
+        stderr: String::new(),
+    };
+    assert_eq!(
+        super::auth::helper_error("r:5000", "docker-credential-pass", true, e).unwrap(),
+        None
+    );
+}
+
+#[test]
+fn a_failing_helper_is_named_with_what_it_printed() {
+    let e = docker_credential::CredentialRetrievalError::HelperFailure {
+        helper: "docker-credential-pass".into(),
+        stdout: String::new(),
+        stderr: "gpg: decryption failed\nno secret key\n".into(),
+    };
+    let msg = super::auth::helper_error("r:5000", "docker-credential-pass", true, e)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        msg,
+        "credentials for r:5000: `docker-credential-pass get` failed: \
+         gpg: decryption failed no secret key"
+    );
+    let talk = |on_path| {
+        super::auth::helper_error(
+            "r:5000",
+            "docker-credential-nope",
+            on_path,
+            docker_credential::CredentialRetrievalError::HelperCommunicationError,
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    assert_eq!(
+        talk(false),
+        "credentials for r:5000: could not run `docker-credential-nope get`: \
+         docker-credential-nope is not on PATH"
+    );
+    assert_eq!(
+        talk(true),
+        "credentials for r:5000: `docker-credential-nope get` exited before reading which \
+         registry it was asked for"
+    );
+}
+
+/// An error shaped like reqwest's for a failed handshake: the rustls error inside
+/// `io::Error`s inside another error.
+#[derive(Debug)]
+struct Connect(std::io::Error);
+
+impl std::fmt::Display for Connect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("error sending request")
+    }
+}
+
+impl std::error::Error for Connect {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+#[test]
+fn an_untrusted_certificate_is_a_tls_error_naming_the_host() {
+    // As reqwest 0.13 reports it: io::Error(Other, io::Error(InvalidData, rustls::Error)).
+    let e = Connect(std::io::Error::other(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+    )));
+    let err = super::client::tls_failure("reg.test:5000", &e).expect("a TLS failure");
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("TLS with reg.test:5000 failed: invalid peer certificate: UnknownIssuer"),
+        "{msg}"
+    );
+    assert!(msg.contains("SSL_CERT_FILE"), "{msg}");
+
+    let refused = Connect(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+    assert!(super::client::tls_failure("reg.test:5000", &refused).is_none());
 }
