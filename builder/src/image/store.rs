@@ -16,7 +16,7 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use oci_spec::image::{Descriptor, Digest, DigestAlgorithm, ImageManifest, MediaType};
+use oci_spec::image::{Descriptor, Digest, DigestAlgorithm, ImageIndex, ImageManifest, MediaType};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -489,7 +489,8 @@ impl ImageStore {
     }
 
     /// Finds an image by name (`busybox`, `docker.io/library/busybox:latest`), by manifest digest
-    /// (`busybox@sha256:...`, whose manifest must be stored), or by a prefix of its ID as
+    /// (`busybox@sha256:...`, whose manifest must be stored; an index digest stands for the
+    /// platform manifest of it that is stored), or by a prefix of its ID as
     /// `img ls` prints it (`sha256:` optional), in that order, as Docker does.
     pub fn resolve(&self, name: &str) -> Result<Image, StoreError> {
         let parsed = Reference::parse(name);
@@ -499,9 +500,15 @@ impl ImageStore {
                 let size = self
                     .blob_size(&digest)?
                     .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
-                let media_type = manifest_media_type(&self.read_blob(&digest)?);
+                let bytes = self.read_blob(&digest)?;
+                let media_type = manifest_media_type(&bytes);
+                let descriptor = if is_index(&media_type) {
+                    self.stored_platform_manifest(&digest, &bytes)?
+                        .ok_or_else(|| StoreError::NotFound(name.to_string()))?
+                } else {
+                    Descriptor::new(media_type, size, digest)
+                };
                 let now = Utc::now();
-                let descriptor = Descriptor::new(media_type, size, digest);
                 return self.load_image(reference.clone(), descriptor, now, now);
             }
             if let Some(entry) = index.images.get(&reference.to_string()) {
@@ -537,6 +544,43 @@ impl ImageStore {
             }
         }
         found.ok_or_else(|| StoreError::NotFound(name.to_string()))
+    }
+
+    /// The manifest `name@<index digest>` stands for: of the index's image manifests that are
+    /// stored complete, the host platform's, else the first. A pull by index digest stores the
+    /// index beside the one platform manifest it chose, so this finds that manifest again
+    /// without a registry; `None` when no entry of the index is stored.
+    fn stored_platform_manifest(
+        &self,
+        digest: &Digest,
+        bytes: &[u8],
+    ) -> Result<Option<Descriptor>, StoreError> {
+        let index: ImageIndex =
+            serde_json::from_slice(bytes).map_err(|source| StoreError::BadJson {
+                digest: digest.clone(),
+                source,
+            })?;
+        let (architecture, os, variant) = super::config::host_platform();
+        let is_host = |d: &Descriptor| {
+            d.platform().as_ref().is_some_and(|p| {
+                p.os().to_string() == os
+                    && p.architecture().to_string() == architecture
+                    && (p.variant().is_none() || variant.is_none() || *p.variant() == variant)
+            })
+        };
+        let mut stored = Vec::new();
+        for d in index.manifests() {
+            // An entry may be a nested index or an artifact; only image manifests resolve, and
+            // only when their config and layers are here too.
+            if is_manifest(d.media_type()) && self.read_manifest(d).is_ok() {
+                stored.push(d);
+            }
+        }
+        Ok(stored
+            .iter()
+            .find(|d| is_host(d))
+            .or(stored.first())
+            .map(|d| (*d).clone()))
     }
 
     /// Every named image, sorted by name.

@@ -413,6 +413,83 @@ mod store {
         ));
     }
 
+    /// An OCI index of `entries` (manifest, os/arch/variant), stored as a blob; its digest.
+    fn put_index(store: &ImageStore, entries: &[(&Descriptor, &str)]) -> Digest {
+        let manifests: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|(d, platform)| {
+                let parts: Vec<&str> = platform.split('/').collect();
+                let mut p = serde_json::json!({ "os": parts[0], "architecture": parts[1] });
+                if let Some(v) = parts.get(2) {
+                    p["variant"] = (*v).into();
+                }
+                serde_json::json!({
+                    "mediaType": d.media_type().to_string(),
+                    "digest": d.digest().to_string(),
+                    "size": d.size(),
+                    "platform": p,
+                })
+            })
+            .collect();
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": manifests,
+        });
+        store
+            .put_blob(&serde_json::to_vec(&index).unwrap()[..], None)
+            .unwrap()
+            .digest
+    }
+
+    fn host() -> String {
+        let (arch, os, _) = host_platform();
+        format!("{os}/{arch}")
+    }
+
+    #[test]
+    fn an_index_digest_resolves_to_its_stored_host_manifest() {
+        let (_dir, store) = state();
+        let other = make_image(&store, "other", &[&[("other", "1")]]);
+        let ours = make_image(&store, "ours", &[&[("ours", "1")]]);
+        // The host's entry is not the first: the platform decides, not the order.
+        let index = put_index(&store, &[(&other, "linux/s390x"), (&ours, &host())]);
+        let image = store.resolve(&format!("x/y@{index}")).unwrap();
+        assert_eq!(image.manifest_digest, *ours.digest());
+        assert_eq!(image.name.to_string(), format!("docker.io/x/y@{index}"));
+    }
+
+    #[test]
+    fn an_index_digest_resolves_to_the_one_platform_stored() {
+        let (_dir, store) = state();
+        let arm = make_image(&store, "arm", &[&[("arm", "1")]]);
+        // The host's manifest is named by the index but was never pulled.
+        let absent = Descriptor::new(
+            MediaType::ImageManifest,
+            100,
+            sha256_digest(b"never stored"),
+        );
+        let index = put_index(&store, &[(&absent, &host()), (&arm, "linux/s390x")]);
+        let image = store.resolve(&format!("x/y@{index}")).unwrap();
+        assert_eq!(image.manifest_digest, *arm.digest());
+    }
+
+    #[test]
+    fn an_index_digest_without_a_stored_manifest_is_not_found() {
+        let (_dir, store) = state();
+        let absent = Descriptor::new(
+            MediaType::ImageManifest,
+            100,
+            sha256_digest(b"never stored"),
+        );
+        let index = put_index(&store, &[(&absent, &host())]);
+        let name = format!("x/y@{index}");
+        match store.resolve(&name) {
+            Err(StoreError::NotFound(n)) => assert_eq!(n, name),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn id_prefix_shared_by_two_images_is_ambiguous() {
         let (_dir, store) = state();
