@@ -228,3 +228,126 @@ pub fn image_config(layout: &Path, tag: &str) -> anyhow::Result<Value> {
     let manifest = blob(desc["digest"].as_str().unwrap_or_default())?;
     blob(manifest["config"]["digest"].as_str().unwrap_or_default())
 }
+
+/// One platform's image in `multi_platform_index`: `os/arch[/variant]`, and an uncompressed
+/// layer tar to put on top of the base image's layers, if any.
+pub struct PlatformImage<'a> {
+    pub platform: &'a str,
+    pub extra_layer: Option<Vec<u8>>,
+}
+
+/// Adds to `layout` an OCI image index tagged `tag` with one image manifest per entry of
+/// `platforms`: `base_tag`'s layers (plus the entry's extra layer) and its config with the
+/// platform's os, architecture and variant. Returns the index's digest and the manifests'
+/// digests in order. `skopeo copy --all oci:LAYOUT:TAG docker://...` pushes the lot.
+pub fn multi_platform_index(
+    layout: &Path,
+    base_tag: &str,
+    tag: &str,
+    platforms: &[PlatformImage],
+) -> anyhow::Result<(String, Vec<String>)> {
+    use sha2::Digest as _;
+    let blobs = layout.join("blobs/sha256");
+    let put = |bytes: &[u8]| -> anyhow::Result<(String, usize)> {
+        let hex = hex::encode(sha2::Sha256::digest(bytes));
+        fs::write(blobs.join(&hex), bytes)?;
+        Ok((format!("sha256:{hex}"), bytes.len()))
+    };
+    let read = |digest: &str| -> anyhow::Result<Value> {
+        let hex = digest
+            .strip_prefix("sha256:")
+            .context("not a sha256 digest")?;
+        Ok(serde_json::from_slice(&fs::read(blobs.join(hex))?)?)
+    };
+    let index_path = layout.join("index.json");
+    let mut index: Value = serde_json::from_slice(&fs::read(&index_path)?)?;
+    let base = index["manifests"]
+        .as_array()
+        .and_then(|m| {
+            m.iter().find(|d| {
+                d["annotations"]["org.opencontainers.image.ref.name"].as_str() == Some(base_tag)
+            })
+        })
+        .with_context(|| format!("no image tagged {base_tag} in {layout:?}"))?
+        .clone();
+    let base_manifest = read(base["digest"].as_str().unwrap_or_default())?;
+    let base_config = read(
+        base_manifest["config"]["digest"]
+            .as_str()
+            .unwrap_or_default(),
+    )?;
+
+    let mut entries = Vec::new();
+    let mut digests = Vec::new();
+    for image in platforms {
+        let parts: Vec<&str> = image.platform.split('/').collect();
+        let (os, arch, variant) = match parts.as_slice() {
+            [os, arch] => (*os, *arch, None),
+            [os, arch, v] => (*os, *arch, Some(*v)),
+            _ => bail!("bad platform {}", image.platform),
+        };
+        let mut manifest = base_manifest.clone();
+        let mut config = base_config.clone();
+        config["os"] = os.into();
+        config["architecture"] = arch.into();
+        match variant {
+            Some(v) => config["variant"] = v.into(),
+            None => {
+                if let Some(c) = config.as_object_mut() {
+                    c.remove("variant");
+                }
+            }
+        }
+        if let Some(tar) = &image.extra_layer {
+            let diff_id = format!("sha256:{}", hex::encode(sha2::Sha256::digest(tar)));
+            let (digest, size) = put(&crate::layer::gzip(tar))?;
+            config["rootfs"]["diff_ids"]
+                .as_array_mut()
+                .context("config without diff_ids")?
+                .push(diff_id.into());
+            if let Some(history) = config["history"].as_array_mut() {
+                history.push(serde_json::json!({ "created_by": "COPY marker /" }));
+            }
+            manifest["layers"]
+                .as_array_mut()
+                .context("manifest without layers")?
+                .push(serde_json::json!({
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": digest,
+                    "size": size,
+                }));
+        }
+        let (config_digest, config_size) = put(&serde_json::to_vec(&config)?)?;
+        manifest["config"]["digest"] = config_digest.into();
+        manifest["config"]["size"] = config_size.into();
+        let (digest, size) = put(&serde_json::to_vec(&manifest)?)?;
+        let mut platform = serde_json::json!({ "os": os, "architecture": arch });
+        if let Some(v) = variant {
+            platform["variant"] = v.into();
+        }
+        entries.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest,
+            "size": size,
+            "platform": platform,
+        }));
+        digests.push(digest);
+    }
+    let image_index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    });
+    let (digest, size) = put(&serde_json::to_vec(&image_index)?)?;
+    index["manifests"]
+        .as_array_mut()
+        .context("index.json without manifests")?
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": digest,
+            "size": size,
+            "annotations": { "org.opencontainers.image.ref.name": tag },
+        }));
+    fs::write(&index_path, serde_json::to_vec(&index)?)?;
+    Ok((digest, digests))
+}

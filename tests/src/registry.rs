@@ -1,7 +1,8 @@
-//! A local registry for tests (Debian's `docker-registry` on a free loopback port, open or with
-//! htpasswd basic auth) and `FaultProxy`, a loopback HTTP proxy that answers 5xx or cuts a
-//! response short on the requests it is told to, so clients' retry and resume paths can be
-//! tested against the real registry.
+//! A local registry for tests (Debian's `docker-registry` on a free loopback port, open, with
+//! htpasswd basic auth, or over TLS with a certificate from a throwaway CA), `FaultProxy`, a
+//! loopback HTTP proxy that answers 5xx or cuts a response short on the requests it is told to,
+//! so clients' retry and resume paths can be tested against the real registry, and
+//! `TokenAuthProxy`, a bearer-token front (the distribution token flow) for an open registry.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -31,7 +32,19 @@ impl TestRegistry {
         Self::start_with(Some((user, password)))
     }
 
+    /// Starts an open registry that speaks only HTTPS, with `ca`'s server certificate.
+    pub fn start_tls(ca: &TestCa) -> anyhow::Result<TestRegistry> {
+        Self::start_inner(None, Some(ca))
+    }
+
     fn start_with(auth: Option<(&str, &str)>) -> anyhow::Result<TestRegistry> {
+        Self::start_inner(auth, None)
+    }
+
+    fn start_inner(
+        auth: Option<(&str, &str)>,
+        tls: Option<&TestCa>,
+    ) -> anyhow::Result<TestRegistry> {
         let dir = tempfile::tempdir_in("/var/tmp")?;
         let port = free_port()?;
         let host = format!("127.0.0.1:{port}");
@@ -49,6 +62,13 @@ impl TestRegistry {
             config.push_str(&format!(
                 "auth:\n  htpasswd:\n    realm: img-tests\n    path: {}\n",
                 htpasswd.display()
+            ));
+        }
+        if let Some(ca) = tls {
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                ca.server_cert.display(),
+                ca.server_key.display()
             ));
         }
         let config_path = dir.path().join("config.yml");
@@ -70,6 +90,14 @@ impl TestRegistry {
     /// `127.0.0.1:PORT`.
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.host
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .expect("host is 127.0.0.1:PORT")
     }
 
     /// The registry's log (for assertion messages).
@@ -95,9 +123,10 @@ impl TestRegistry {
                     self.host
                 );
                 let mut answer = String::new();
+                // A TLS registry answers plain HTTP with Go's `HTTP/1.0 400`: it is up as well.
                 if s.write_all(req.as_bytes()).is_ok()
                     && s.read_to_string(&mut answer).is_ok()
-                    && answer.starts_with("HTTP/1.1")
+                    && answer.starts_with("HTTP/1.")
                 {
                     return Ok(());
                 }
@@ -118,6 +147,81 @@ impl Drop for TestRegistry {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A throwaway certificate authority and a server certificate it signed for `names` (DNS names
+/// and IP addresses), made with openssl: `ca` is what a client must trust.
+pub struct TestCa {
+    _dir: tempfile::TempDir,
+    pub ca: std::path::PathBuf,
+    pub server_cert: std::path::PathBuf,
+    pub server_key: std::path::PathBuf,
+}
+
+impl TestCa {
+    pub fn create(names: &[&str]) -> anyhow::Result<TestCa> {
+        let dir = tempfile::tempdir_in("/var/tmp")?;
+        // The test user's img reads the CA file too.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
+        let p = |name: &str| dir.path().join(name);
+        // One command line per step, split on spaces (no argument has one).
+        let openssl = |args: &str| {
+            crate::images::run(
+                Command::new("openssl")
+                    .args(args.split_whitespace())
+                    .current_dir(dir.path()),
+            )
+        };
+        // P-256 keys: quick to make, and accepted by rustls and Go alike.
+        // A name of its own: two test CAs with one name would look like one CA whose
+        // signature does not verify, not like an unknown one.
+        let ca_name = format!(
+            "img-test-CA-{}",
+            dir.path().file_name().unwrap_or_default().to_string_lossy()
+        );
+        openssl(&format!(
+            "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key \
+             -out ca.pem -days 2 -subj /CN={ca_name} \
+             -addext basicConstraints=critical,CA:TRUE \
+             -addext keyUsage=critical,keyCertSign,cRLSign"
+        ))?;
+        let first = names.first().copied().unwrap_or("localhost");
+        openssl(&format!(
+            "req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout server.key \
+             -out server.csr -subj /CN={first}"
+        ))?;
+        let san: Vec<String> = names
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(_) => format!("IP:{n}"),
+                Err(_) => format!("DNS:{n}"),
+            })
+            .collect();
+        std::fs::write(
+            p("server.ext"),
+            format!(
+                "subjectAltName={}\nbasicConstraints=CA:FALSE\n\
+                 keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+                san.join(",")
+            ),
+        )?;
+        openssl(
+            "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+             -out server.pem -days 2 -extfile server.ext",
+        )?;
+        for f in ["ca.pem", "server.pem", "server.key"] {
+            std::fs::set_permissions(p(f), std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+        }
+        Ok(TestCa {
+            ca: p("ca.pem"),
+            server_cert: p("server.pem"),
+            server_key: p("server.key"),
+            _dir: dir,
+        })
     }
 }
 
@@ -231,6 +335,313 @@ impl Drop for FaultProxy {
     }
 }
 
+/// One request to the token endpoint, as `TokenAuthProxy` saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRequest {
+    /// The `scope` parameters, decoded (`repository:NAME:pull,push`).
+    pub scopes: Vec<String>,
+    pub service: Option<String>,
+    pub account: Option<String>,
+    /// Whether the basic credentials were right (and a token was issued).
+    pub granted: bool,
+}
+
+/// What the token front knows: the one account, the tokens it issued and the scopes each grants,
+/// and every token request.
+struct TokenState {
+    user: String,
+    password: String,
+    issued: std::collections::HashMap<String, Vec<String>>,
+    requests: Vec<TokenRequest>,
+    refused: Vec<String>,
+}
+
+/// A loopback front for an open registry that demands bearer tokens the way Docker Hub and
+/// distribution's token auth do: a request without a valid `Authorization: Bearer` for its
+/// repository and action (pull for GET and HEAD, push otherwise) gets 401 and a
+/// `WWW-Authenticate: Bearer realm="http://HOST/token",service="test-registry",scope=...`
+/// challenge; `GET /token` checks basic credentials and issues a token for the scopes asked.
+pub struct TokenAuthProxy {
+    host: String,
+    state: Arc<Mutex<TokenState>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The `service` the challenge names.
+pub const TOKEN_SERVICE: &str = "test-registry";
+
+impl TokenAuthProxy {
+    pub fn start(upstream: &str, user: &str, password: &str) -> anyhow::Result<TokenAuthProxy> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let host = listener.local_addr()?.to_string();
+        let state = Arc::new(Mutex::new(TokenState {
+            user: user.to_string(),
+            password: password.to_string(),
+            issued: Default::default(),
+            requests: Vec::new(),
+            refused: Vec::new(),
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (state, stop, host) = (state.clone(), stop.clone(), host.clone());
+            let upstream = upstream.to_string();
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    let (state, upstream, host) = (state.clone(), upstream.clone(), host.clone());
+                    std::thread::spawn(move || {
+                        let _ = serve_token_auth(conn, &upstream, &host, &state);
+                    });
+                }
+            })
+        };
+        Ok(TokenAuthProxy {
+            host,
+            state,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Every request to the token endpoint so far.
+    pub fn token_requests(&self) -> Vec<TokenRequest> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    /// `METHOD TARGET` of every registry request refused for want of a valid token.
+    pub fn refused(&self) -> Vec<String> {
+        self.state.lock().unwrap().refused.clone()
+    }
+}
+
+impl Drop for TokenAuthProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(&self.host);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve_token_auth(
+    client: TcpStream,
+    upstream: &str,
+    host: &str,
+    state: &Mutex<TokenState>,
+) -> anyhow::Result<()> {
+    client.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(client.try_clone()?);
+    let request = Request::read(&mut reader)?;
+    let (path, query) = request
+        .target
+        .split_once('?')
+        .unwrap_or((&request.target, ""));
+    if path == "/token" {
+        return issue_token(client, &request, query, state);
+    }
+    // /v2/NAME/{manifests,blobs,tags}/...: the repository and the action the request needs.
+    let needed = path.strip_prefix("/v2/").and_then(|rest| {
+        ["/manifests/", "/blobs/", "/tags/"]
+            .iter()
+            .find_map(|m| rest.find(m).map(|i| &rest[..i]))
+            .map(|repository| {
+                let action = match request.method.as_str() {
+                    "GET" | "HEAD" => "pull",
+                    _ => "push",
+                };
+                (repository.to_string(), action)
+            })
+    });
+    let token = request
+        .header("Authorization")
+        .and_then(|a| a.strip_prefix("Bearer ").map(str::to_string));
+    let allowed = {
+        let state = state.lock().unwrap();
+        match token.as_ref().and_then(|t| state.issued.get(t)) {
+            None => false,
+            Some(scopes) => match &needed {
+                None => true,
+                Some((repository, action)) => scopes.iter().any(|scope| {
+                    scope
+                        .strip_prefix("repository:")
+                        .and_then(|s| s.rsplit_once(':'))
+                        .is_some_and(|(name, actions)| {
+                            name == repository && actions.split(',').any(|a| a == *action)
+                        })
+                }),
+            },
+        }
+    };
+    if allowed {
+        return forward(client, reader, upstream, &request, None);
+    }
+    state
+        .lock()
+        .unwrap()
+        .refused
+        .push(format!("{} {}", request.method, request.target));
+    let mut challenge = format!("Bearer realm=\"http://{host}/token\",service=\"{TOKEN_SERVICE}\"");
+    if let Some((repository, action)) = &needed {
+        let actions = if *action == "pull" {
+            "pull"
+        } else {
+            "pull,push"
+        };
+        challenge.push_str(&format!(",scope=\"repository:{repository}:{actions}\""));
+    }
+    let body = br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#;
+    answer(
+        client,
+        "401 Unauthorized",
+        &[
+            ("WWW-Authenticate", challenge),
+            ("Content-Type", "application/json".to_string()),
+            (
+                "Docker-Distribution-API-Version",
+                "registry/2.0".to_string(),
+            ),
+        ],
+        body,
+    )
+}
+
+fn issue_token(
+    client: TcpStream,
+    request: &Request,
+    query: &str,
+    state: &Mutex<TokenState>,
+) -> anyhow::Result<()> {
+    let params: Vec<(String, String)> = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+        .collect();
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let mut state = state.lock().unwrap();
+    let expected = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("{}:{}", state.user, state.password)
+        )
+    );
+    let granted = request.header("Authorization").as_deref() == Some(expected.as_str());
+    let scopes: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| k == "scope")
+        .flat_map(|(_, v)| v.split(' ').map(str::to_string))
+        .filter(|v| !v.is_empty())
+        .collect();
+    state.requests.push(TokenRequest {
+        scopes: scopes.clone(),
+        service: param("service"),
+        account: param("account"),
+        granted,
+    });
+    if !granted {
+        drop(state);
+        let body =
+            br#"{"errors":[{"code":"UNAUTHORIZED","message":"wrong username or password"}]}"#;
+        return answer(
+            client,
+            "401 Unauthorized",
+            &[("Content-Type", "application/json".to_string())],
+            body,
+        );
+    }
+    let token = format!("img-test-token-{}", state.issued.len() + 1);
+    state.issued.insert(token.clone(), scopes);
+    drop(state);
+    let body = serde_json::json!({
+        "token": token,
+        "access_token": token,
+        "expires_in": 300,
+    });
+    answer(
+        client,
+        "200 OK",
+        &[("Content-Type", "application/json".to_string())],
+        body.to_string().as_bytes(),
+    )
+}
+
+/// `%3A` to `:` and `+` to a space, as in a URL query.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A request head as a proxy reads it.
+struct Request {
+    line: String,
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Request {
+    fn read(reader: &mut impl BufRead) -> anyhow::Result<Request> {
+        let head = read_head(reader)?;
+        let mut lines = head.lines();
+        let line = lines.next().unwrap_or_default().to_string();
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or_default().to_string();
+        let target = parts.next().unwrap_or_default().to_string();
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        Ok(Request {
+            line,
+            method,
+            target,
+            headers,
+        })
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    }
+}
+
 fn serve(
     client: TcpStream,
     upstream: &str,
@@ -239,60 +650,79 @@ fn serve(
 ) -> anyhow::Result<()> {
     client.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut reader = BufReader::new(client.try_clone()?);
-    let mut client = client;
-    let head = read_head(&mut reader)?;
-    let mut lines = head.lines();
-    let request_line = lines.next().unwrap_or_default().to_string();
-    let mut parts = request_line.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_string();
-    let target = parts.next().unwrap_or_default().to_string();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    };
+    let request = Request::read(&mut reader)?;
     let fault = {
         let mut rules = rules.lock().unwrap();
-        let found = rules
-            .iter_mut()
-            .find(|r| r.times > 0 && r.method == method && target.contains(&r.path_contains));
+        let found = rules.iter_mut().find(|r| {
+            r.times > 0 && r.method == request.method && request.target.contains(&r.path_contains)
+        });
         found.map(|r| {
             r.times -= 1;
             r.fault.clone()
         })
     };
     seen.lock().unwrap().push(Seen {
-        method: method.clone(),
-        target: target.clone(),
-        range: header("Range"),
+        method: request.method.clone(),
+        target: request.target.clone(),
+        range: request.header("Range"),
         fault: fault.clone(),
     });
     if let Some(Fault::Status(code)) = fault {
-        let answer =
-            format!("HTTP/1.1 {code} Injected\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        client.write_all(answer.as_bytes())?;
-        let _ = client.shutdown(Shutdown::Both);
-        return Ok(());
+        return answer(client, &format!("{code} Injected"), &[], b"");
     }
+    forward(client, reader, upstream, &request, fault)
+}
 
+/// Answers the client directly and closes the connection.
+fn answer(
+    mut client: TcpStream,
+    status: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> anyhow::Result<()> {
+    let mut head = format!("HTTP/1.1 {status}\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    ));
+    client.write_all(head.as_bytes())?;
+    client.write_all(body)?;
+    client.flush()?;
+    let _ = client.shutdown(Shutdown::Both);
+    Ok(())
+}
+
+/// Relays `request` (its body still in `reader`) to `upstream` and the answer back, applying a
+/// forwarding `fault`.
+fn forward(
+    mut client: TcpStream,
+    mut reader: BufReader<TcpStream>,
+    upstream: &str,
+    request: &Request,
+    fault: Option<Fault>,
+) -> anyhow::Result<()> {
     let mut up = TcpStream::connect(upstream)?;
     up.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut forwarded = format!("{request_line}\r\n");
-    for (k, v) in &headers {
+    let mut forwarded = format!("{}\r\n", request.line);
+    for (k, v) in &request.headers {
         if !k.eq_ignore_ascii_case("connection") {
             forwarded.push_str(&format!("{k}: {v}\r\n"));
         }
     }
     forwarded.push_str("Connection: close\r\n\r\n");
     up.write_all(forwarded.as_bytes())?;
-    if let Some(len) = header("Content-Length").and_then(|l| l.parse::<u64>().ok()) {
+    if let Some(len) = request
+        .header("Content-Length")
+        .and_then(|l| l.parse::<u64>().ok())
+    {
         std::io::copy(&mut (&mut reader).take(len), &mut up)?;
-    } else if header("Transfer-Encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+    } else if request
+        .header("Transfer-Encoding")
+        .is_some_and(|t| t.eq_ignore_ascii_case("chunked"))
+    {
         relay_chunked(&mut reader, &mut up)?;
     }
     up.flush()?;

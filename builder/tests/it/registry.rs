@@ -12,7 +12,7 @@ use tests::registry::{Fault, FaultProxy, Rule, TestRegistry, has_temp_files};
 
 use crate::Rig;
 
-fn can_run() -> bool {
+pub(crate) fn can_run() -> bool {
     tests::can_run(
         true,
         &["runc", "skopeo", "umoci", "docker-registry", "htpasswd"],
@@ -20,7 +20,12 @@ fn can_run() -> bool {
 }
 
 /// `img -s STATE args...` with `env` set and `stdin` fed.
-fn img_in(state: &Path, env: &[(&str, &Path)], stdin: Option<&str>, args: &[&str]) -> Output {
+pub(crate) fn img_in(
+    state: &Path,
+    env: &[(&str, &Path)],
+    stdin: Option<&str>,
+    args: &[&str],
+) -> Output {
     let mut cmd = crate::img_command(state);
     cmd.arg("-s").arg(state).args(args);
     for (k, v) in env {
@@ -38,7 +43,7 @@ fn img_in(state: &Path, env: &[(&str, &Path)], stdin: Option<&str>, args: &[&str
     child.wait_with_output().unwrap()
 }
 
-fn text(out: &Output) -> String {
+pub(crate) fn text(out: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -46,13 +51,13 @@ fn text(out: &Output) -> String {
     )
 }
 
-fn ok(out: Output, what: &str) -> String {
+pub(crate) fn ok(out: Output, what: &str) -> String {
     assert!(out.status.success(), "{what} failed:\n{}", text(&out));
     text(&out)
 }
 
 /// The `Digest: sha256:…` line img pull and push print.
-fn printed_digest(output: &str) -> String {
+pub(crate) fn printed_digest(output: &str) -> String {
     output
         .lines()
         .find_map(|l| l.strip_prefix("Digest: "))
@@ -61,7 +66,7 @@ fn printed_digest(output: &str) -> String {
         .to_string()
 }
 
-fn inspect(rig_state: &Path, name: &str) -> Value {
+pub(crate) fn inspect(rig_state: &Path, name: &str) -> Value {
     let out = ok(
         img_in(rig_state, &[], None, &["inspect", name]),
         "img inspect",
@@ -77,7 +82,7 @@ fn layer_digest(image: &Value) -> String {
         .to_string()
 }
 
-fn fresh_state() -> tempfile::TempDir {
+pub(crate) fn fresh_state() -> tempfile::TempDir {
     crate::img_dir()
 }
 
@@ -550,4 +555,229 @@ fn a_failed_pull_leaves_no_snapshot_of_the_layers_it_applied() {
     assert!(!out.status.success(), "{}", text(&out));
     let du = ok(img_in(other.path(), &[], None, &["du"]), "img du");
     assert!(!du.contains("snapshot"), "{du}");
+}
+
+/// The host's platform as images name it, and another one for the second entry of an index.
+fn host_and_other_platform() -> (&'static str, &'static str) {
+    match std::env::consts::ARCH {
+        "aarch64" => ("linux/arm64/v8", "linux/amd64"),
+        _ => ("linux/amd64", "linux/arm64/v8"),
+    }
+}
+
+/// Pushes (with skopeo, `--all`) an image index of busybox for the host's platform and, for
+/// another platform, busybox plus a `/marker` file. Returns the index digest and the two
+/// manifest digests (host's first).
+fn push_two_platform_index(rig: &Rig, target: &str, format: Option<&str>) -> (String, Vec<String>) {
+    let layout = rig.dir.path().join("multi");
+    images::run(
+        Command::new("cp")
+            .arg("-a")
+            .arg(&crate::base().layout)
+            .arg(&layout),
+    )
+    .unwrap();
+    let (host, other) = host_and_other_platform();
+    let marker = tests::LayerBuilder::new()
+        .file("marker", 0o644, "other platform\n")
+        .finish();
+    let (index, manifests) = images::multi_platform_index(
+        &layout,
+        "busybox",
+        "multi",
+        &[
+            images::PlatformImage {
+                platform: host,
+                extra_layer: None,
+            },
+            images::PlatformImage {
+                platform: other,
+                extra_layer: Some(marker),
+            },
+        ],
+    )
+    .unwrap();
+    let mut skopeo = Command::new("skopeo");
+    skopeo.args(["copy", "-q", "--all", "--dest-tls-verify=false"]);
+    if let Some(format) = format {
+        skopeo.args(["--format", format]);
+    }
+    images::run(
+        skopeo
+            .arg(format!("oci:{}:multi", layout.display()))
+            .arg(format!("docker://{target}")),
+    )
+    .unwrap();
+    (index, manifests)
+}
+
+/// `img -s STATE unpack NAME` into a new temporary directory; the directory and the tree in it.
+fn unpack(state: &Path, name: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = crate::img_dir();
+    let tree = dir.path().join("tree");
+    ok(
+        img_in(state, &[], None, &["unpack", name, tree.to_str().unwrap()]),
+        "img unpack",
+    );
+    (dir, tree)
+}
+
+#[test]
+fn pull_picks_the_host_platform_or_the_asked_one_from_an_image_index() {
+    if !can_run() {
+        return;
+    }
+    let registry = TestRegistry::start().unwrap();
+    let rig = Rig::create();
+    let name = format!("{}/multi/busybox:1", registry.host());
+    let (_, manifests) = push_two_platform_index(&rig, &name, None);
+    let (_, other) = host_and_other_platform();
+
+    let host_state = fresh_state();
+    let pulled = ok(
+        img_in(host_state.path(), &[], None, &["pull", &name]),
+        "img pull",
+    );
+    assert_eq!(printed_digest(&pulled), manifests[0]);
+    let (_dir, tree) = unpack(host_state.path(), &name);
+    assert!(tree.join("bin/busybox").exists());
+    assert!(
+        !tree.join("marker").exists(),
+        "the host's image has no marker"
+    );
+
+    let other_state = fresh_state();
+    let pulled = ok(
+        img_in(
+            other_state.path(),
+            &[],
+            None,
+            &["pull", "--platform", other, &name],
+        ),
+        "img pull --platform",
+    );
+    assert_eq!(printed_digest(&pulled), manifests[1]);
+    let image = inspect(other_state.path(), &name);
+    assert_eq!(
+        image["Architecture"].as_str(),
+        other.split('/').nth(1),
+        "{image:#}"
+    );
+    let (_dir, tree) = unpack(other_state.path(), &name);
+    assert_eq!(
+        std::fs::read_to_string(tree.join("marker")).unwrap(),
+        "other platform\n"
+    );
+
+    let missing = img_in(
+        fresh_state().path(),
+        &[],
+        None,
+        &["pull", "--platform", "linux/s390x", &name],
+    );
+    assert!(!missing.status.success());
+    let (host, other) = host_and_other_platform();
+    assert!(
+        text(&missing).contains(&format!(
+            "has no image for platform linux/s390x (it has: {host}, {other})"
+        )),
+        "{}",
+        text(&missing)
+    );
+}
+
+#[test]
+fn pull_picks_the_platform_from_a_docker_manifest_list() {
+    if !can_run() {
+        return;
+    }
+    let registry = TestRegistry::start().unwrap();
+    let rig = Rig::create();
+    let name = format!("{}/list/busybox:1", registry.host());
+    // skopeo converts the index and its manifests to Docker's schema 2 on the way.
+    push_two_platform_index(&rig, &name, Some("v2s2"));
+    let raw = images::run(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{name}"),
+    ]))
+    .unwrap();
+    let list: Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(
+        list["mediaType"],
+        "application/vnd.docker.distribution.manifest.list.v2+json"
+    );
+    let (_, other) = host_and_other_platform();
+    let other_digest = list["manifests"][1]["digest"].as_str().unwrap().to_string();
+
+    let state = fresh_state();
+    let pulled = ok(
+        img_in(
+            state.path(),
+            &[],
+            None,
+            &["pull", "--platform", other, &name],
+        ),
+        "img pull --platform",
+    );
+    assert_eq!(printed_digest(&pulled), other_digest);
+    let image = inspect(state.path(), &name);
+    assert_eq!(
+        image["Manifest"]["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    let (_dir, tree) = unpack(state.path(), &name);
+    assert!(tree.join("marker").exists());
+}
+
+#[test]
+fn pull_by_index_digest_stores_the_host_platform_image() {
+    if !can_run() {
+        return;
+    }
+    let registry = TestRegistry::start().unwrap();
+    let rig = Rig::create();
+    let tagged = format!("{}/multi/busybox:1", registry.host());
+    let (index, manifests) = push_two_platform_index(&rig, &tagged, None);
+    let by_index = format!("{}/multi/busybox@{index}", registry.host());
+    let state = fresh_state();
+    let pulled = ok(
+        img_in(state.path(), &[], None, &["pull", &by_index]),
+        "img pull NAME@INDEX",
+    );
+    assert_eq!(printed_digest(&pulled), manifests[0]);
+    let by_manifest = format!("{}/multi/busybox@{}", registry.host(), manifests[0]);
+    let image = inspect(state.path(), &by_manifest);
+    assert_eq!(image["Digest"], manifests[0].as_str());
+}
+
+/// The known gap: the index digest a pull was asked for is not stored, so the same
+/// reference does not resolve afterwards. The image store resolves an index digest to the stored
+/// platform manifest (`ImageStore::resolve`, unit-tested in builder/src/image/tests.rs); what is
+/// missing is `Registry::pull` storing the index blob beside the manifest, in
+/// builder/src/registry/pull.rs, which another change owns at the moment.
+#[test]
+#[ignore = "needs Registry::pull to store the index blob (builder/src/registry/pull.rs)"]
+fn an_image_pulled_by_index_digest_resolves_and_builds_from_that_digest() {
+    if !can_run() {
+        return;
+    }
+    let registry = TestRegistry::start().unwrap();
+    let rig = Rig::create();
+    let tagged = format!("{}/multi/busybox:1", registry.host());
+    let (index, manifests) = push_two_platform_index(&rig, &tagged, None);
+    let by_index = format!("{}/multi/busybox@{index}", registry.host());
+    let state = fresh_state();
+    ok(
+        img_in(state.path(), &[], None, &["pull", &by_index]),
+        "img pull NAME@INDEX",
+    );
+    let image = inspect(state.path(), &by_index);
+    assert_eq!(image["Digest"], manifests[0].as_str());
+
+    // FROM the index digest pulls once and then finds the image by that reference.
+    let ctx = crate::context(&format!("FROM {by_index}\nRUN echo built > /built\n"), &[]);
+    let out = rig.img(&["build", "-t", "from-index:1", ctx.path().to_str().unwrap()]);
+    assert!(out.status.success(), "build failed:\n{}", text(&out));
 }
