@@ -147,7 +147,7 @@ impl Registry {
     ) -> Result<Pulled, RegistryError> {
         let reference = Reference::parse(name)?;
         let conn = self.connection(&reference)?;
-        let (manifest_bytes, manifest_digest, manifest) =
+        let (manifest_bytes, manifest_digest, manifest, index) =
             self.block_on(self.pull_manifest(&conn, &reference))?;
 
         let mut wanted: Vec<&Descriptor> = vec![manifest.config()];
@@ -266,6 +266,10 @@ impl Registry {
         tracing::debug!(%reference, downloaded, elapsed = ?started.elapsed(), "blobs fetched");
         // The exact bytes the registry sent, so the stored digest is the registry's.
         store.put_blob(&manifest_bytes[..], Some(&manifest_digest))?;
+        // The index too, so `NAME@<index digest>` resolves to this manifest afterwards.
+        if let Some((index_bytes, index_digest)) = &index {
+            store.put_blob(&index_bytes[..], Some(index_digest))?;
+        }
         let image = store.resolve(&format!("{}@{manifest_digest}", reference.name()))?;
 
         let snapshot = match applied {
@@ -308,18 +312,20 @@ impl Registry {
     }
 
     /// The image manifest of `reference` (through an index if it names one): its exact bytes,
-    /// digest and parsed form.
+    /// digest and parsed form, and the index's bytes and digest when there was one.
+    #[allow(clippy::type_complexity)]
     async fn pull_manifest(
         &self,
         conn: &Connection,
         reference: &Reference,
-    ) -> Result<(Vec<u8>, Digest, ImageManifest), RegistryError> {
+    ) -> Result<(Vec<u8>, Digest, ImageManifest, Option<(Vec<u8>, Digest)>), RegistryError> {
         let oref = oci_reference(reference);
         let what = format!("manifest of {reference}");
         let (bytes, digest) = self
             .fetch_manifest(conn, &oref, &what, reference.digest())
             .await?;
         let media_type = crate::image::manifest_media_type(&bytes);
+        let mut fetched_index = None;
         let (bytes, digest) = if is_index(&media_type) {
             let index: ImageIndex =
                 serde_json::from_slice(&bytes).map_err(|e| RegistryError::BadManifest {
@@ -335,8 +341,11 @@ impl Registry {
                 })?;
             let child = oref.clone_with_digest(chosen.digest().to_string());
             let what = format!("manifest of {reference} for {platform}");
-            self.fetch_manifest(conn, &child, &what, Some(chosen.digest().clone()))
-                .await?
+            let chosen = self
+                .fetch_manifest(conn, &child, &what, Some(chosen.digest().clone()))
+                .await?;
+            fetched_index = Some((bytes, digest));
+            chosen
         } else {
             (bytes, digest)
         };
@@ -351,7 +360,7 @@ impl Registry {
                 reference: reference.to_string(),
                 message: e.to_string(),
             })?;
-        Ok((bytes, digest, manifest))
+        Ok((bytes, digest, manifest, fetched_index))
     }
 
     /// One manifest by tag or digest, its digest checked against its bytes and `expected`.

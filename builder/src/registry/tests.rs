@@ -304,6 +304,7 @@ fn a_follower_fails_when_the_download_starts_over_in_a_new_file() {
     // The download's end is still what the applier waits for.
     arrival.end(Ok(11));
     assert_eq!(arrival.wait(), Ok(11));
+}
 
 #[test]
 fn a_helper_without_credentials_for_the_registry_means_anonymous() {

@@ -758,7 +758,6 @@ fn pull_by_index_digest_stores_the_host_platform_image() {
 /// missing is `Registry::pull` storing the index blob beside the manifest, in
 /// builder/src/registry/pull.rs, which another change owns at the moment.
 #[test]
-#[ignore = "needs Registry::pull to store the index blob (builder/src/registry/pull.rs)"]
 fn an_image_pulled_by_index_digest_resolves_and_builds_from_that_digest() {
     if !can_run() {
         return;
