@@ -1,7 +1,8 @@
 //! Credentials as Docker keeps them: read through the docker_credential crate (`auths`,
 //! `credsStore`, `credHelpers` in `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`), and
-//! `img login`/`img logout`, which verify and write the `auths` entry themselves because that
-//! crate only reads.
+//! `img login`/`img logout`, which verify the credentials and then store or erase them as
+//! Docker does, themselves because that crate only reads: through the credential helper the
+//! config names (`docker-credential-NAME store`/`erase`), else in the config's `auths`.
 
 use std::fs;
 use std::io::Write;
@@ -132,14 +133,15 @@ pub(super) fn helper_error(
 }
 
 /// Checks `username` and `password` against `registry` (basic or bearer-token auth, as the
-/// registry's challenge asks), then stores them in the `auths` of Docker's config file.
-/// Returns the file written.
+/// registry's challenge asks), then stores them where Docker would: with the credential helper
+/// the config names for this registry (`credHelpers`, else `credsStore`), or else in the
+/// config file's `auths`. Returns where they went (the helper program or the file).
 pub fn login(
     registry: &Registry,
     host: &str,
     username: &str,
     password: &str,
-) -> Result<PathBuf, RegistryError> {
+) -> Result<String, RegistryError> {
     let http = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(30))
         .timeout(std::time::Duration::from_secs(60))
@@ -160,6 +162,17 @@ pub fn login(
     }))?;
     let path = docker_config_path();
     let mut config = read_config(&path)?;
+    let key = registry_key(host);
+    if let Some(helper) = helper_for(&config, &key) {
+        let request =
+            serde_json::json!({ "ServerURL": key, "Username": username, "Secret": password });
+        let program = run_helper(host, &helper, "store", request.to_string().as_bytes())?;
+        // A plain entry left from an earlier login would be read before the helper.
+        if remove_auths_entry(&mut config, &key, host) {
+            write_config(&path, &config)?;
+        }
+        return Ok(program);
+    }
     let auths = config
         .entry("auths")
         .or_insert_with(|| Value::Object(Map::new()));
@@ -170,13 +183,13 @@ pub fn login(
     auths
         .as_object_mut()
         .expect("made an object above")
-        .insert(registry_key(host), serde_json::json!({ "auth": token }));
+        .insert(key, serde_json::json!({ "auth": token }));
     write_config(&path, &config)?;
-    Ok(path)
+    Ok(path.display().to_string())
 }
 
-/// Removes `registry`'s entry from the `auths` of Docker's config file. Returns whether there
-/// was one.
+/// Forgets `registry`'s credentials: the entry in the `auths` of Docker's config file, and
+/// what the credential helper for it holds (`erase`). Returns whether there was anything.
 pub fn logout(host: &str) -> Result<bool, RegistryError> {
     let path = docker_config_path();
     if !path.exists() {
@@ -184,15 +197,62 @@ pub fn logout(host: &str) -> Result<bool, RegistryError> {
     }
     let mut config = read_config(&path)?;
     let key = registry_key(host);
-    let removed = config
-        .get_mut("auths")
-        .and_then(Value::as_object_mut)
-        .map(|auths| auths.remove(&key).is_some() | auths.remove(host).is_some())
-        .unwrap_or(false);
-    if removed {
+    let mut removed = false;
+    if let Some(helper) = helper_for(&config, &key) {
+        run_helper(host, &helper, "erase", key.as_bytes())?;
+        removed = true;
+    }
+    if remove_auths_entry(&mut config, &key, host) {
         write_config(&path, &config)?;
+        removed = true;
     }
     Ok(removed)
+}
+
+/// Removes `host`'s entry (under `key` or the bare host) from the config's `auths`.
+fn remove_auths_entry(config: &mut Map<String, Value>, key: &str, host: &str) -> bool {
+    config
+        .get_mut("auths")
+        .and_then(Value::as_object_mut)
+        .map(|auths| auths.remove(key).is_some() | auths.remove(host).is_some())
+        .unwrap_or(false)
+}
+
+/// Runs the credential helper `program` with `action` and `input` on its stdin, as Docker does
+/// for `store` (a JSON request) and `erase` (the server); returns the program's name.
+fn run_helper(
+    host: &str,
+    program: &str,
+    action: &str,
+    input: &[u8],
+) -> Result<String, RegistryError> {
+    use std::process::{Command, Stdio};
+    let failed = |message: String| RegistryError::Credentials {
+        registry: host.to_string(),
+        message,
+    };
+    let mut child = Command::new(program)
+        .arg(action)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(format!("could not run `{program} {action}`: {e}")))?;
+    // A helper that exits without reading fails below with what it printed.
+    let _ = child.stdin.take().map(|mut i| i.write_all(input));
+    let out = child
+        .wait_with_output()
+        .map_err(|e| failed(format!("`{program} {action}`: {e}")))?;
+    if !out.status.success() {
+        let said = [&out.stderr, &out.stdout]
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).trim().replace('\n', " "))
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(failed(format!("`{program} {action}` failed: {said}")));
+    }
+    Ok(program.to_string())
 }
 
 /// The registry's answer to `GET /v2/` decides the flow, as in `docker login`.

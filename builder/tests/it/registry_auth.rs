@@ -209,8 +209,9 @@ fn bearer_token_registry_login_push_and_pull_with_the_right_scopes() {
 
 /// A directory for PATH holding `docker-credential-imgtest`, which answers `get` for a server
 /// with the file of that name in `creds` (or docker-credential-helpers' "not found" error) and
-/// logs the servers asked for, and `docker-credential-broken`, which reads the request and
-/// fails.
+/// logs the servers asked for, keeps what `store` is given in that file and removes it on
+/// `erase` (logging `store SERVER` and `erase SERVER`), and `docker-credential-broken`, which
+/// reads the request and fails.
 struct Helpers {
     dir: tempfile::TempDir,
     creds: PathBuf,
@@ -238,7 +239,20 @@ impl Helpers {
         script(
             "docker-credential-imgtest",
             format!(
-                "[ \"$1\" = get ] || {{ echo \"unsupported action $1\" >&2; exit 1; }}\n\
+                "if [ \"$1\" = store ]; then\n\
+                   request=$(cat)\n\
+                   server=$(printf '%s' \"$request\" | sed 's/.*\"ServerURL\": *\"\\([^\"]*\\)\".*/\\1/')\n\
+                   echo \"store $server\" >> {log}\n\
+                   printf '%s' \"$request\" > \"{creds}/$server\"\n\
+                   exit 0\n\
+                 fi\n\
+                 if [ \"$1\" = erase ]; then\n\
+                   read -r server\n\
+                   echo \"erase $server\" >> {log}\n\
+                   rm -f \"{creds}/$server\"\n\
+                   exit 0\n\
+                 fi\n\
+                 [ \"$1\" = get ] || {{ echo \"unsupported action $1\" >&2; exit 1; }}\n\
                  read -r server\n\
                  echo \"$server\" >> {log}\n\
                  [ -f \"{creds}/$server\" ] || \
@@ -354,6 +368,88 @@ fn credentials_come_from_creds_store_and_cred_helpers() {
     // refuses the anonymous pull and the error says how to log in.
     fs::remove_file(helpers.creds.join(host)).unwrap();
     set_config(serde_json::json!({ "credsStore": "imgtest" }));
+    let out = img_in(fresh_state().path(), &env, None, &["pull", &target]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains(&format!("img login {host}")),
+        "{}",
+        text(&out)
+    );
+    drop(helpers.dir);
+}
+
+/// `img login` stores what it verified with the credential helper the config names, as
+/// `docker login` does (not in `auths`), pulls then read it back, and `img logout` erases it.
+#[test]
+fn login_and_logout_go_through_the_credential_helper() {
+    if !can_run() {
+        return;
+    }
+    let registry = TestRegistry::start_with_auth("dave", "st0re").unwrap();
+    let host = registry.host();
+    let rig = Rig::create();
+    let helpers = Helpers::create();
+    let docker = fresh_state();
+    let config = docker.path().join("config.json");
+    fs::write(
+        &config,
+        serde_json::json!({ "credsStore": "imgtest" }).to_string(),
+    )
+    .unwrap();
+    let env = [
+        ("DOCKER_CONFIG", docker.path()),
+        ("PATH", helpers.path.as_path()),
+    ];
+    let target = format!("{host}/stored/busybox:1");
+
+    let login = img_in(
+        &rig.state,
+        &env,
+        Some("st0re\n"),
+        &["login", "-u", "dave", "--password-stdin", host],
+    );
+    assert!(
+        text(&login).contains("Credentials stored in docker-credential-imgtest"),
+        "{}",
+        text(&login)
+    );
+    assert!(
+        helpers.asked().contains(&format!("store {host}")),
+        "{:?}",
+        helpers.asked()
+    );
+    let saved: Value =
+        serde_json::from_str(&fs::read_to_string(helpers.creds.join(host)).unwrap()).unwrap();
+    assert_eq!(
+        (saved["Username"].as_str(), saved["Secret"].as_str()),
+        (Some("dave"), Some("st0re"))
+    );
+    let written: Value = serde_json::from_str(&fs::read_to_string(&config).unwrap()).unwrap();
+    assert!(written.get("auths").is_none(), "{written}");
+
+    ok(
+        img_in(&rig.state, &env, None, &["push", "busybox", &target]),
+        "img push with stored credentials",
+    );
+    ok(
+        img_in(fresh_state().path(), &env, None, &["pull", &target]),
+        "img pull with stored credentials",
+    );
+
+    let logout = ok(
+        img_in(&rig.state, &env, None, &["logout", host]),
+        "img logout",
+    );
+    assert!(
+        logout.contains(&format!("Removed login credentials for {host}")),
+        "{logout}"
+    );
+    assert!(
+        helpers.asked().contains(&format!("erase {host}")),
+        "{:?}",
+        helpers.asked()
+    );
+    assert!(!helpers.creds.join(host).exists());
     let out = img_in(fresh_state().path(), &env, None, &["pull", &target]);
     assert!(!out.status.success());
     assert!(

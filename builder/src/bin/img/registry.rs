@@ -135,8 +135,8 @@ pub fn login(args: LoginArgs) -> Result<()> {
         bail!("a username and a password are needed to log in to {host}");
     }
     let registry = Registry::new(args.flags.options(None)?, Reporter::Quiet)?;
-    let path = registry::login(&registry, &host, &username, &password)?;
-    eprintln!("Credentials stored in {}", path.display());
+    let stored = registry::login(&registry, &host, &username, &password)?;
+    eprintln!("Credentials stored in {stored}");
     println!("Login Succeeded");
     Ok(())
 }
