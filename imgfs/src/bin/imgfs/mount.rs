@@ -39,6 +39,10 @@ pub struct Args {
     /// FUSE worker threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// Microseconds a worker polls for the next request before it sleeps (0: sleep at once).
+    /// Polling spends CPU while a caller is busy and saves a wake-up per request.
+    #[arg(long, default_value_t = fuse::POLL_BEFORE_READ.as_micros() as u64)]
+    pub poll_us: u64,
     /// When the mount ends, print how many requests of each kind it served and the time
     /// imgfs spent on them.
     #[arg(long)]
@@ -110,6 +114,7 @@ pub fn run(args: Args) -> Result<()> {
     let opts = MountOptions {
         threads: args.threads,
         stats: stats.clone(),
+        poll_before_read: Duration::from_micros(args.poll_us),
         ..Default::default()
     };
     let (session, _) = fuse::session(tree, &args.mountpoint, &opts)

@@ -47,6 +47,20 @@ impl Channel {
         }
     }
 
+    /// (img's patch) Polls the device without blocking until a request is queued, the device
+    /// reports anything else (an unmount), or `window` has passed; the caller then reads.
+    pub(crate) fn poll_for_request(&self, window: std::time::Duration) {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let start = std::time::Instant::now();
+        let mut fds = [PollFd::new(self.0.as_fd(), PollFlags::POLLIN)];
+        while start.elapsed() < window {
+            match poll(&mut fds, PollTimeout::ZERO) {
+                Ok(0) => std::hint::spin_loop(),
+                _ => return,
+            }
+        }
+    }
+
     /// Returns a sender object for this channel. The sender object can be
     /// used to send to the channel. Multiple sender objects can be used
     /// and they can safely be sent to other threads.

@@ -18,6 +18,10 @@ pub struct Config {
     /// This enables more efficient request processing
     /// when multiple threads are used. Requires Linux 4.5+.
     pub clone_fd: bool,
+    /// (img's patch) How long a worker polls its fd for the next request before it blocks in
+    /// read(2). A worker asleep in read(2) must be woken for each request, which on a VM whose
+    /// vCPUs halt when idle costs more than the request itself.
+    pub poll_before_read: Option<std::time::Duration>,
 }
 
 /// Mount options accepted by the FUSE filesystem type
