@@ -199,8 +199,13 @@ pub fn logout(host: &str) -> Result<bool, RegistryError> {
     let key = registry_key(host);
     let mut removed = false;
     if let Some(helper) = helper_for(&config, &key) {
-        run_helper(host, &helper, "erase", key.as_bytes())?;
-        removed = true;
+        match run_helper(host, &helper, "erase", key.as_bytes()) {
+            Ok(_) => removed = true,
+            // docker-credential-helpers' answer when it holds nothing for the server.
+            Err(RegistryError::Credentials { message, .. })
+                if message.contains("credentials not found") => {}
+            Err(e) => return Err(e),
+        }
     }
     if remove_auths_entry(&mut config, &key, host) {
         write_config(&path, &config)?;

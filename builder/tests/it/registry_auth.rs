@@ -249,6 +249,8 @@ impl Helpers {
                  if [ \"$1\" = erase ]; then\n\
                    read -r server\n\
                    echo \"erase $server\" >> {log}\n\
+                   [ -f \"{creds}/$server\" ] || \
+                   {{ echo 'credentials not found in native keychain'; exit 1; }}\n\
                    rm -f \"{creds}/$server\"\n\
                    exit 0\n\
                  fi\n\
@@ -450,6 +452,15 @@ fn login_and_logout_go_through_the_credential_helper() {
         helpers.asked()
     );
     assert!(!helpers.creds.join(host).exists());
+    // Nothing left to erase: not an error, as in Docker.
+    let again = ok(
+        img_in(&rig.state, &env, None, &["logout", host]),
+        "img logout again",
+    );
+    assert!(
+        again.contains(&format!("Not logged in to {host}")),
+        "{again}"
+    );
     let out = img_in(fresh_state().path(), &env, None, &["pull", &target]);
     assert!(!out.status.success());
     assert!(
