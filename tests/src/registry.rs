@@ -266,48 +266,78 @@ pub struct Seen {
 /// A loopback HTTP/1.1 proxy in front of `upstream` that applies `Rule`s. Each client connection
 /// carries one request (the proxy asks both sides to close), which keeps the relay simple.
 pub struct FaultProxy {
-    host: String,
+    server: Listener,
     rules: Arc<Mutex<Vec<Rule>>>,
     seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+/// A loopback listener that hands each connection to `handle` on a thread of its own, until it
+/// is dropped: the accept loop both proxies run.
+struct Listener {
+    host: String,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl FaultProxy {
-    pub fn start(upstream: &str, rules: Vec<Rule>) -> anyhow::Result<FaultProxy> {
+impl Listener {
+    fn start(handle: impl Fn(TcpStream) + Send + Sync + 'static) -> anyhow::Result<Listener> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let host = listener.local_addr()?.to_string();
-        let rules = Arc::new(Mutex::new(rules));
-        let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
+        let handle = Arc::new(handle);
         let thread = {
-            let (rules, seen, stop) = (rules.clone(), seen.clone(), stop.clone());
-            let upstream = upstream.to_string();
+            let stop = stop.clone();
             std::thread::spawn(move || {
                 for conn in listener.incoming() {
                     if stop.load(Ordering::SeqCst) {
                         break;
                     }
                     let Ok(conn) = conn else { continue };
-                    let (rules, seen, upstream) = (rules.clone(), seen.clone(), upstream.clone());
-                    std::thread::spawn(move || {
-                        let _ = serve(conn, &upstream, &rules, &seen);
-                    });
+                    let handle = handle.clone();
+                    std::thread::spawn(move || handle(conn));
                 }
             })
         };
-        Ok(FaultProxy {
+        Ok(Listener {
             host,
-            rules,
-            seen,
             stop,
             thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so it sees the flag.
+        let _ = TcpStream::connect(&self.host);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl FaultProxy {
+    pub fn start(upstream: &str, rules: Vec<Rule>) -> anyhow::Result<FaultProxy> {
+        let rules = Arc::new(Mutex::new(rules));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let server = {
+            let (rules, seen) = (rules.clone(), seen.clone());
+            let upstream = upstream.to_string();
+            Listener::start(move |conn| {
+                let _ = serve(conn, &upstream, &rules, &seen);
+            })?
+        };
+        Ok(FaultProxy {
+            server,
+            rules,
+            seen,
         })
     }
 
     /// `127.0.0.1:PORT`.
     pub fn host(&self) -> &str {
-        &self.host
+        &self.server.host
     }
 
     pub fn set_rules(&self, rules: Vec<Rule>) {
@@ -321,17 +351,6 @@ impl FaultProxy {
 
     pub fn clear_seen(&self) {
         self.seen.lock().unwrap().clear();
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wakes the accept loop so it sees the flag.
-        let _ = TcpStream::connect(&self.host);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -362,10 +381,8 @@ struct TokenState {
 /// `WWW-Authenticate: Bearer realm="http://HOST/token",service="test-registry",scope=...`
 /// challenge; `GET /token` checks basic credentials and issues a token for the scopes asked.
 pub struct TokenAuthProxy {
-    host: String,
+    server: Listener,
     state: Arc<Mutex<TokenState>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// The `service` the challenge names.
@@ -373,8 +390,6 @@ pub const TOKEN_SERVICE: &str = "test-registry";
 
 impl TokenAuthProxy {
     pub fn start(upstream: &str, user: &str, password: &str) -> anyhow::Result<TokenAuthProxy> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let host = listener.local_addr()?.to_string();
         let state = Arc::new(Mutex::new(TokenState {
             user: user.to_string(),
             password: password.to_string(),
@@ -382,34 +397,23 @@ impl TokenAuthProxy {
             requests: Vec::new(),
             refused: Vec::new(),
         }));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (state, stop, host) = (state.clone(), stop.clone(), host.clone());
+        let server = {
+            let state = state.clone();
             let upstream = upstream.to_string();
-            std::thread::spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(conn) = conn else { continue };
-                    let (state, upstream, host) = (state.clone(), upstream.clone(), host.clone());
-                    std::thread::spawn(move || {
-                        let _ = serve_token_auth(conn, &upstream, &host, &state);
-                    });
-                }
-            })
+            Listener::start(move |conn| {
+                // The realm names this proxy: the address the client reached.
+                let Ok(host) = conn.local_addr().map(|a| a.to_string()) else {
+                    return;
+                };
+                let _ = serve_token_auth(conn, &upstream, &host, &state);
+            })?
         };
-        Ok(TokenAuthProxy {
-            host,
-            state,
-            stop,
-            thread: Some(thread),
-        })
+        Ok(TokenAuthProxy { server, state })
     }
 
     /// `127.0.0.1:PORT`.
     pub fn host(&self) -> &str {
-        &self.host
+        &self.server.host
     }
 
     /// Every request to the token endpoint so far.
@@ -420,16 +424,6 @@ impl TokenAuthProxy {
     /// `METHOD TARGET` of every registry request refused for want of a valid token.
     pub fn refused(&self) -> Vec<String> {
         self.state.lock().unwrap().refused.clone()
-    }
-}
-
-impl Drop for TokenAuthProxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(&self.host);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
