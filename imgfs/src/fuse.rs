@@ -275,6 +275,17 @@ impl FuseFs {
         Ok(NewNode::new(kind, perm, req.uid(), gid))
     }
 
+    /// Runs `f`, adding its time to `op`'s in the request statistics when they are kept.
+    fn timed<T>(&self, op: &'static str, f: impl FnOnce() -> T) -> T {
+        let Some(stats) = &self.stats else {
+            return f();
+        };
+        let start = Instant::now();
+        let out = f();
+        stats.record(op, start.elapsed());
+        out
+    }
+
     /// Runs a handler: `body` computes the answer from the tree, `send` replies with it. An error
     /// becomes its errno (`errno`) and a panic in `body` becomes EIO, so no request can take the
     /// mount down.
@@ -285,12 +296,7 @@ impl FuseFs {
         body: impl FnOnce() -> Result<T, Error>,
         send: impl FnOnce(R, T),
     ) {
-        let start = self.stats.as_ref().map(|_| Instant::now());
-        let result = catch_unwind(AssertUnwindSafe(body));
-        if let (Some(stats), Some(start)) = (&self.stats, start) {
-            stats.record(op, start.elapsed());
-        }
-        match result {
+        match self.timed(op, || catch_unwind(AssertUnwindSafe(body))) {
             Ok(Ok(v)) => send(reply, v),
             Ok(Err(e)) => reply.fail(errno(op, &e)),
             Err(_) => {
@@ -309,12 +315,7 @@ impl FuseFs {
         fill: impl FnOnce(&mut R) -> Result<(), Error>,
         send: impl FnOnce(R),
     ) {
-        let start = self.stats.as_ref().map(|_| Instant::now());
-        let result = catch_unwind(AssertUnwindSafe(|| fill(&mut reply)));
-        if let (Some(stats), Some(start)) = (&self.stats, start) {
-            stats.record(op, start.elapsed());
-        }
-        match result {
+        match self.timed(op, || catch_unwind(AssertUnwindSafe(|| fill(&mut reply)))) {
             Ok(Ok(())) => send(reply),
             Ok(Err(e)) => reply.fail(errno(op, &e)),
             Err(_) => {
