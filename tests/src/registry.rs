@@ -365,21 +365,40 @@ pub struct TokenRequest {
     pub granted: bool,
 }
 
+/// A cross-repository mount request (`POST /v2/TARGET/blobs/uploads/?mount=DIGEST&from=SOURCE`)
+/// and what `TokenAuthProxy` made of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountRequest {
+    pub target: String,
+    pub from: String,
+    pub digest: String,
+    /// The scopes of the token it carried.
+    pub scopes: Vec<String>,
+    /// Whether it went to the registry as a mount: only when the token also grants pull on
+    /// `from`; otherwise `mount` and `from` were removed and it went as a plain upload start,
+    /// as distribution does.
+    pub mounted: bool,
+}
+
 /// What the token front knows: the one account, the tokens it issued and the scopes each grants,
-/// and every token request.
+/// every token request, and the mount requests and everything forwarded to the registry.
 struct TokenState {
     user: String,
     password: String,
     issued: std::collections::HashMap<String, Vec<String>>,
     requests: Vec<TokenRequest>,
     refused: Vec<String>,
+    mounts: Vec<MountRequest>,
+    forwarded: Vec<String>,
 }
 
 /// A loopback front for an open registry that demands bearer tokens the way Docker Hub and
 /// distribution's token auth do: a request without a valid `Authorization: Bearer` for its
 /// repository and action (pull for GET and HEAD, push otherwise) gets 401 and a
 /// `WWW-Authenticate: Bearer realm="http://HOST/token",service="test-registry",scope=...`
-/// challenge; `GET /token` checks basic credentials and issues a token for the scopes asked.
+/// challenge; `GET /token` checks basic credentials and issues a token for the scopes asked,
+/// or refuses with 401 and `TOKEN_REFUSAL` in a distribution error body. A mount request goes to
+/// the registry as a mount only when its token grants pull on the source (see `MountRequest`).
 pub struct TokenAuthProxy {
     server: Listener,
     state: Arc<Mutex<TokenState>>,
@@ -387,6 +406,9 @@ pub struct TokenAuthProxy {
 
 /// The `service` the challenge names.
 pub const TOKEN_SERVICE: &str = "test-registry";
+
+/// The message of the token endpoint's 401, under the code `UNAUTHORIZED`.
+pub const TOKEN_REFUSAL: &str = "the test token server knows no such user and password";
 
 impl TokenAuthProxy {
     pub fn start(upstream: &str, user: &str, password: &str) -> anyhow::Result<TokenAuthProxy> {
@@ -396,6 +418,8 @@ impl TokenAuthProxy {
             issued: Default::default(),
             requests: Vec::new(),
             refused: Vec::new(),
+            mounts: Vec::new(),
+            forwarded: Vec::new(),
         }));
         let server = {
             let state = state.clone();
@@ -425,6 +449,16 @@ impl TokenAuthProxy {
     pub fn refused(&self) -> Vec<String> {
         self.state.lock().unwrap().refused.clone()
     }
+
+    /// Every cross-repository mount request that had a valid token, in order.
+    pub fn mounts(&self) -> Vec<MountRequest> {
+        self.state.lock().unwrap().mounts.clone()
+    }
+
+    /// `METHOD TARGET` of every request forwarded to the registry, as forwarded.
+    pub fn forwarded(&self) -> Vec<String> {
+        self.state.lock().unwrap().forwarded.clone()
+    }
 }
 
 fn serve_token_auth(
@@ -435,11 +469,9 @@ fn serve_token_auth(
 ) -> anyhow::Result<()> {
     client.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut reader = BufReader::new(client.try_clone()?);
-    let request = Request::read(&mut reader)?;
-    let (path, query) = request
-        .target
-        .split_once('?')
-        .unwrap_or((&request.target, ""));
+    let mut request = Request::read(&mut reader)?;
+    let target = request.target.clone();
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
     if path == "/token" {
         return issue_token(client, &request, query, state);
     }
@@ -459,24 +491,58 @@ fn serve_token_auth(
     let token = request
         .header("Authorization")
         .and_then(|a| a.strip_prefix("Bearer ").map(str::to_string));
-    let allowed = {
+    let grants = |scopes: &[String], repository: &str, action: &str| {
+        scopes.iter().any(|scope| {
+            scope
+                .strip_prefix("repository:")
+                .and_then(|s| s.rsplit_once(':'))
+                .is_some_and(|(name, actions)| {
+                    name == repository && actions.split(',').any(|a| a == action)
+                })
+        })
+    };
+    let scopes = {
         let state = state.lock().unwrap();
-        match token.as_ref().and_then(|t| state.issued.get(t)) {
-            None => false,
-            Some(scopes) => match &needed {
-                None => true,
-                Some((repository, action)) => scopes.iter().any(|scope| {
-                    scope
-                        .strip_prefix("repository:")
-                        .and_then(|s| s.rsplit_once(':'))
-                        .is_some_and(|(name, actions)| {
-                            name == repository && actions.split(',').any(|a| a == *action)
-                        })
-                }),
-            },
-        }
+        token.as_ref().and_then(|t| state.issued.get(t)).cloned()
+    };
+    let allowed = match (&scopes, &needed) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(scopes), Some((repository, action))) => grants(scopes, repository, action),
     };
     if allowed {
+        let scopes = scopes.unwrap_or_default();
+        let params: Vec<(String, String)> = query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+            .collect();
+        let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+        if let (Some((repository, _)), true, Some(digest), Some(from)) = (
+            &needed,
+            request.method == "POST" && path.ends_with("/blobs/uploads/"),
+            param("mount"),
+            param("from"),
+        ) {
+            let mounted = grants(&scopes, from, "pull");
+            state.lock().unwrap().mounts.push(MountRequest {
+                target: repository.clone(),
+                from: from.clone(),
+                digest: digest.clone(),
+                scopes: scopes.clone(),
+                mounted,
+            });
+            if !mounted {
+                // distribution starts a plain upload when the mount is not allowed.
+                request.line = request.line.replacen(&target, path, 1);
+                request.target = path.to_string();
+            }
+        }
+        state
+            .lock()
+            .unwrap()
+            .forwarded
+            .push(format!("{} {}", request.method, request.target));
         return forward(client, reader, upstream, &request, None);
     }
     state
@@ -549,13 +615,14 @@ fn issue_token(
     });
     if !granted {
         drop(state);
-        let body =
-            br#"{"errors":[{"code":"UNAUTHORIZED","message":"wrong username or password"}]}"#;
+        let body = serde_json::json!({
+            "errors": [{ "code": "UNAUTHORIZED", "message": TOKEN_REFUSAL }],
+        });
         return answer(
             client,
             "401 Unauthorized",
             &[("Content-Type", "application/json".to_string())],
-            body,
+            body.to_string().as_bytes(),
         );
     }
     let token = format!("img-test-token-{}", state.issued.len() + 1);

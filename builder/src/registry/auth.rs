@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use super::RegistryError;
 use super::client::{Failure, Registry, error_chain, is_insecure_host, registry_key, tls_failure};
+use super::token::refusal_text;
 
 /// Stored credentials for one registry.
 #[derive(Clone, PartialEq, Eq)]
@@ -142,11 +143,7 @@ pub fn login(
     username: &str,
     password: &str,
 ) -> Result<String, RegistryError> {
-    let http = reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(30))
-        .timeout(std::time::Duration::from_secs(60))
-        .build()
-        .map_err(|e| RegistryError::Http(error_chain(&e)))?;
+    let http = registry.http_client()?;
     let scheme = if is_insecure_host(host, &registry.options().insecure_registries) {
         "http"
     } else {
@@ -300,7 +297,8 @@ async fn verify(
         .and_then(|h| h.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let response = if challenge.to_ascii_lowercase().starts_with("bearer") {
+    let bearer = challenge.to_ascii_lowercase().starts_with("bearer");
+    let response = if bearer {
         let realm = challenge_param(&challenge, "realm").ok_or_else(|| {
             Failure::Fatal(RegistryError::Request {
                 what: format!("login to {host}"),
@@ -324,10 +322,20 @@ async fn verify(
             .await
             .map_err(transient)?
     };
-    match response.status().as_u16() {
+    let status = response.status();
+    match status.as_u16() {
         200 => Ok(()),
+        // A token server's refusal says why, in its own words: Docker prints them.
+        401 | 403 if bearer => {
+            let body = response.text().await.unwrap_or_default();
+            Err(Failure::Fatal(RegistryError::TokenRefused {
+                registry: host.to_string(),
+                what: format!("login as {username}"),
+                message: refusal_text(status, &body),
+            }))
+        }
         401 | 403 => Err(rejected()),
-        _ => Err(status_failure(response.url().as_str(), response.status())),
+        _ => Err(status_failure(response.url().as_str(), status)),
     }
 }
 

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -15,6 +15,7 @@ use super::RegistryError;
 use super::auth::{self, Credentials};
 use super::progress::Reporter;
 use super::pull::Platform;
+use super::token::{Challenge, Token};
 use crate::image::Reference;
 
 /// How registry operations behave; the defaults suit the command line.
@@ -43,6 +44,11 @@ impl Default for Options {
         }
     }
 }
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Between two reads of an answer, not for the whole of it: a large blob takes longer.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+const USER_AGENT: &str = concat!("img/", env!("CARGO_PKG_VERSION"));
 
 /// The key Docker files a registry's credentials under in config.json, and the host img talks
 /// to: `docker.io` for Docker Hub (whose config key is `https://index.docker.io/v1/`), else the
@@ -98,6 +104,17 @@ pub(super) struct Connection {
     pub client: oci_client::Client,
     pub auth: RegistryAuth,
     pub registry: String,
+    /// What `auth` was made from, for the token requests img makes itself (token.rs).
+    pub credentials: Option<Credentials>,
+    /// An HTTP client with `client`'s trust, timeouts and user agent, for those requests.
+    pub http: reqwest::Client,
+    /// `http://HOST` or `https://HOST`: the scheme and host `client` speaks to.
+    pub base: String,
+    /// The registry's answer to `GET /v2/` once a request needed it: its bearer challenge, or
+    /// `None` for a registry that does not use tokens.
+    pub bearer: Arc<tokio::sync::OnceCell<Option<Challenge>>>,
+    /// Tokens img asked for itself, by their scopes joined with spaces.
+    pub tokens: Arc<Mutex<HashMap<String, Token>>>,
 }
 
 impl Registry {
@@ -133,14 +150,15 @@ impl Registry {
         if let Some(c) = clients.get(&registry) {
             return Ok(c.clone());
         }
-        let auth = match auth::credentials(&registry)? {
+        let credentials = auth::credentials(&registry)?;
+        let auth = match &credentials {
             Some(Credentials::Basic { username, password }) => {
-                RegistryAuth::Basic(username, password)
+                RegistryAuth::Basic(username.clone(), password.clone())
             }
             // An identity token is an OAuth refresh token; registries that issue them accept it
             // as the password of the token request, which is what oci-client's basic flow sends.
             Some(Credentials::IdentityToken(token)) => {
-                RegistryAuth::Basic("<token>".to_string(), token)
+                RegistryAuth::Basic("<token>".to_string(), token.clone())
             }
             None => RegistryAuth::Anonymous,
         };
@@ -148,9 +166,19 @@ impl Registry {
         // oci-client's blob calls only authenticate for registries whose credentials it has
         // stored; only its manifest calls store them.
         self.block_on(client.store_auth_if_needed(oci_reference_registry(&registry), &auth));
+        let scheme = if is_insecure_host(&registry, &self.options.insecure_registries) {
+            "http"
+        } else {
+            "https"
+        };
         let connection = Connection {
             client,
             auth,
+            credentials,
+            http: self.http_client()?,
+            base: format!("{scheme}://{}", oci_reference_registry(&registry)),
+            bearer: Default::default(),
+            tokens: Default::default(),
             registry: registry.clone(),
         };
         clients.insert(registry, connection.clone());
@@ -168,12 +196,24 @@ impl Registry {
         let config = ClientConfig {
             protocol,
             use_monolithic_push: true,
-            connect_timeout: Some(Duration::from_secs(30)),
-            read_timeout: Some(Duration::from_secs(60)),
-            user_agent: concat!("img/", env!("CARGO_PKG_VERSION")),
+            connect_timeout: Some(CONNECT_TIMEOUT),
+            read_timeout: Some(READ_TIMEOUT),
+            user_agent: USER_AGENT,
             ..Default::default()
         };
         oci_client::Client::try_from(config).map_err(|e| RegistryError::Http(e.to_string()))
+    }
+
+    /// A reqwest client built as oci-client builds its own from `new_client`'s config (the
+    /// system trust store, the same timeouts and user agent), for the requests img makes
+    /// itself: login, and the token requests and mounts of token.rs.
+    pub(super) fn http_client(&self) -> Result<reqwest::Client, RegistryError> {
+        reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .user_agent(USER_AGENT)
+            .build()
+            .map_err(|e| RegistryError::Http(error_chain(&e)))
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or has been tried

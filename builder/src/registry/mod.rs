@@ -2,9 +2,10 @@
 //! distribution registries. This is the only module that talks to the network.
 //!
 //! oci-client speaks the protocol (manifests, blob streams, uploads, cross-repository mounts, the
-//! bearer-token dance); this module adds what it lacks: streaming blobs into the
-//! [`ImageStore`](crate::image::ImageStore) with digest and size checks, resuming an interrupted
-//! download with a Range request, bounded retries with backoff, Docker's credentials
+//! bearer-token dance); this module adds what it lacks: mount tokens that grant the source
+//! repository and the token server's text when it refuses credentials (`token`), streaming
+//! blobs into the [`ImageStore`](crate::image::ImageStore) with digest and size checks,
+//! resuming an interrupted download with a Range request, bounded retries with backoff, Docker's credentials
 //! (`~/.docker/config.json`), plain HTTP for loopback and `--insecure-registry` hosts, the
 //! platform choice in image indexes, and progress output. HTTPS is verified by reqwest's
 //! rustls-platform-verifier, which on Linux reads rustls-native-certs: the system store, or
@@ -24,6 +25,7 @@ mod progress;
 mod pull;
 mod push;
 mod sources;
+mod token;
 
 #[cfg(test)]
 mod tests;
@@ -49,6 +51,13 @@ pub enum RegistryError {
          run `img login {registry}`"
     )]
     Unauthorized { registry: String, what: String },
+    /// The registry's token server refused the credentials; `message` is what it said.
+    #[error("{registry} refused the credentials for {what}: {message}; run `img login {registry}`")]
+    TokenRefused {
+        registry: String,
+        what: String,
+        message: String,
+    },
     #[error("{what}: {message}")]
     Request { what: String, message: String },
     #[error("TLS with {registry} failed: {message}{hint}")]

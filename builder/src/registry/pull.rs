@@ -147,8 +147,12 @@ impl Registry {
     ) -> Result<Pulled, RegistryError> {
         let reference = Reference::parse(name)?;
         let conn = self.connection(&reference)?;
-        let (manifest_bytes, manifest_digest, manifest, index) =
-            self.block_on(self.pull_manifest(&conn, &reference))?;
+        let (manifest_bytes, manifest_digest, manifest, index) = self.block_on(async {
+            match self.pull_manifest(&conn, &reference).await {
+                Err(e) => Err(self.explain(&conn, reference.repository(), "pull", e).await),
+                fetched => fetched,
+            }
+        })?;
 
         let mut wanted: Vec<&Descriptor> = vec![manifest.config()];
         for layer in manifest.layers() {

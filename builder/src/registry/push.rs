@@ -8,9 +8,12 @@ use oci_client::errors::OciDistributionError;
 use oci_spec::image::{Descriptor, Digest};
 
 use super::RegistryError;
-use super::client::{Connection, Registry, classify, oci_reference};
+use super::client::{
+    Connection, Failure, Registry, classify, error_chain, oci_reference, tls_failure,
+};
 use super::progress::BlobEvent;
 use super::sources::BlobSources;
+use super::token::Challenge;
 use crate::image::{ImageStore, Reference};
 
 /// What a push did.
@@ -57,14 +60,20 @@ impl Registry {
         }
         let oref = oci_reference(&reference);
         let results: Vec<(Digest, BlobEvent, u64)> = self.block_on(async {
-            futures_util::stream::iter(
+            let pushed = futures_util::stream::iter(
                 blobs
                     .iter()
                     .map(|d| self.push_blob(&conn, &reference, &oref, store, &sources, d)),
             )
             .buffer_unordered(self.options.concurrency.max(1))
             .try_collect()
-            .await
+            .await;
+            match pushed {
+                Ok(results) => Ok(results),
+                Err(e) => Err(self
+                    .explain(&conn, reference.repository(), "pull,push", e)
+                    .await),
+            }
         })?;
 
         let content_type = image.manifest_descriptor.media_type().to_string();
@@ -129,21 +138,17 @@ impl Registry {
         }
 
         for repo in sources.candidates(reference.registry(), reference.repository(), &digest) {
-            let source = oci_client::Reference::with_tag(
-                reference.registry().to_string(),
-                repo.clone(),
-                "latest".to_string(),
-            );
-            // A refused mount (202, or the blob gone from that repository) costs one request;
-            // the upload below follows.
-            match conn.client.mount_blob(oref, &source, &digest).await {
-                Ok(()) => {
+            // A refused mount (202, or the blob gone from that repository) costs a request or
+            // two; the upload below follows.
+            match self.mount(conn, reference, oref, &repo, &digest).await {
+                Ok(true) => {
                     let event = BlobEvent::Mounted {
                         from: format!("{}/{repo}", reference.registry()),
                     };
                     progress.finish(&event);
                     return done(event, 0);
                 }
+                Ok(false) => tracing::debug!(%digest, from = %repo, "mount refused"),
                 Err(e) => tracing::debug!(%digest, from = %repo, "mount refused: {e}"),
             }
         }
@@ -174,5 +179,97 @@ impl Registry {
         .await?;
         progress.finish(&BlobEvent::Pushed);
         done(BlobEvent::Pushed, size)
+    }
+
+    /// Mounts `digest` from `repo` into `reference`'s repository; `Ok(false)` when the registry
+    /// declined. oci-client's mount request goes first: it is all an open or basic-auth
+    /// registry needs, so a mount there is that one request, as before. Its token grants only
+    /// the target repository, though, and a token registry answers it with a plain upload
+    /// (which is left to expire), so once a mount is refused the registry's challenge is asked
+    /// for (`GET /v2/`, once per push); on a token registry this and every later mount of the
+    /// push is sent with a token that also grants pull on the source, as Docker asks for.
+    /// Asking for the challenge first instead would cost open and basic-auth registries a
+    /// request on every push that can mount.
+    async fn mount(
+        &self,
+        conn: &Connection,
+        reference: &Reference,
+        oref: &oci_client::Reference,
+        repo: &str,
+        digest: &str,
+    ) -> Result<bool, RegistryError> {
+        let challenge = match conn.bearer.get().cloned() {
+            Some(Some(challenge)) => challenge,
+            known => {
+                let source = oci_client::Reference::with_tag(
+                    reference.registry().to_string(),
+                    repo.to_string(),
+                    "latest".to_string(),
+                );
+                match conn.client.mount_blob(oref, &source, digest).await {
+                    Ok(()) => return Ok(true),
+                    Err(e) => tracing::debug!(%digest, from = %repo, "mount refused: {e}"),
+                }
+                if known.is_some() {
+                    return Ok(false);
+                }
+                match self.bearer_challenge(conn).await? {
+                    Some(challenge) => challenge,
+                    None => return Ok(false),
+                }
+            }
+        };
+        self.mount_with_token(conn, &challenge, reference, repo, digest)
+            .await
+    }
+
+    /// The mount request with a token for both repositories, retried like every request.
+    async fn mount_with_token(
+        &self,
+        conn: &Connection,
+        challenge: &Challenge,
+        reference: &Reference,
+        repo: &str,
+        digest: &str,
+    ) -> Result<bool, RegistryError> {
+        let target = reference.repository();
+        let scopes = [
+            format!("repository:{target}:pull,push"),
+            format!("repository:{repo}:pull"),
+        ];
+        let url = format!("{}/v2/{target}/blobs/uploads/", conn.base);
+        let what = format!(
+            "mount of blob {digest} from {repo} into {}",
+            reference.name()
+        );
+        self.retry(&what, || async {
+            let token = self.token(conn, challenge, &scopes).await?;
+            let response = conn
+                .http
+                .post(&url)
+                .query(&[("mount", digest), ("from", repo)])
+                .bearer_auth(&token)
+                .header(reqwest::header::CONTENT_LENGTH, "0")
+                .send()
+                .await
+                .map_err(|e| match tls_failure(&conn.registry, &e) {
+                    Some(tls) => Failure::Fatal(tls),
+                    None => Failure::Transient(error_chain(&e)),
+                })?;
+            match response.status().as_u16() {
+                201 => Ok(true),
+                408 | 429 | 500..=599 => {
+                    Err(Failure::Transient(format!("HTTP {}", response.status())))
+                }
+                // 202: the registry started a plain upload instead (the token did not grant
+                // the source, or the blob is not there); it is left to expire. 401, 403, 404:
+                // the upload that follows reports what is wrong, if anything.
+                status => {
+                    tracing::debug!(%digest, from = %repo, status, "mount declined");
+                    Ok(false)
+                }
+            }
+        })
+        .await
     }
 }

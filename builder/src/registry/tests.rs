@@ -391,3 +391,185 @@ fn an_untrusted_certificate_is_a_tls_error_naming_the_host() {
     let refused = Connect(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
     assert!(super::client::tls_failure("reg.test:5000", &refused).is_none());
 }
+
+#[test]
+fn only_a_bearer_challenge_with_a_realm_names_a_token_server() {
+    use super::token::Challenge;
+    assert_eq!(
+        Challenge::parse(r#"Bearer realm="https://auth.example/token",service="reg""#),
+        Some(Challenge {
+            realm: "https://auth.example/token".into(),
+            service: Some("reg".into()),
+        })
+    );
+    assert_eq!(
+        Challenge::parse(r#"bearer realm="http://a/t""#).map(|c| c.service),
+        Some(None)
+    );
+    assert_eq!(Challenge::parse(r#"Basic realm="img-tests""#), None);
+    assert_eq!(Challenge::parse(r#"Bearer service="reg""#), None);
+}
+
+#[test]
+fn a_token_servers_refusal_is_told_in_its_own_words() {
+    use super::token::refusal_text;
+    let unauthorized = reqwest::StatusCode::UNAUTHORIZED;
+    assert_eq!(
+        refusal_text(
+            unauthorized,
+            r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":"no such user"},{"code":"DENIED","message":""}]}"#
+        ),
+        "unauthorized: authentication required (no such user); denied"
+    );
+    assert_eq!(
+        refusal_text(
+            unauthorized,
+            r#"{"details":"incorrect username or password"}"#
+        ),
+        "unauthorized: incorrect username or password"
+    );
+    assert_eq!(
+        refusal_text(
+            reqwest::StatusCode::FORBIDDEN,
+            "\n  access denied by policy\nmore\n"
+        ),
+        "access denied by policy"
+    );
+    assert_eq!(refusal_text(unauthorized, ""), "HTTP 401 Unauthorized");
+}
+
+/// A loopback server that answers one request with `status` and `body`, and hands back the
+/// request it read (head and body).
+fn one_request(
+    status: &'static str,
+    body: &'static str,
+) -> (String, std::thread::JoinHandle<String>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let handle = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(conn.try_clone().unwrap());
+        let mut request = String::new();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().unwrap();
+            }
+            request.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut content = vec![0; length];
+        reader.read_exact(&mut content).unwrap();
+        request.push_str(&String::from_utf8(content).unwrap());
+        write!(
+            conn,
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        request
+    });
+    (addr, handle)
+}
+
+/// Asks the server `one_request` started for a token for two repositories with `credentials`.
+fn ask_token(
+    addr: &str,
+    credentials: Option<Credentials>,
+) -> Result<super::token::Token, RegistryError> {
+    // reqwest's rustls needs a process-wide provider; another test may have installed it.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let challenge = super::token::Challenge {
+        realm: format!("http://{addr}/token"),
+        service: Some("reg".into()),
+    };
+    let scopes = [
+        "repository:a/b:pull,push".to_string(),
+        "repository:c/d:pull".to_string(),
+    ];
+    runtime
+        .block_on(super::token::fetch(
+            &reqwest::Client::new(),
+            "reg.example",
+            &challenge,
+            &scopes,
+            credentials.as_ref(),
+        ))
+        .map_err(fatal)
+}
+
+#[test]
+fn an_identity_token_is_posted_as_an_oauth_refresh_token() {
+    let (addr, server) = one_request("200 OK", r#"{"access_token":"at","expires_in":300}"#);
+    let token = ask_token(&addr, Some(Credentials::IdentityToken("rt-1".into()))).unwrap();
+    assert_eq!(token.value, "at");
+    let request = server.join().unwrap();
+    assert!(request.starts_with("POST /token HTTP/1.1\r\n"), "{request}");
+    assert!(
+        request.contains("content-type: application/x-www-form-urlencoded\r\n"),
+        "{request}"
+    );
+    let form = request.rsplit("\r\n").next().unwrap();
+    assert_eq!(
+        form,
+        "grant_type=refresh_token&refresh_token=rt-1&client_id=docker\
+         &scope=repository%3Aa%2Fb%3Apull%2Cpush+repository%3Ac%2Fd%3Apull&service=reg"
+    );
+}
+
+#[test]
+fn a_password_is_basic_auth_on_a_get_with_one_scope_parameter_each() {
+    let (addr, server) = one_request("200 OK", r#"{"token":"t","expires_in":1}"#);
+    let basic = Credentials::Basic {
+        username: "u".into(),
+        password: "p".into(),
+    };
+    let token = ask_token(&addr, Some(basic)).unwrap();
+    assert_eq!(token.value, "t");
+    // Docker's minimum lifetime, not the one second the server gave.
+    assert!(token.fresh());
+    let request = server.join().unwrap();
+    assert!(
+        request.starts_with(
+            "GET /token?scope=repository%3Aa%2Fb%3Apull%2Cpush&scope=repository%3Ac%2Fd%3Apull\
+             &service=reg&account=u HTTP/1.1\r\n"
+        ),
+        "{request}"
+    );
+    assert!(
+        request.contains("authorization: Basic dTpw\r\n"),
+        "{request}"
+    );
+}
+
+#[test]
+fn a_refused_token_request_is_token_refused_with_the_servers_text() {
+    let (addr, server) = one_request(
+        "401 Unauthorized",
+        r#"{"details":"incorrect username or password"}"#,
+    );
+    let refused = ask_token(&addr, None).unwrap_err();
+    let request = server.join().unwrap();
+    assert!(!request.contains("authorization:"), "{request}");
+    match refused {
+        RegistryError::TokenRefused {
+            registry, message, ..
+        } => {
+            assert_eq!(registry, "reg.example");
+            assert_eq!(message, "unauthorized: incorrect username or password");
+        }
+        other => panic!("{other}"),
+    }
+}

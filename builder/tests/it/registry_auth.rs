@@ -7,7 +7,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use tests::registry::{TOKEN_SERVICE, TestCa, TestRegistry, TokenAuthProxy, TokenRequest};
+use tests::registry::{
+    TOKEN_REFUSAL, TOKEN_SERVICE, TestCa, TestRegistry, TokenAuthProxy, TokenRequest,
+};
 
 use crate::Rig;
 use crate::registry::{fresh_state, img_in, inspect, ok, printed_digest, text};
@@ -469,4 +471,161 @@ fn login_and_logout_go_through_the_credential_helper() {
         text(&out)
     );
     drop(helpers.dir);
+}
+
+/// `auths` for `host` in a Docker config: `user:password` in base64, as `docker login` writes.
+fn basic_auth_config(host: &str, user: &str, password: &str) -> String {
+    let token = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("{user}:{password}"),
+    );
+    serde_json::json!({ "auths": { host: { "auth": token } } }).to_string()
+}
+
+/// Docker asks the token server for pull on the source repository besides pull,push on the
+/// target before it mounts; a token for the target alone gets a plain upload from a token
+/// registry, and the blob would be uploaded again.
+#[test]
+fn a_push_to_a_second_repository_of_a_token_registry_mounts_its_blobs() {
+    if !can_run() {
+        return;
+    }
+    let registry = TestRegistry::start().unwrap();
+    let proxy = TokenAuthProxy::start(registry.host(), "erin", "m0unt").unwrap();
+    let host = proxy.host();
+    let rig = Rig::create();
+    let local = inspect(&rig.state, "busybox");
+    let docker = fresh_state();
+    fs::write(
+        docker.path().join("config.json"),
+        basic_auth_config(host, "erin", "m0unt"),
+    )
+    .unwrap();
+    let env = [("DOCKER_CONFIG", docker.path())];
+
+    ok(
+        img_in(
+            &rig.state,
+            &env,
+            None,
+            &["push", "busybox", &format!("{host}/first/busybox:1")],
+        ),
+        "img push to the first repository",
+    );
+    let pushed = ok(
+        img_in(
+            &rig.state,
+            &env,
+            None,
+            &["push", "busybox", &format!("{host}/second/busybox:1")],
+        ),
+        "img push to the second repository",
+    );
+    assert_eq!(printed_digest(&pushed), local["Digest"].as_str().unwrap());
+    assert!(
+        pushed.contains(&format!("mounted from {host}/first/busybox")),
+        "{pushed}"
+    );
+    assert!(!pushed.contains(": pushed"), "{pushed}");
+
+    let both = vec![
+        "repository:second/busybox:pull,push".to_string(),
+        "repository:first/busybox:pull".to_string(),
+    ];
+    let asked = proxy.token_requests();
+    assert!(
+        asked.iter().any(|r| r.granted && r.scopes == both),
+        "no token asked for {both:?}: {asked:#?}"
+    );
+    let manifest = &local["Manifest"];
+    let mut blobs: Vec<&str> = std::iter::once(&manifest["config"])
+        .chain(manifest["layers"].as_array().unwrap())
+        .map(|d| d["digest"].as_str().unwrap())
+        .collect();
+    blobs.sort();
+    let mounts = proxy.mounts();
+    let mut mounted: Vec<&str> = mounts
+        .iter()
+        .filter(|m| m.mounted)
+        .map(|m| m.digest.as_str())
+        .collect();
+    mounted.sort();
+    assert_eq!(mounted, blobs, "{mounts:#?}");
+    for m in mounts.iter().filter(|m| m.mounted) {
+        assert_eq!(
+            (m.target.as_str(), m.from.as_str()),
+            ("second/busybox", "first/busybox")
+        );
+        assert_eq!(m.scopes, both, "{m:?}");
+    }
+    // No blob bytes went to the second repository: its uploads were never written to.
+    let writes: Vec<String> = proxy
+        .forwarded()
+        .into_iter()
+        .filter(|r| {
+            (r.starts_with("PUT ") || r.starts_with("PATCH "))
+                && r.contains("/v2/second/busybox/blobs/")
+        })
+        .collect();
+    assert_eq!(writes, Vec::<String>::new());
+    ok(
+        img_in(
+            fresh_state().path(),
+            &env,
+            None,
+            &["pull", &format!("{host}/second/busybox:1")],
+        ),
+        "img pull of the mounted image",
+    );
+}
+
+/// Docker prints the token server's answer to wrong credentials (`unauthorized: incorrect
+/// username or password`); oci-client drops it, so img asks the token server once more.
+#[test]
+fn wrong_credentials_on_a_token_registry_show_the_token_servers_message() {
+    if !can_run() {
+        return;
+    }
+    let registry = TestRegistry::start().unwrap();
+    let proxy = TokenAuthProxy::start(registry.host(), "frank", "r1ght").unwrap();
+    let host = proxy.host();
+    let rig = Rig::create();
+    let docker = fresh_state();
+    let env = [("DOCKER_CONFIG", docker.path())];
+    let refusal = format!("unauthorized: {TOKEN_REFUSAL}");
+
+    let login = img_in(
+        &rig.state,
+        &env,
+        Some("wr0ng\n"),
+        &["login", "-u", "frank", "--password-stdin", host],
+    );
+    assert!(!login.status.success());
+    let said = text(&login);
+    assert!(
+        said.contains(&format!("{host} refused the credentials")),
+        "{said}"
+    );
+    assert!(said.contains(&refusal), "{said}");
+
+    fs::write(
+        docker.path().join("config.json"),
+        basic_auth_config(host, "frank", "wr0ng"),
+    )
+    .unwrap();
+    let target = format!("{host}/denied/busybox:1");
+    for (what, args) in [
+        ("push", vec!["push", "busybox", target.as_str()]),
+        ("pull", vec!["pull", target.as_str()]),
+    ] {
+        let out = img_in(&rig.state, &env, None, &args);
+        assert!(!out.status.success(), "{what}");
+        let said = text(&out);
+        assert!(said.contains(&refusal), "{what}: {said}");
+        assert!(
+            said.contains(&format!("img login {host}")),
+            "{what}: {said}"
+        );
+        assert!(!said.contains("gave up after"), "{what}: {said}");
+    }
 }
