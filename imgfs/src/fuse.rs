@@ -71,6 +71,10 @@ pub struct FuseFs {
     /// Open directories: the listing taken at opendir, so offsets stay valid while it changes.
     dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     stats: Option<Arc<RequestStats>>,
+    /// Whether a file opened by CREATE gets direct I/O: only when the kernel lets direct-I/O
+    /// files be mapped shared (FUSE_DIRECT_IO_ALLOW_MMAP, Linux 6.6), else linkers that mmap
+    /// their output would fail with ENODEV.
+    direct_io_on_create: bool,
 }
 
 /// How many requests of each kind a mount served and how long imgfs took to answer them
@@ -251,6 +255,7 @@ impl FuseFs {
             next_fh: AtomicU64::new(1),
             dirs: Mutex::new(HashMap::new()),
             stats,
+            direct_io_on_create: false,
         }
     }
 
@@ -343,6 +348,20 @@ impl FuseFs {
         // Pages of a file stay valid across opens: every write to this tree comes through us.
         FopenFlags::FOPEN_KEEP_CACHE
     }
+
+    /// A file being created is written, rarely read back through the same descriptor: direct
+    /// I/O sends its writes from the caller's pages instead of copying them into the FUSE page
+    /// cache first, and skips the GETXATTR of security.capability the VFS sends before every
+    /// cached write. A 1 GiB `dd` took 1.2 s instead of 1.5-2.2 s, an untar 4.6 s instead of
+    /// 5.8 s (docs/benchmarks.md). Later opens of the file are cached as usual (no OPEN is
+    /// sent); the cost is that a file's first read after it was written comes from imgfs.
+    fn create_flags(&self) -> FopenFlags {
+        if self.direct_io_on_create {
+            self.open_flags() | FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            self.open_flags()
+        }
+    }
 }
 
 /// Mounts `tree` at `mountpoint` and serves it on background threads until it is unmounted.
@@ -432,8 +451,9 @@ impl Filesystem for FuseFs {
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_ASYNC_DIO,
-            // We clear setuid/setgid and capabilities ourselves (see `setattr` and `write`), so
-            // the kernel does not ask for security.capability before every write.
+            // We clear setuid/setgid and capabilities ourselves (see `setattr` and `write`).
+            // A direct write then needs nothing more from the kernel; a cached one still asks
+            // for security.capability first (the VFS's file_remove_privs).
             InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ];
         for flag in wanted {
@@ -441,6 +461,9 @@ impl Filesystem for FuseFs {
                 tracing::info!(?flag, "kernel does not offer FUSE capability");
             }
         }
+        self.direct_io_on_create = config
+            .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+            .is_ok();
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
@@ -948,7 +971,7 @@ impl Filesystem for FuseFs {
                 &file_attr(&Attr::of(i, &inode)),
                 Generation(0),
                 FileHandle(0),
-                self.open_flags(),
+                self.create_flags(),
             )
         });
     }

@@ -241,6 +241,17 @@ fn privilege_steps(root: &Path) -> Vec<(String, u32, bool)> {
     reset(&file);
     as_user(1000, "truncate -s 1 tool", root);
     record("truncate by owner");
+    // Through the descriptor that created the file: imgfs answers CREATE with direct I/O,
+    // where the kernel leaves clearing the bits to the file system.
+    std::fs::remove_file(&file).unwrap();
+    as_user(1000, "exec 3>tool && chmod 6777 tool && echo x >&3", root);
+    record("write by owner through the creating descriptor");
+    std::fs::remove_file(&file).unwrap();
+    let mut created = std::fs::File::create(&file).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o6777)).unwrap();
+    setxattr(&file, "security.capability", &caps);
+    std::io::Write::write_all(&mut created, b"x").unwrap();
+    record("write by root through the creating descriptor");
     out
 }
 
