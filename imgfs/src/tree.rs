@@ -7,7 +7,7 @@
 //! a per-snapshot scratch file, one sparse file per data id with chunk `i` at `i * chunk_size`, and
 //! is hashed into the chunk store when the snapshot is committed (`seal`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -168,6 +168,11 @@ struct Cache {
     /// Each record, and whether it is the head's own version (whose change key is written).
     inodes: HashMap<Ino, (Inode, bool)>,
     entries: HashMap<(Ino, Vec<u8>), EntryValue>,
+    /// Directories made by this tree whose every entry is in `entries`: a name missing there is
+    /// missing from the directory. Their inode numbers are new, so no lower snapshot has
+    /// entries in them, and every entry since came through a `Txn`. A LOOKUP that misses in
+    /// such a directory (each file an untar or a compiler creates) then reads nothing.
+    complete: HashSet<Ino>,
     /// Bumped by every write. A read that began before a write does not insert what it read,
     /// which may be the version that write replaced.
     epoch: u64,
@@ -188,6 +193,7 @@ impl Cache {
     fn insert_entry(&mut self, dir: Ino, name: &[u8], value: EntryValue) {
         if self.entries.len() >= Self::CAPACITY {
             self.entries.clear();
+            self.complete.clear();
         }
         self.entries.insert((dir, name.to_vec()), value);
     }
@@ -218,6 +224,8 @@ struct Txn<'a> {
     /// The same for directory entries (`None`: the head's version is deleted, so what shows
     /// is the lower snapshots' entry, which the cache must read again).
     entries: Vec<(Ino, Vec<u8>, Option<EntryValue>)>,
+    /// Directories this group creates, empty (`Cache::complete`).
+    new_dirs: Vec<Ino>,
 }
 
 impl Txn<'_> {
@@ -301,10 +309,18 @@ impl Txn<'_> {
         for (dir, name, value) in entries {
             match (value, written.is_ok()) {
                 (Some(value), true) => cache.insert_entry(dir, &name, value),
+                // Nothing below a complete directory shows through a deleted head entry.
+                (None, true) if cache.complete.contains(&dir) => {
+                    cache.insert_entry(dir, &name, None)
+                }
                 _ => {
+                    cache.complete.remove(&dir);
                     cache.entries.remove(&(dir, name));
                 }
             }
+        }
+        if written.is_ok() {
+            cache.complete.extend(std::mem::take(&mut self.new_dirs));
         }
         written
     }
@@ -419,6 +435,7 @@ impl Tree {
             unref: HashMap::new(),
             inodes: Vec::new(),
             entries: Vec::new(),
+            new_dirs: Vec::new(),
         }
     }
 
@@ -484,6 +501,9 @@ impl Tree {
             // A borrowed key cannot look up a (Ino, Vec<u8>) map; names are short.
             if let Some(value) = cache.entries.get(&(dir, name.to_vec())) {
                 return Ok(*value);
+            }
+            if cache.complete.contains(&dir) {
+                return Ok(None);
             }
             cache.epoch
         };
@@ -981,9 +1001,10 @@ impl Tree {
     /// Removes the head's entry `name` from `dir`: a deletion marker when an ancestor has the
     /// name, otherwise the head's own key goes away entirely.
     fn remove_entry(&self, txn: &mut Txn<'_>, dir: Ino, name: &[u8]) -> Result<()> {
+        let new_dir = self.cache.lock().expect("poisoned").complete.contains(&dir);
         let lower = match &self.parent {
-            Some(p) => self.entry_in(p, dir, name)?,
-            None => None,
+            Some(p) if !new_dir => self.entry_in(p, dir, name)?,
+            _ => None,
         };
         if lower.is_some() {
             txn.put_dentry(dir, name, Dentry::Deleted);
@@ -1349,6 +1370,7 @@ impl Tree {
         );
         if inode.kind == FileKind::Dir {
             parent.subdirs += 1;
+            txn.new_dirs.push(ino);
         }
         if let Some(now) = touch {
             parent.mtime = now;

@@ -211,3 +211,42 @@ fn many_siblings_changing_the_same_keys_stay_invisible_to_each_other() {
     assert_eq!(names(&t), ["f", "s17", "x", "z"]);
     assert!(t.lookup(dir, b"y").is_err());
 }
+
+/// A directory made in the head answers lookups of missing names from memory (`Cache::
+/// complete`); what moves in, out, or goes away must show at once, in this tree and in a fresh
+/// one that reads the store.
+#[test]
+fn a_new_directory_knows_its_names_through_creates_renames_and_unlinks() {
+    let (_d, s) = store();
+    s.prepare("a", None).unwrap();
+    let t = s.tree("a").unwrap();
+    let dir = NewNode::new(FileKind::Dir, 0o755, 0, 0);
+    let (n, _) = t.mknod(Ino::ROOT, b"new", &dir).unwrap();
+    let (old, _) = t.mknod(Ino::ROOT, b"old", &file(0o644)).unwrap();
+    assert!(t.lookup(n, b"x").is_err(), "empty");
+    let (x, _) = t.mknod(n, b"x", &file(0o644)).unwrap();
+    t.rename(Ino::ROOT, b"old", n, b"in", RenameMode::Replace)
+        .unwrap();
+    t.link(x, n, b"x2").unwrap();
+    t.mknod(n, b"gone", &file(0o644)).unwrap();
+    t.unlink(n, b"gone").unwrap();
+    t.rename(n, b"x2", Ino::ROOT, b"out", RenameMode::Replace)
+        .unwrap();
+    let (sub, _) = t.mknod(n, b"sub", &dir).unwrap();
+    t.mknod(sub, b"deep", &file(0o644)).unwrap();
+    t.rename(Ino::ROOT, b"new", Ino::ROOT, b"moved", RenameMode::Replace)
+        .unwrap();
+
+    let check = |tree: &imgfs::Tree| {
+        assert_eq!(tree.lookup(n, b"x").unwrap().0, x);
+        assert_eq!(tree.lookup(n, b"in").unwrap().0, old);
+        assert!(tree.lookup(n, b"gone").is_err());
+        assert!(tree.lookup(n, b"x2").is_err());
+        assert!(tree.lookup(n, b"never").is_err());
+        assert!(tree.resolve(b"moved/sub/deep", false).is_ok());
+        assert_eq!(tree.lookup(Ino::ROOT, b"out").unwrap().0, x);
+    };
+    check(&t);
+    drop(t);
+    check(&s.tree("a").unwrap());
+}
