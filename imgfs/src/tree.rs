@@ -173,6 +173,9 @@ struct Cache {
     /// entries in them, and every entry since came through a `Txn`. A LOOKUP that misses in
     /// such a directory (each file an untar or a compiler creates) then reads nothing.
     complete: HashSet<Ino>,
+    /// The head's own dirty chunks and their scratch slots, so that the second and later writes
+    /// into a chunk (tar writes a file 10 KiB at a time) need not scan for its extent.
+    dirty: HashMap<(DataId, u64), u64>,
     /// Bumped by every write. A read that began before a write does not insert what it read,
     /// which may be the version that write replaced.
     epoch: u64,
@@ -188,6 +191,13 @@ impl Cache {
             self.inodes.clear();
         }
         self.inodes.insert(ino, (inode, in_head));
+    }
+
+    fn insert_dirty(&mut self, data: DataId, index: u64, slot: u64) {
+        if self.dirty.len() >= Self::CAPACITY {
+            self.dirty.clear();
+        }
+        self.dirty.insert((data, index), slot);
     }
 
     fn insert_entry(&mut self, dir: Ino, name: &[u8], value: EntryValue) {
@@ -226,6 +236,8 @@ struct Txn<'a> {
     entries: Vec<(Ino, Vec<u8>, Option<EntryValue>)>,
     /// Directories this group creates, empty (`Cache::complete`).
     new_dirs: Vec<Ino>,
+    /// The extents this group writes or deletes: the slot of a dirty one, else `None`.
+    extents: Vec<(DataId, u64, Option<u64>)>,
 }
 
 impl Txn<'_> {
@@ -281,6 +293,17 @@ impl Txn<'_> {
 
     fn put_extent(&mut self, data: DataId, index: u64, e: Extent) {
         self.put(&key::extent_base(data, index), &e.encode());
+        let slot = match e {
+            Extent::Dirty { slot } => Some(slot),
+            _ => None,
+        };
+        self.extents.push((data, index, slot));
+    }
+
+    /// Deletes the head's own version of an extent.
+    fn delete_extent(&mut self, data: DataId, index: u64) {
+        self.delete(&key::extent_base(data, index));
+        self.extents.push((data, index, None));
     }
 
     /// Notes that the head's own version `old` of an extent is being overwritten or deleted: if
@@ -321,6 +344,14 @@ impl Txn<'_> {
         }
         if written.is_ok() {
             cache.complete.extend(std::mem::take(&mut self.new_dirs));
+        }
+        for (data, index, slot) in std::mem::take(&mut self.extents) {
+            match (slot, written.is_ok()) {
+                (Some(slot), true) => cache.insert_dirty(data, index, slot),
+                _ => {
+                    cache.dirty.remove(&(data, index));
+                }
+            }
         }
         written
     }
@@ -436,6 +467,7 @@ impl Tree {
             inodes: Vec::new(),
             entries: Vec::new(),
             new_dirs: Vec::new(),
+            extents: Vec::new(),
         }
     }
 
@@ -671,6 +703,23 @@ impl Tree {
         punch(&*self.scratch()?, slot * cs, cs)
     }
 
+    /// The head's extents of chunks `first..=last` of `data` when all of them are dirty chunks
+    /// in the cache; `None` when any is not known.
+    fn known_dirty(
+        &self,
+        data: DataId,
+        first: u64,
+        last: u64,
+    ) -> Option<HashMap<u64, (Extent, SnapshotId)>> {
+        let cache = self.cache.lock().expect("poisoned");
+        (first..=last)
+            .map(|index| {
+                let slot = *cache.dirty.get(&(data, index))?;
+                Some((index, (Extent::Dirty { slot }, self.head())))
+            })
+            .collect()
+    }
+
     /// Makes chunk `index` of `data` dirty in the head snapshot and returns its slot, copying
     /// the chunk's current bytes below `keep_upto` (a file offset) into the slot.
     fn copy_up_chunk(
@@ -739,8 +788,11 @@ impl Tree {
             let cs = self.chunk_size();
             let (first, last) = (offset / cs, (end - 1) / cs);
             // New content has no extents yet: no need to look (the first write of every file).
+            // Chunks this tree already made dirty are known without looking either.
             let existing: HashMap<u64, (Extent, SnapshotId)> = if fresh {
                 HashMap::new()
+            } else if let Some(known) = self.known_dirty(data, first, last) {
+                known
             } else {
                 self.extents(data, first, last)?
                     .into_iter()
@@ -815,7 +867,7 @@ impl Tree {
                         if let Extent::Dirty { slot } = extent {
                             self.free_slot(slot)?;
                         }
-                        txn.delete(&key::extent_base(data, index));
+                        txn.delete_extent(data, index);
                     }
                 }
                 inode.data = None;
@@ -841,7 +893,7 @@ impl Tree {
                         if lower_has_data {
                             txn.put_extent(data, index, Extent::Zero);
                         } else if snap == self.head() {
-                            txn.delete(&key::extent_base(data, index));
+                            txn.delete_extent(data, index);
                         }
                         if let (Extent::Dirty { slot }, true) = (extent, snap == self.head()) {
                             self.free_slot(slot)?;
@@ -1587,7 +1639,7 @@ impl Tree {
                 for (index, extent, snap) in self.extents(d, 0, u64::MAX)? {
                     if snap == head {
                         txn.drop_ref(extent, snap);
-                        txn.delete(&key::extent_base(d, index));
+                        txn.delete_extent(d, index);
                     }
                 }
             }
@@ -1604,12 +1656,12 @@ impl Tree {
             for &(data, index, slot) in group {
                 let Some(&size) = sizes.get(&data) else {
                     // Content no inode of this snapshot uses any more (an orphan's).
-                    txn.delete(&key::extent_base(data, index));
+                    txn.delete_extent(data, index);
                     continue;
                 };
                 let cstart = index * cs;
                 if cstart >= size {
-                    txn.delete(&key::extent_base(data, index));
+                    txn.delete_extent(data, index);
                     continue;
                 }
                 let len = (size - cstart).min(cs) as usize;
