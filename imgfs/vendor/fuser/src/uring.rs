@@ -17,6 +17,8 @@ use std::os::fd::FromRawFd;
 use std::os::fd::OwnedFd;
 use std::os::fd::RawFd;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 
 use io_uring::IoUring;
 use io_uring::cqueue;
@@ -96,6 +98,9 @@ struct Ent {
     payload: PageBuf,
     /// [header, payload], read by the kernel when the entry registers.
     iov: Box<[libc::iovec; 2]>,
+    /// The commit id of the last COMMIT_AND_FETCH, 0 while the entry is only registered: what
+    /// to resubmit when the kernel answers -EAGAIN or -EINTR.
+    last_commit: AtomicU64,
 }
 
 /// One queue: a ring on one CPU and its entries.
@@ -153,6 +158,7 @@ impl Queue {
                 header,
                 payload,
                 iov,
+                last_commit: AtomicU64::new(0),
             });
         }
         Ok(Queue {
@@ -190,6 +196,7 @@ impl Queue {
     }
 
     fn push_register(&self, ent: usize) -> io::Result<()> {
+        self.ents[ent].last_commit.store(0, Ordering::Relaxed);
         let sqe = opcode::UringCmd80::new(types::Fd(self.fd), CMD_REGISTER)
             .cmd(self.cmd(0))
             .addr(Some(self.ents[ent].iov.as_ptr() as u64))
@@ -205,6 +212,7 @@ impl Queue {
     }
 
     fn commit(&self, ent: usize, commit_id: u64) -> io::Result<()> {
+        self.ents[ent].last_commit.store(commit_id, Ordering::Relaxed);
         let sqe = opcode::UringCmd80::new(types::Fd(self.fd), CMD_COMMIT_AND_FETCH)
             .cmd(self.cmd(commit_id))
             .build()
@@ -358,8 +366,11 @@ pub(crate) fn serve<FS: Filesystem>(queue: Arc<Queue>, se: SessionEventLoop<FS>)
             }
             let ent = user_data as usize;
             if res == -libc::EAGAIN || res == -libc::EINTR {
-                // Only a registration can be retried as is: a commit's reply is gone.
-                queue.push_register(ent)?;
+                // Resubmit the same command; the reply is still in the entry.
+                match queue.ents[ent].last_commit.load(Ordering::Relaxed) {
+                    0 => queue.push_register(ent)?,
+                    commit_id => queue.commit(ent, commit_id)?,
+                }
                 continue;
             }
             if res == -libc::ENOTCONN || res == -libc::ENODEV {
