@@ -43,6 +43,10 @@ pub struct MountOptions {
     /// How long a worker polls /dev/fuse for the next request before it sleeps in read(2)
     /// (`POLL_BEFORE_READ`); zero: it sleeps at once.
     pub poll_before_read: Duration,
+    /// Ask the kernel for FUSE over io_uring (`imgfs mount --io-uring`): requests are then
+    /// served by one pinned thread per CPU, on the caller's CPU. Needs Linux 6.14+ with the
+    /// fuse module's `enable_uring` on; otherwise the mount serves /dev/fuse as usual.
+    pub io_uring: bool,
 }
 
 /// The default polling window of a worker before read(2), through img's patch of fuser
@@ -60,6 +64,7 @@ impl Default for MountOptions {
             allow_other: true,
             stats: None,
             poll_before_read: POLL_BEFORE_READ,
+            io_uring: false,
         }
     }
 }
@@ -403,6 +408,7 @@ pub fn session(
     config.n_threads = Some(opts.threads.max(1));
     config.clone_fd = true;
     config.poll_before_read = (!opts.poll_before_read.is_zero()).then_some(opts.poll_before_read);
+    config.io_uring = opts.io_uring;
     let mut session =
         fuser::Session::new(FuseFs::new(tree, opts.stats.clone()), mountpoint, &config)?;
     let unmounter = session.unmount_callable();

@@ -146,3 +146,115 @@ fn daemon_mount_umount_and_signals_commit_the_writable_child() {
     let fsck = ok(imgfs(&["fsck", s]));
     assert!(fsck.contains("0 problems"), "{fsck}");
 }
+
+/// Whether the kernel offers FUSE over io_uring (Linux 6.14+, off unless the fuse module's
+/// `enable_uring` is set); without it `--io-uring` is a no-op, checked by nothing here.
+fn uring_enabled() -> bool {
+    let on = std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring")
+        .is_ok_and(|s| s.trim() == "Y");
+    if !on {
+        eprintln!("skipping: /sys/module/fuse/parameters/enable_uring is not Y");
+    }
+    on
+}
+
+/// How many times the threads of `pid` named `prefix*` were scheduled (schedstat's third
+/// field): a ring thread runs once per batch of requests it serves.
+fn runs_of_threads(pid: u32, prefix: &str) -> u64 {
+    let mut runs = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if comm.starts_with(prefix) {
+            let stat = std::fs::read_to_string(task.join("schedstat")).unwrap_or_default();
+            runs += stat
+                .split_whitespace()
+                .nth(2)
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    runs
+}
+
+#[test]
+fn io_uring_mount_serves_requests_through_the_rings_and_commits() {
+    if !fuse_available() || !uring_enabled() {
+        return;
+    }
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let store = dir.path().join("s");
+    let s = store.to_str().unwrap();
+    let empty = dir.path().join("empty.tar");
+    std::fs::write(&empty, [0u8; 1024]).unwrap();
+    ok(imgfs(&["init", s]));
+    ok(imgfs(&[
+        "import",
+        "--store",
+        s,
+        "--name",
+        "base",
+        empty.to_str().unwrap(),
+    ]));
+    let mnt = dir.path().join("m");
+    std::fs::create_dir(&mnt).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_imgfs"))
+        .args([
+            "mount",
+            "--store",
+            s,
+            "--snapshot",
+            "base",
+            "--writable",
+            "--commit",
+            "one",
+            "--io-uring",
+            mnt.to_str().unwrap(),
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !is_mounted(&mnt) {
+        assert!(start.elapsed().as_secs() < 20, "mount did not come up");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let before = runs_of_threads(child.id(), "fuser-ring-");
+    // Metadata, small and multi-request (1 MiB payload) data, through the rings.
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::create_dir(mnt.join("d")).unwrap();
+    std::fs::write(mnt.join("d/big"), &big).unwrap();
+    for i in 0..200 {
+        std::fs::write(mnt.join(format!("d/f{i}")), i.to_string()).unwrap();
+    }
+    for i in 0..100 {
+        std::fs::remove_file(mnt.join(format!("d/f{i}"))).unwrap();
+    }
+    std::fs::rename(mnt.join("d/f150"), mnt.join("renamed")).unwrap();
+    assert_eq!(std::fs::read(mnt.join("d/big")).unwrap(), big);
+    assert_eq!(std::fs::read_to_string(mnt.join("renamed")).unwrap(), "150");
+    assert_eq!(std::fs::read_dir(mnt.join("d")).unwrap().count(), 100);
+    let served = runs_of_threads(child.id(), "fuser-ring-") - before;
+    assert!(
+        served >= 100,
+        "ring threads ran {served} times for 500+ requests"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!is_mounted(&mnt));
+    let diff = ok(imgfs(&["diff", "--store", s, "base", "one"]));
+    assert!(
+        diff.contains("A /renamed") && diff.contains("A /d/big"),
+        "{diff}"
+    );
+}

@@ -43,6 +43,11 @@ pub struct Args {
     /// Polling spends CPU while a caller is busy and saves a wake-up per request.
     #[arg(long, default_value_t = fuse::POLL_BEFORE_READ.as_micros() as u64)]
     pub poll_us: u64,
+    /// Ask for FUSE over io_uring (Linux 6.14+, /sys/module/fuse/parameters/enable_uring
+    /// set to Y): one thread per CPU answers requests on the caller's CPU. Without kernel
+    /// support the mount serves /dev/fuse as usual.
+    #[arg(long)]
+    pub io_uring: bool,
     /// When the mount ends, print how many requests of each kind it served and the time
     /// imgfs spent on them.
     #[arg(long)]
@@ -115,6 +120,7 @@ pub fn run(args: Args) -> Result<()> {
         threads: args.threads,
         stats: stats.clone(),
         poll_before_read: Duration::from_micros(args.poll_us),
+        io_uring: args.io_uring,
         ..Default::default()
     };
     let (session, _) = fuse::session(tree, &args.mountpoint, &opts)

@@ -139,6 +139,9 @@ pub struct Session<FS: Filesystem> {
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
+    /// (img's patch) Set when INIT agreed on FUSE over io_uring: the payload size of a ring
+    /// entry (src/uring.rs).
+    pub(crate) uring_payload: Option<usize>,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -186,6 +189,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config: options.clone(),
+            uring_payload: None,
         };
 
         session.handshake()?;
@@ -214,6 +218,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config,
+            uring_payload: None,
         };
 
         session.handshake()?;
@@ -252,7 +257,9 @@ impl<FS: Filesystem> Session<FS> {
             session_owner,
             proto_version: _,
             config,
+            uring_payload,
         } = self;
+        let uring_ch = ch.clone();
 
         let n_threads = config.n_threads.unwrap_or(1);
 
@@ -307,6 +314,38 @@ impl<FS: Filesystem> Session<FS> {
             );
         }
 
+        // (img's patch) The ring threads, started after the /dev/fuse workers so that what
+        // the kernel sends before every queue has registered still finds a reader.
+        let mut queues = Vec::new();
+        let mut ring_threads = Vec::new();
+        if let Some(payload) = uring_payload {
+            for qid in 0..crate::uring::queue_count() {
+                let queue = match crate::uring::Queue::new(qid as u16, uring_ch.as_fd(), payload) {
+                    Ok(queue) => Arc::new(queue),
+                    Err(e) => {
+                        warn!("cannot set up io_uring queue {qid}, serving /dev/fuse only: {e}");
+                        break;
+                    }
+                };
+                let event_loop = SessionEventLoop {
+                    thread_name: format!("fuser-ring-{qid}"),
+                    filesystem: filesystem.clone(),
+                    ch: uring_ch.clone(),
+                    allowed,
+                    session_owner,
+                    poll_before_read: None,
+                };
+                let q = queue.clone();
+                queues.push(queue);
+                ring_threads.push(
+                    thread::Builder::new()
+                        .name(format!("fuser-ring-{qid}"))
+                        .spawn(move || crate::uring::serve(q, event_loop))?,
+                );
+            }
+        }
+        drop(uring_ch);
+
         let mut reply: io::Result<()> = Ok(());
         for thread in threads {
             let res = match thread.join() {
@@ -321,6 +360,19 @@ impl<FS: Filesystem> Session<FS> {
                 }
             }
         }
+
+        // The /dev/fuse workers end with the connection; the rings may still wait.
+        for queue in &queues {
+            queue.stop();
+        }
+        for thread in ring_threads {
+            match thread.join() {
+                Ok(Err(e)) => warn!("io_uring queue ended with an error: {e}"),
+                Ok(Ok(())) => {}
+                Err(_) => return Err(io::Error::other("io_uring thread panicked")),
+            }
+        }
+        drop(queues);
 
         let Some(filesystem) = Arc::get_mut(&mut filesystem) else {
             return Err(io::Error::other(
@@ -423,6 +475,22 @@ impl<FS: Filesystem> Session<FS> {
                 ));
             };
             let res = filesystem.init(Request::ref_cast(request.header()), &mut config);
+            // (img's patch) Ask for FUSE over io_uring when configured and offered. An entry's
+            // payload buffer must hold the largest request or reply: the kernel checks it
+            // against max(8 KiB, max_write, max_pages pages) at registration.
+            if res.is_ok()
+                && self.config.io_uring
+                && config
+                    .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+                    .is_ok()
+            {
+                let page = page_size::get();
+                let payload = (config.max_write as usize)
+                    .max(config.max_pages() as usize * page)
+                    .max(8192);
+                self.uring_payload = Some(payload.div_ceil(page) * page);
+                info!("FUSE over io_uring: {} queues", crate::uring::queue_count());
+            }
             if let Err(error) = res {
                 let errno = Errno::from_i32(error.raw_os_error().unwrap_or(0));
                 <ReplyRaw as Reply>::new(request.unique(), ReplySender::Channel(self.ch.sender()))

@@ -22,6 +22,11 @@ pub struct Config {
     /// read(2). A worker asleep in read(2) must be woken for each request, which on a VM whose
     /// vCPUs halt when idle costs more than the request itself.
     pub poll_before_read: Option<std::time::Duration>,
+    /// (img's patch) Ask for FUSE over io_uring (Linux 6.14+, with the fuse module's
+    /// `enable_uring` on): requests then reach one pinned thread per CPU through an io_uring
+    /// instead of the /dev/fuse workers, which keep serving what the rings do not carry. When
+    /// the kernel does not offer it, nothing changes.
+    pub io_uring: bool,
 }
 
 /// Mount options accepted by the FUSE filesystem type
