@@ -11,6 +11,9 @@
 //! they never build it. `cargo test --workspace` builds it (imgfs's own integration tests need
 //! it); after `cargo test -p tests` alone, run `cargo build -p imgfs` first, or the tests fail and
 //! say so. A stale binary is tested as it is.
+//!
+//! `IMGFS_MOUNT_ARGS` adds arguments to every `imgfs mount` (whitespace-separated):
+//! tools/test runs these tests a second time with `--io-uring`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, OpenOptions};
@@ -207,6 +210,9 @@ impl Scratch {
             .arg("--store")
             .arg(self.path("store"))
             .args(["--snapshot", snapshot, "--writable", "--daemon"]);
+        if let Ok(extra) = std::env::var("IMGFS_MOUNT_ARGS") {
+            cmd.args(extra.split_whitespace());
+        }
         if let Some(name) = commit {
             cmd.args(["--commit", name]);
         }
