@@ -46,11 +46,9 @@ fn is_mounted(p: &Path) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(want.to_str().unwrap()))
 }
 
-#[test]
-fn daemon_mount_umount_and_signals_commit_the_writable_child() {
-    if !fuse_available() {
-        return;
-    }
+/// A temporary directory holding a store `s` whose snapshot `base` is an empty tree, and an
+/// empty mount point `m`; the directory goes away when the first value is dropped.
+fn store_with_empty_base() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let store = dir.path().join("s");
     let s = store.to_str().unwrap();
@@ -67,6 +65,16 @@ fn daemon_mount_umount_and_signals_commit_the_writable_child() {
     ]));
     let mnt = dir.path().join("m");
     std::fs::create_dir(&mnt).unwrap();
+    (dir, store, mnt)
+}
+
+#[test]
+fn daemon_mount_umount_and_signals_commit_the_writable_child() {
+    if !fuse_available() {
+        return;
+    }
+    let (dir, store, mnt) = store_with_empty_base();
+    let s = store.to_str().unwrap();
     let m = mnt.to_str().unwrap();
 
     // --daemon returns once the mount is usable.
@@ -188,22 +196,8 @@ fn io_uring_mount_serves_requests_through_the_rings_and_commits() {
     if !fuse_available() || !uring_enabled() {
         return;
     }
-    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-    let store = dir.path().join("s");
+    let (_dir, store, mnt) = store_with_empty_base();
     let s = store.to_str().unwrap();
-    let empty = dir.path().join("empty.tar");
-    std::fs::write(&empty, [0u8; 1024]).unwrap();
-    ok(imgfs(&["init", s]));
-    ok(imgfs(&[
-        "import",
-        "--store",
-        s,
-        "--name",
-        "base",
-        empty.to_str().unwrap(),
-    ]));
-    let mnt = dir.path().join("m");
-    std::fs::create_dir(&mnt).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_imgfs"))
         .args([
             "mount",
