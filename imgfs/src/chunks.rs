@@ -19,6 +19,7 @@ use memmap2::{Mmap, MmapOptions};
 
 use crate::error::{Error, IoContext, Result};
 use crate::ids::PackId;
+use crate::records::PackRecord;
 
 /// The largest a pack grows before appends move to a new one.
 pub const PACK_MAX: u64 = 1 << 30;
@@ -33,6 +34,8 @@ struct Writer {
     len: u64,
     /// Where the last `start_writeback` of this pack ended.
     kicked: u64,
+    /// The id the next new pack (shared or object) gets.
+    next: u32,
 }
 
 /// Appended bytes after which the kernel is told to start writing them out, so the `sync` of a
@@ -65,6 +68,8 @@ pub struct PackStore {
     writer: Mutex<Option<Writer>>,
     /// Packs appended to since the last `sync`.
     dirty: Mutex<HashSet<PackId>>,
+    /// Object packs: one file's content each, at the file's offsets (`begin_object`).
+    objects: Mutex<HashSet<PackId>>,
 }
 
 /// A chunk's bytes, borrowed from the pack's memory map.
@@ -86,16 +91,27 @@ fn pack_path(dir: &Path, id: PackId) -> PathBuf {
 }
 
 impl PackStore {
-    /// Opens the pack directory. For a writer, `synced` holds the synced length of every pack the
+    /// Opens the pack directory. For a writer, `known` holds the record of every pack the
     /// metadata knows: files it does not know are deleted and longer files are cut back to what
     /// was synced, which drops the chunks of imports that never committed.
-    pub fn open(dir: &Path, read_only: bool, synced: &BTreeMap<PackId, u64>) -> Result<PackStore> {
+    pub fn open(
+        dir: &Path,
+        read_only: bool,
+        known: &BTreeMap<PackId, PackRecord>,
+    ) -> Result<PackStore> {
         let store = PackStore {
             dir: dir.to_path_buf(),
             read_only,
             packs: RwLock::new(HashMap::new()),
             writer: Mutex::new(None),
             dirty: Mutex::new(HashSet::new()),
+            objects: Mutex::new(
+                known
+                    .iter()
+                    .filter(|(_, r)| r.object)
+                    .map(|(id, _)| *id)
+                    .collect(),
+            ),
         };
         if read_only {
             return Ok(store);
@@ -110,9 +126,9 @@ impl PackStore {
                 .and_then(|n| n.parse::<u32>().ok())
                 .map(PackId);
             let path = entry.path();
-            match id.and_then(|id| synced.get(&id)) {
+            match id.and_then(|id| known.get(&id)).map(|r| r.synced_len) {
                 None => std::fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?,
-                Some(&len) => {
+                Some(len) => {
                     let f = OpenOptions::new()
                         .write(true)
                         .open(&path)
@@ -135,22 +151,26 @@ impl PackStore {
                 }
             }
         }
-        let last = synced.iter().next_back().map(|(id, len)| (*id, *len));
+        // Appends resume in the newest shared pack if it has room; object packs are never
+        // appended to again.
+        let next = known.keys().next_back().map_or(1, |id| id.0 + 1);
+        let last = known
+            .iter()
+            .rev()
+            .find(|(_, r)| !r.object)
+            .map(|(id, r)| (*id, r.synced_len));
         *store.writer.lock().expect("poisoned") = Some(match last {
             Some((id, len)) if len < PACK_MAX / 2 => Writer {
                 id,
                 len,
                 kicked: len,
+                next,
             },
-            Some((id, _)) => Writer {
-                id: PackId(id.0 + 1),
+            _ => Writer {
+                id: PackId(next),
                 len: 0,
                 kicked: 0,
-            },
-            None => Writer {
-                id: PackId(1),
-                len: 0,
-                kicked: 0,
+                next: next + 1,
             },
         });
         Ok(store)
@@ -190,9 +210,10 @@ impl PackStore {
         let w = guard.as_mut().expect("writer exists in a writable store");
         if w.len + data.len() as u64 > PACK_MAX {
             *w = Writer {
-                id: PackId(w.id.0 + 1),
+                id: PackId(w.next),
                 len: 0,
                 kicked: 0,
+                next: w.next + 1,
             };
         }
         let pack = self.pack(w.id)?;
@@ -207,6 +228,81 @@ impl PackStore {
         }
         self.dirty.lock().expect("poisoned").insert(w.id);
         Ok(at)
+    }
+
+    /// Starts an object pack: a new pack that will hold one file's content at the file's own
+    /// offsets (`write_object`), so that its bytes can back the file directly (FUSE passthrough).
+    /// Nothing else is ever appended to it. Not durable until `sync`.
+    pub fn begin_object(&self) -> Result<PackId> {
+        if self.read_only {
+            return Err(Error::ReadOnly("chunk store".into()));
+        }
+        let id = {
+            let mut guard = self.writer.lock().expect("poisoned");
+            let w = guard.as_mut().expect("writer exists in a writable store");
+            w.next += 1;
+            PackId(w.next - 1)
+        };
+        self.pack(id)?;
+        self.objects.lock().expect("poisoned").insert(id);
+        self.dirty.lock().expect("poisoned").insert(id);
+        Ok(id)
+    }
+
+    /// Writes a chunk of an object pack at `offset`. Not durable until `sync`.
+    pub fn write_object(&self, id: PackId, offset: u64, data: &[u8]) -> Result<()> {
+        let pack = self.pack(id)?;
+        pack.file
+            .write_all_at(data, offset)
+            .ctx(|| format!("write object pack {}", id.0))?;
+        let end = offset + data.len() as u64;
+        if end / WRITEBACK_STEP != offset / WRITEBACK_STEP {
+            let from = offset / WRITEBACK_STEP * WRITEBACK_STEP;
+            start_writeback(&pack.file, from, end - from);
+        }
+        Ok(())
+    }
+
+    /// Ends an object pack at the file's size (its last chunks may be holes), or deletes it when
+    /// nothing was written to it (every chunk was stored already).
+    pub fn finish_object(&self, id: PackId, len: u64, used: bool) -> Result<()> {
+        let pack = self.pack(id)?;
+        if used {
+            return pack
+                .file
+                .set_len(len)
+                .ctx(|| format!("size object pack {}", id.0));
+        }
+        self.objects.lock().expect("poisoned").remove(&id);
+        self.dirty.lock().expect("poisoned").remove(&id);
+        self.packs.write().expect("poisoned").remove(&id);
+        let path = pack_path(&self.dir, id);
+        std::fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))
+    }
+
+    /// Whether `id` is an object pack.
+    pub fn is_object(&self, id: PackId) -> bool {
+        self.objects.lock().expect("poisoned").contains(&id)
+    }
+
+    /// The length of object pack `id`; `None` if it is not one.
+    pub fn object_len(&self, id: PackId) -> Result<Option<u64>> {
+        if !self.is_object(id) {
+            return Ok(None);
+        }
+        let pack = self.pack(id)?;
+        let len = pack
+            .file
+            .metadata()
+            .ctx(|| format!("stat pack {}", id.0))?
+            .len();
+        Ok(Some(len))
+    }
+
+    /// Opens a pack file read-only (to hand it to the kernel as a passthrough backing file).
+    pub fn open_file(&self, id: PackId) -> Result<File> {
+        let path = pack_path(&self.dir, id);
+        File::open(&path).ctx(|| format!("open pack {}", path.display()))
     }
 
     /// Reads a chunk through the memory map.

@@ -31,6 +31,8 @@ pub enum Error {
     ReadOnly(String),
     #[error("{0}: operation not permitted")]
     NotPermitted(String),
+    #[error("{0}: busy (open for passthrough reads)")]
+    Busy(String),
     #[error("inode {0}: stale (no longer in this snapshot)")]
     Stale(Ino),
     #[error("store {path} is locked by pid {pid}")]
@@ -67,6 +69,7 @@ impl Error {
             Error::ReadOnly(_) => libc::EROFS,
             Error::NotPermitted(_) => libc::EPERM,
             Error::Stale(_) => libc::ESTALE,
+            Error::Busy(_) => libc::ETXTBSY,
             Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             Error::Locked { .. }
             | Error::Layer(_)

@@ -257,6 +257,13 @@ pub enum Problem {
     },
     #[error("pack file {path} has no pack record and no chunk record points into it")]
     OrphanPack { path: PathBuf },
+    #[error("snapshot {snapshot}: inode {ino} names object pack {pack}, but {reason}")]
+    BadObject {
+        snapshot: String,
+        ino: Ino,
+        pack: u32,
+        reason: String,
+    },
     #[error("scratch directory {path} belongs to no snapshot")]
     OrphanScratch { path: PathBuf },
     #[error(
@@ -289,6 +296,7 @@ pub fn check(store: &Store, repair: bool) -> Result<Report> {
     let mut c = Checker::new(store, repair);
     c.snapshots()?;
     c.versioned()?;
+    c.objects()?;
     c.changes()?;
     c.high_water()?;
     c.chunks_and_packs()?;
@@ -419,6 +427,8 @@ struct Checker<'a> {
     /// be short, and repair leaves chunk records alone.
     extents_known: bool,
     max_id: u64,
+    /// Inode versions that name an object pack: (snapshot, inode, data, size, pack).
+    objects: Vec<(SnapshotId, Ino, Option<DataId>, u64, PackId)>,
 }
 
 impl<'a> Checker<'a> {
@@ -436,6 +446,7 @@ impl<'a> Checker<'a> {
             snapshots_known: true,
             extents_known: true,
             max_id: 0,
+            objects: Vec::new(),
         }
     }
 
@@ -650,7 +661,12 @@ impl<'a> Checker<'a> {
                         self.counts.inode_versions += 1;
                         self.note_id(ino.0);
                         match Inode::decode(v) {
-                            Ok(inode) => self.note_id(inode.data.map_or(0, |d| d.0)),
+                            Ok(inode) => {
+                                self.note_id(inode.data.map_or(0, |d| d.0));
+                                if let Some(pack) = inode.object {
+                                    self.objects.push((snap, ino, inode.data, inode.size, pack));
+                                }
+                            }
                             Err(e) => self.bad_value(snap, &parsed, e),
                         }
                     }
@@ -694,6 +710,81 @@ impl<'a> Checker<'a> {
                         }
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Check 7: an inode version that names an object pack sees its whole content there, each
+    /// stored chunk at its own offset, and the pack is exactly the file's size.
+    fn objects(&mut self) -> Result<()> {
+        let cs = self.store.chunk_size() as u64;
+        for (snap, ino, data, size, pack) in std::mem::take(&mut self.objects) {
+            let mut bad = |reason: String| {
+                self.found.push((
+                    Problem::BadObject {
+                        snapshot: self
+                            .snapshots
+                            .get(&snap)
+                            .map_or_else(|| format!("#{snap}"), |r| r.name.clone()),
+                        ino,
+                        pack: pack.0,
+                        reason,
+                    },
+                    None,
+                ))
+            };
+            let rec = match self.meta.get(&key::pack(pack))? {
+                Some(v) => PackRecord::decode(&v).ok(),
+                None => None,
+            };
+            let Some(rec) = rec else {
+                bad("the pack has no readable record".into());
+                continue;
+            };
+            if !rec.object {
+                bad("the pack is not an object pack".into());
+                continue;
+            }
+            let committed = self
+                .snapshots
+                .get(&snap)
+                .is_some_and(|r| r.kind == SnapshotKind::Committed);
+            if committed && rec.synced_len != size {
+                bad(format!(
+                    "the pack is {} bytes, the file {size}",
+                    rec.synced_len
+                ));
+                continue;
+            }
+            let (Some(data), Some(chain)) = (data, self.chains.get(&snap)) else {
+                continue;
+            };
+            let mut wrong = None;
+            self.meta.visible_range(
+                &key::data_prefix(data),
+                &key::extent_base(data, 0),
+                chain,
+                |base, _, v| {
+                    let index = key::read_u64(&base[9..]);
+                    let at = match Extent::decode(v)? {
+                        Extent::Zero => return Ok(true),
+                        Extent::Dirty { .. } => None,
+                        Extent::Stored { digest, .. } => self
+                            .meta
+                            .get(&key::chunk(&digest))?
+                            .and_then(|v| ChunkRecord::decode(&v).ok())
+                            .map(|c| (c.pack, c.offset)),
+                    };
+                    if at != Some((pack, index * cs)) {
+                        wrong = Some(format!("chunk {index} is elsewhere ({at:?})"));
+                        return Ok(false);
+                    }
+                    Ok(true)
+                },
+            )?;
+            if let Some(reason) = wrong {
+                bad(reason);
             }
         }
         Ok(())

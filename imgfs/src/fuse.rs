@@ -17,10 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    AccessFlags, BackingId, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 
 use crate::error::Error;
@@ -47,6 +47,10 @@ pub struct MountOptions {
     /// served by one pinned thread per CPU, on the caller's CPU. Needs Linux 6.14+ with the
     /// fuse module's `enable_uring` on; otherwise the mount serves /dev/fuse as usual.
     pub io_uring: bool,
+    /// Pass reads of files stored whole in an object pack straight to the pack (FUSE
+    /// passthrough), when the process may (`can_passthrough`); `imgfs mount --no-passthrough`
+    /// turns it off. It costs an OPEN round trip for every file opened (see `FuseFs::open`).
+    pub passthrough: bool,
 }
 
 /// The default polling window of a worker before read(2), through img's patch of fuser
@@ -65,6 +69,7 @@ impl Default for MountOptions {
             stats: None,
             poll_before_read: POLL_BEFORE_READ,
             io_uring: false,
+            passthrough: true,
         }
     }
 }
@@ -80,6 +85,50 @@ pub struct FuseFs {
     /// files be mapped shared (FUSE_DIRECT_IO_ALLOW_MMAP, Linux 6.6), else linkers that mmap
     /// their output would fail with ENODEV.
     direct_io_on_create: bool,
+    /// Whether to ask for FUSE passthrough at INIT (`MountOptions::passthrough` and
+    /// `can_passthrough`), and whether the kernel granted it.
+    passthrough_wanted: bool,
+    passthrough: bool,
+    /// Set when the kernel refused a backing file: every later open is served through imgfs.
+    passthrough_failed: std::sync::atomic::AtomicBool,
+    /// The open descriptors of each regular file opened while passthrough is on.
+    opens: Mutex<HashMap<Ino, Opens>>,
+}
+
+/// How a file was opened: the file handle the kernel hands back in RELEASE.
+const FH_PASSTHROUGH: u64 = 1;
+const FH_CACHED: u64 = 2;
+
+/// The open descriptors of one file. While a file has passthrough descriptors the kernel fails
+/// (EIO) any open of it that is not passed through to the same backing file, and it opens the
+/// backing file with the caller's flags: a descriptor open for writing would write into the pack.
+/// So a file is passed through only while it has no cached descriptor, and while it has
+/// passthrough descriptors it cannot be opened for writing or truncated (ETXTBSY, as for a
+/// running executable). Its content therefore cannot change while the kernel reads the pack.
+#[derive(Default)]
+struct Opens {
+    passthrough: u32,
+    cached: u32,
+    /// The pack registered with the kernel for this file's passthrough descriptors (all of a
+    /// file's descriptors must share one); closed when the last of them is released.
+    backing: Option<Arc<BackingId>>,
+}
+
+/// Whether this process may register backing files with the kernel (FUSE passthrough), which
+/// needs CAP_SYS_ADMIN in the initial user namespace. Root inside a user namespace (img's
+/// unprivileged builds) may not, and would otherwise negotiate passthrough, lose the no-OPEN
+/// fast path and then be refused at every open.
+pub fn can_passthrough() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    let init_ns = std::fs::read_to_string("/proc/self/uid_map")
+        .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]);
+    let cap_sys_admin = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+    });
+    init_ns && cap_sys_admin
 }
 
 /// How many requests of each kind a mount served and how long imgfs took to answer them
@@ -96,6 +145,15 @@ impl RequestStats {
         let e = by_op.entry(op).or_default();
         e.0 += 1;
         e.1 += took;
+    }
+
+    /// How many requests of kind `op` (`"read"`, `"open"`, ...) were served.
+    pub fn count(&self, op: &str) -> u64 {
+        self.by_op
+            .lock()
+            .expect("poisoned")
+            .get(op)
+            .map_or(0, |e| e.0)
     }
 
     /// One line per kind of request, the most time first: name, count, mean and total time.
@@ -261,6 +319,95 @@ impl FuseFs {
             dirs: Mutex::new(HashMap::new()),
             stats,
             direct_io_on_create: false,
+            passthrough_wanted: false,
+            passthrough: false,
+            passthrough_failed: std::sync::atomic::AtomicBool::new(false),
+            opens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The pack holding `i`'s whole content at its own offsets, opened, if `i` has one
+    /// (`Inode::object`) and it is still exactly the file's size.
+    fn object_file(&self, i: Ino) -> Result<Option<std::fs::File>, Error> {
+        let inode = self.tree.inode(i)?;
+        let Some(pack) = inode.object.filter(|_| inode.kind == FileKind::File) else {
+            return Ok(None);
+        };
+        let file = self.tree.store().packs().open_file(pack)?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(format!("stat pack {}", pack.0), e))?
+            .len();
+        Ok((len == inode.size).then_some(file))
+    }
+
+    /// Decides how `i` is opened (see `Opens`) and counts the descriptor. Returns the file
+    /// handle, and the backing file for a passthrough open (registered through `reply`).
+    fn open_file(
+        &self,
+        i: Ino,
+        flags: OpenFlags,
+        reply: &ReplyOpen,
+    ) -> Result<(u64, Option<Arc<BackingId>>), Error> {
+        let read_only = flags.0 & libc::O_ACCMODE == libc::O_RDONLY;
+        let mut opens = self.opens.lock().expect("poisoned");
+        let o = opens.entry(i).or_default();
+        if read_only
+            && o.backing.is_none()
+            && o.cached == 0
+            && !self.passthrough_failed.load(Ordering::Relaxed)
+            && let Some(file) = self.object_file(i)?
+        {
+            match reply.open_backing(&file) {
+                Ok(b) => o.backing = Some(Arc::new(b)),
+                Err(e) => {
+                    tracing::warn!(
+                        "the kernel refused a passthrough backing file ({e}); reads go through imgfs from now on"
+                    );
+                    self.passthrough_failed.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        match &o.backing {
+            Some(b) if read_only => {
+                o.passthrough += 1;
+                Ok((FH_PASSTHROUGH, Some(b.clone())))
+            }
+            // The kernel would open the pack itself with these flags for writing.
+            Some(_) => Err(Error::Busy(format!("inode {i}"))),
+            None => {
+                o.cached += 1;
+                Ok((FH_CACHED, None))
+            }
+        }
+    }
+
+    /// Refuses to change the size of a file open for passthrough reads (see `open_file`).
+    fn check_not_passed_through(&self, i: Ino) -> Result<(), Error> {
+        match self.opens.lock().expect("poisoned").get(&i) {
+            Some(o) if o.passthrough > 0 => Err(Error::Busy(format!("inode {i}"))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Forgets a descriptor `open_file` counted.
+    fn release_file(&self, i: Ino, fh: u64) {
+        let mut opens = self.opens.lock().expect("poisoned");
+        let Some(o) = opens.get_mut(&i) else {
+            return;
+        };
+        match fh {
+            FH_PASSTHROUGH => {
+                o.passthrough = o.passthrough.saturating_sub(1);
+                if o.passthrough == 0 {
+                    o.backing = None;
+                }
+            }
+            FH_CACHED => o.cached = o.cached.saturating_sub(1),
+            _ => {}
+        }
+        if o.passthrough == 0 && o.cached == 0 {
+            opens.remove(&i);
         }
     }
 
@@ -409,8 +556,9 @@ pub fn session(
     config.clone_fd = true;
     config.poll_before_read = (!opts.poll_before_read.is_zero()).then_some(opts.poll_before_read);
     config.io_uring = opts.io_uring;
-    let mut session =
-        fuser::Session::new(FuseFs::new(tree, opts.stats.clone()), mountpoint, &config)?;
+    let mut fs = FuseFs::new(tree, opts.stats.clone());
+    fs.passthrough_wanted = opts.passthrough && can_passthrough();
+    let mut session = fuser::Session::new(fs, mountpoint, &config)?;
     let unmounter = session.unmount_callable();
     set_readahead(mountpoint, READAHEAD_KIB);
     Ok((session, unmounter))
@@ -470,6 +618,12 @@ impl Filesystem for FuseFs {
         self.direct_io_on_create = config
             .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
             .is_ok();
+        // Backing files are packs on the store's file system; a stack depth of 1 lets that be
+        // any ordinary file system (not an overlayfs or another FUSE mount).
+        self.passthrough = self.passthrough_wanted
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok();
+        tracing::debug!(passthrough = self.passthrough, "INIT");
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
@@ -532,12 +686,15 @@ impl Filesystem for FuseFs {
             kill_suid: mode.is_none() && (chown || (size.is_some() && req.uid() != 0)),
             kill_caps: chown || size.is_some(),
         };
-        self.serve(
-            "setattr",
-            reply,
-            || self.tree.setattr(ino(i), &set),
-            |r, a| r.attr(&TTL, &file_attr(&a)),
-        );
+        let changed = || {
+            if size.is_some() {
+                self.check_not_passed_through(ino(i))?;
+            }
+            self.tree.setattr(ino(i), &set)
+        };
+        self.serve("setattr", reply, changed, |r, a| {
+            r.attr(&TTL, &file_attr(&a))
+        });
     }
 
     fn readlink(&self, _req: &Request, i: INodeNo, reply: ReplyData) {
@@ -666,12 +823,46 @@ impl Filesystem for FuseFs {
         });
     }
 
-    fn open(&self, _req: &Request, _i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // Files need no per-open state here (reads and writes name the inode), and ENOSYS tells
-        // the kernel to stop sending OPEN and RELEASE for files at all, keeping their pages
-        // across opens (FOPEN_KEEP_CACHE is its default then): two round trips less for
-        // every file a build or `tar -c` reads. CREATE still opens, with `open_flags`.
-        reply.error(Errno::ENOSYS);
+    fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        // Without passthrough, files need no per-open state here (reads and writes name the
+        // inode), and ENOSYS tells the kernel to stop sending OPEN and RELEASE for files at all,
+        // keeping their pages across opens (FOPEN_KEEP_CACHE is its default then): two round
+        // trips less for every file a build or `tar -c` reads. CREATE still opens.
+        if !self.passthrough {
+            reply.error(Errno::ENOSYS);
+            return;
+        }
+        let start = Instant::now();
+        let opened = catch_unwind(AssertUnwindSafe(|| self.open_file(ino(i), flags, &reply)));
+        if let Some(stats) = &self.stats {
+            stats.record("open", start.elapsed());
+        }
+        match opened {
+            Ok(Ok((fh, Some(backing)))) => {
+                // FOPEN_KEEP_CACHE would make the kernel refuse passthrough (EIO).
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing)
+            }
+            Ok(Ok((fh, None))) => reply.opened(FileHandle(fh), self.open_flags()),
+            Ok(Err(e)) => reply.error(errno("open", &e)),
+            Err(_) => {
+                tracing::error!(op = "open", "request handler panicked; replied EIO");
+                reply.error(Errno::EIO);
+            }
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.release_file(ino(i), fh.0);
+        reply.ok();
     }
 
     fn read(

@@ -126,6 +126,11 @@ pub struct Inode {
     pub subdirs: u32,
     /// Extended attributes, sorted by name.
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// An object pack holding this file's whole content at the file's own offsets (chunk `i` at
+    /// `i * chunk_size`, the pack exactly `size` bytes long), which a FUSE mount can pass reads
+    /// through to. Set by layer import; cleared by every change of the content (invariant 7 of
+    /// docs/imgfs-format.md).
+    pub object: Option<PackId>,
 }
 
 impl Inode {
@@ -145,6 +150,7 @@ impl Inode {
             links: Vec::new(),
             subdirs: 0,
             xattrs: Vec::new(),
+            object: None,
         }
     }
 
@@ -213,6 +219,10 @@ impl Inode {
             w.bytes(n);
             w.bytes(v);
         }
+        // Optional trailer, so records written before object packs existed still decode.
+        if let Some(p) = self.object {
+            w.u32(p.0);
+        }
         w.0
     }
 
@@ -251,6 +261,11 @@ impl Inode {
             let n = r.bytes()?.to_vec();
             xattrs.push((n, r.bytes()?.to_vec()));
         }
+        let object = if r.buf.is_empty() {
+            None
+        } else {
+            Some(PackId(r.u32()?))
+        };
         Ok(Inode {
             kind,
             perm,
@@ -266,6 +281,7 @@ impl Inode {
             links,
             subdirs,
             xattrs,
+            object,
         })
     }
 }
@@ -393,6 +409,9 @@ impl ChunkRecord {
 pub struct PackRecord {
     pub synced_len: u64,
     pub live_bytes: u64,
+    /// An object pack: one file's content at the file's offsets, never appended to after the
+    /// import that wrote it (docs/imgfs-format.md, "Object packs").
+    pub object: bool,
 }
 
 impl PackRecord {
@@ -401,6 +420,9 @@ impl PackRecord {
         w.u8(1);
         w.u64(self.synced_len);
         w.u64(self.live_bytes);
+        if self.object {
+            w.u8(1);
+        }
         w.0
     }
 
@@ -410,6 +432,7 @@ impl PackRecord {
         Ok(PackRecord {
             synced_len: r.u64()?,
             live_bytes: r.u64()?,
+            object: !r.buf.is_empty() && r.u8()? == 1,
         })
     }
 }

@@ -182,7 +182,7 @@ impl Store {
         let mut scan = meta.prefix(&[key::PACK]);
         while let Some((k, v)) = scan.next_entry()? {
             let id = PackId(u32::from_be_bytes(k[1..5].try_into().expect("pack key")));
-            synced.insert(id, PackRecord::decode(v)?.synced_len);
+            synced.insert(id, PackRecord::decode(v)?);
         }
         drop(scan);
         let packs = PackStore::open(&root.join("chunks"), read_only, &synced)?;
@@ -564,18 +564,36 @@ impl Store {
         pending: &mut HashMap<ChunkDigest, ChunkRecord>,
         live: &mut HashMap<PackId, u64>,
     ) -> Result<ChunkDigest> {
+        Ok(self.put_chunk_at(data, None, pending, live)?.0)
+    }
+
+    /// `put_chunk`, writing new content at `object` (an object pack and offset) instead of
+    /// appending it to the shared pack. Also returns where the chunk's stored copy is.
+    pub(crate) fn put_chunk_at(
+        &self,
+        data: &[u8],
+        object: Option<(PackId, u64)>,
+        pending: &mut HashMap<ChunkDigest, ChunkRecord>,
+        live: &mut HashMap<PackId, u64>,
+    ) -> Result<(ChunkDigest, PackId, u64)> {
         let digest = ChunkDigest::of(data);
         if let Some(rec) = pending.get_mut(&digest) {
             rec.refs += 1;
-            return Ok(digest);
+            return Ok((digest, rec.pack, rec.offset));
         }
         if let Some(v) = self.inner.meta.get(&key::chunk(&digest))? {
             let mut rec = ChunkRecord::decode(&v)?;
             rec.refs += 1;
             pending.insert(digest, rec);
-            return Ok(digest);
+            return Ok((digest, rec.pack, rec.offset));
         }
-        let (pack, offset) = self.inner.packs.append(data)?;
+        let (pack, offset) = match object {
+            Some((pack, offset)) => {
+                self.inner.packs.write_object(pack, offset, data)?;
+                (pack, offset)
+            }
+            None => self.inner.packs.append(data)?,
+        };
         *live.entry(pack).or_default() += data.len() as u64;
         pending.insert(
             digest,
@@ -586,7 +604,7 @@ impl Store {
                 refs: 1,
             },
         );
-        Ok(digest)
+        Ok((digest, pack, offset))
     }
 
     /// Writes the chunk records and pack live-byte counts that `put_chunk` accumulated. With
@@ -613,6 +631,7 @@ impl Store {
         for pack in touched {
             let mut rec = self.pack_record(pack)?;
             rec.live_bytes += live.get(&pack).copied().unwrap_or(0);
+            rec.object = self.inner.packs.is_object(pack);
             if let Some(&len) = synced.get(&pack) {
                 rec.synced_len = len;
             }
@@ -631,6 +650,11 @@ impl Store {
         let rec = ChunkRecord::decode(&v)?;
         let bytes = self.inner.packs.read(rec.pack, rec.offset, rec.len)?;
         Ok((rec, bytes))
+    }
+
+    /// The pack store (for object packs: `Tree::fill` and FUSE passthrough).
+    pub(crate) fn packs(&self) -> &PackStore {
+        &self.inner.packs
     }
 
     /// The scratch file of an active snapshot: a sparse file of chunk-sized slots holding the

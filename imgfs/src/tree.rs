@@ -13,6 +13,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::chunks::PACK_MAX;
 use crate::error::{Error, IoContext, Result};
 use crate::ids::{ChunkDigest, DataId, Ino, PackId, SnapshotId};
 use crate::meta::{Batch, Chain, key};
@@ -25,6 +26,18 @@ use crate::store::Store;
 pub const NAME_MAX: usize = 255;
 /// How many symlinks path resolution follows before it gives up.
 const SYMLINK_MAX: usize = 40;
+
+/// The smallest file that layer import stores in an object pack of its own. A mount passes
+/// reads of such a file straight to the pack (FUSE passthrough), which pays off for big files;
+/// for small ones it would cost a pack file each.
+pub const OBJECT_MIN: u64 = 1 << 20;
+
+/// A file's content as a layer gives it: `size` bytes expected, at most `limit` accepted.
+pub(crate) struct Content<'r> {
+    reader: &'r mut dyn std::io::Read,
+    size: u64,
+    limit: u64,
+}
 
 /// What stat reports about an inode.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -840,6 +853,7 @@ impl Tree {
             }
             flush(&mut run)?;
             inode.size = inode.size.max(end);
+            inode.object = None;
         }
         let now = Timestamp::now();
         inode.mtime = now;
@@ -912,6 +926,7 @@ impl Tree {
             }
         }
         inode.size = size;
+        inode.object = None;
         Ok(())
     }
 
@@ -955,6 +970,7 @@ impl Tree {
                     punch(&*self.scratch()?, slot * cs + (from - cstart), to - from)?;
                 }
             }
+            inode.object = None;
         }
         let now = Timestamp::now();
         inode.mtime = now;
@@ -1364,18 +1380,24 @@ impl Tree {
         Ok(self.create_with(dir, name, inode, None, None)?.0)
     }
 
-    /// Creates the regular file `name` in `dir` with its whole content from `reader`, hashed
-    /// straight into the chunk store (no scratch file), all in one batch. Returns the inode and
-    /// the number of bytes read.
+    /// Creates the regular file `name` in `dir` with its whole content from `reader` (`size`
+    /// bytes expected), hashed straight into the chunk store (no scratch file), all in one
+    /// batch. Returns the inode and the number of bytes read.
     pub(crate) fn create_file(
         &self,
         dir: Ino,
         name: &[u8],
         inode: Inode,
         reader: &mut dyn std::io::Read,
+        size: u64,
         limit: u64,
     ) -> Result<(Ino, u64)> {
-        let (ino, _, total) = self.create_with(dir, name, inode, Some((reader, limit)), None)?;
+        let content = Content {
+            reader,
+            size,
+            limit,
+        };
+        let (ino, _, total) = self.create_with(dir, name, inode, Some(content), None)?;
         Ok((ino, total))
     }
 
@@ -1387,7 +1409,7 @@ impl Tree {
         dir: Ino,
         name: &[u8],
         mut inode: Inode,
-        content: Option<(&mut dyn std::io::Read, u64)>,
+        content: Option<Content<'_>>,
         touch: Option<Timestamp>,
     ) -> Result<(Ino, Inode, u64)> {
         check_name(name)?;
@@ -1404,9 +1426,9 @@ impl Tree {
         let mut txn = self.txn();
         let mut total = 0;
         let _chunks = match content {
-            Some((reader, limit)) => {
+            Some(content) => {
                 let guard = self.store.inner.chunk_lock.lock().expect("poisoned");
-                total = self.fill(&mut txn, &mut inode, reader, limit)?;
+                total = self.fill(&mut txn, &mut inode, content)?;
                 Some(guard)
             }
             None => None,
@@ -1455,53 +1477,91 @@ impl Tree {
     }
 
     /// Reads a file's whole content into new chunks, adding its extents and chunk records to
-    /// `txn` and its size and data id to `inode`. Caller holds `chunk_lock`.
-    fn fill(
-        &self,
-        txn: &mut Txn<'_>,
-        inode: &mut Inode,
-        reader: &mut dyn std::io::Read,
-        limit: u64,
-    ) -> Result<u64> {
+    /// `txn` and its size, data id and object pack to `inode`. Caller holds `chunk_lock`.
+    ///
+    /// A file of `OBJECT_MIN..=PACK_MAX` bytes gets its own object pack: its new chunks are
+    /// written there at the file's offsets, so when all of them are new (or all already stored
+    /// at those offsets of one earlier object, as for a second copy of the same file) the pack is
+    /// the file's exact content and a mount can pass reads through to it.
+    fn fill(&self, txn: &mut Txn<'_>, inode: &mut Inode, content: Content<'_>) -> Result<u64> {
+        let Content {
+            reader,
+            size,
+            limit,
+        } = content;
         let cs = self.chunk_size() as usize;
         let data = DataId(self.store.alloc_id()?);
+        let packs = self.store.packs();
+        let object = if (OBJECT_MIN..=PACK_MAX).contains(&size) {
+            Some(packs.begin_object()?)
+        } else {
+            None
+        };
+        // Whether every non-zero chunk so far is stored at its own offset of one pack `home`.
+        let mut home: Option<PackId> = None;
+        let mut identity = object.is_some();
+        let mut zeros = false;
+        let mut used = false;
         let mut buf = vec![0u8; cs];
         let mut total = 0u64;
         let mut index = 0u64;
         let mut pending: HashMap<ChunkDigest, ChunkRecord> = HashMap::new();
         let mut live: HashMap<PackId, u64> = HashMap::new();
-        loop {
-            let n =
-                read_full(reader, &mut buf).ctx(|| "read file content from the layer".into())?;
-            if n == 0 {
-                break;
+        let mut read_all = || -> Result<()> {
+            loop {
+                let n = read_full(reader, &mut buf)
+                    .ctx(|| "read file content from the layer".into())?;
+                if n == 0 {
+                    return Ok(());
+                }
+                total += n as u64;
+                if total > limit {
+                    return Err(Error::Limit(format!("layer content exceeds {limit} bytes")));
+                }
+                let chunk = &buf[..n];
+                let at = index * cs as u64;
+                if chunk.iter().all(|&b| b == 0) {
+                    txn.put_extent(data, index, Extent::Zero);
+                    zeros = true;
+                } else {
+                    let (digest, pack, offset) = self.store.put_chunk_at(
+                        chunk,
+                        object.map(|o| (o, at)),
+                        &mut pending,
+                        &mut live,
+                    )?;
+                    used |= Some(pack) == object;
+                    identity &= offset == at && *home.get_or_insert(pack) == pack;
+                    txn.put_extent(
+                        data,
+                        index,
+                        Extent::Stored {
+                            digest,
+                            len: n as u32,
+                        },
+                    );
+                }
+                index += 1;
+                if n < cs {
+                    return Ok(());
+                }
             }
-            total += n as u64;
-            if total > limit {
-                return Err(Error::Limit(format!("layer content exceeds {limit} bytes")));
-            }
-            let chunk = &buf[..n];
-            if chunk.iter().all(|&b| b == 0) {
-                txn.put_extent(data, index, Extent::Zero);
-            } else {
-                let digest = self.store.put_chunk(chunk, &mut pending, &mut live)?;
-                txn.put_extent(
-                    data,
-                    index,
-                    Extent::Stored {
-                        digest,
-                        len: n as u32,
-                    },
-                );
-            }
-            index += 1;
-            if n < cs {
-                break;
-            }
+        };
+        let result = read_all();
+        if let Some(o) = object {
+            packs.finish_object(o, total, used && result.is_ok())?;
         }
+        result?;
         self.store.flush_chunks(&mut txn.b, pending, live, false)?;
         inode.size = total;
         inode.data = (total > 0).then_some(data);
+        // A new object holds zeros where it has holes; an earlier one may not, so a file found
+        // whole in an earlier object must have no zero chunk.
+        inode.object = match home {
+            Some(p) if identity && Some(p) == object => Some(p),
+            Some(p) if identity && !zeros && packs.object_len(p)? == Some(total) => Some(p),
+            _ => None,
+        };
         Ok(total)
     }
 

@@ -255,3 +255,93 @@ fn hostile_layers_are_refused_or_contained_and_the_store_survives() {
     let report = imgfs::fsck::check(&store, false).unwrap();
     assert!(report.is_clean(), "{report}");
 }
+
+/// Bytes that repeat no 64 KiB chunk (xorshift64 from `seed`).
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+#[test]
+fn files_of_a_mib_and_more_are_stored_whole_in_an_object_pack_when_they_can_be() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = new_store(dir.path());
+    let big = noise(1, 3_000_000);
+    let mut holes = vec![0u8; 200_000];
+    holes.extend(noise(2, 1_500_000));
+    let mut shares = noise(3, 1_200_000);
+    shares[..65536].copy_from_slice(&big[..65536]);
+    let tar = LayerBuilder::new()
+        .file("big", 0o644, &big)
+        .file("copy", 0o644, &big)
+        .file("holes", 0o644, &holes)
+        .file("shares", 0o644, &shares)
+        .file("small", 0o644, &big[..100_000])
+        .finish();
+    import(&store, "base", None, &tar).unwrap();
+    let tree = store.tree_read_only("base").unwrap();
+    let object = |path: &str| {
+        let ino = tree.resolve(path.as_bytes(), false).unwrap();
+        tree.inode(ino).unwrap().object
+    };
+    let big_pack = object("/big").expect("a new file gets its own object");
+    assert_eq!(
+        object("/copy"),
+        Some(big_pack),
+        "a second copy reads from the first's object"
+    );
+    assert!(
+        object("/holes").is_some(),
+        "zero chunks are holes of a new object"
+    );
+    assert_eq!(
+        object("/shares"),
+        None,
+        "one chunk is stored elsewhere: not whole anywhere"
+    );
+    assert_eq!(object("/small"), None, "below 1 MiB");
+    let report = imgfs::fsck::check(&store, false).unwrap();
+    assert!(report.is_clean(), "{report}");
+
+    // A change of the content in a child leaves the parent's object to the parent.
+    store.prepare("child", Some("base")).unwrap();
+    let child = store.tree("child").unwrap();
+    let ino = child.resolve(b"/big", false).unwrap();
+    child.write(ino, 100, b"changed").unwrap();
+    assert_eq!(child.inode(ino).unwrap().object, None);
+    let report = imgfs::fsck::check(&store, false).unwrap();
+    assert!(report.is_clean(), "{report}");
+    drop(child);
+    store.commit("child-done", "child").unwrap();
+    assert_eq!(object("/big"), Some(big_pack));
+    let mut got = Vec::new();
+    layer::export_layer(&store, "base", true, &mut got).unwrap();
+    let want = gnu_tree(&tar, dir.path(), "want");
+    assert_same(&want, &gnu_tree(&got, dir.path(), "got"));
+
+    // Removing the snapshots frees the objects with the chunks.
+    drop(tree);
+    store.remove("child-done").unwrap();
+    store.remove("base").unwrap();
+    let object_file = dir
+        .path()
+        .join(format!("store/chunks/{:08}.pack", big_pack.0));
+    assert!(!object_file.exists(), "the object was deleted");
+    let packs = std::fs::read_dir(dir.path().join("store/chunks"))
+        .unwrap()
+        .count();
+    assert!(
+        packs <= 1,
+        "only the shared pack appends go to may stay: {packs}"
+    );
+    let report = imgfs::fsck::check(&store, false).unwrap();
+    assert!(report.is_clean(), "{report}");
+}

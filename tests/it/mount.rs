@@ -410,3 +410,96 @@ fn a_read_only_mount_works_beside_a_writer_and_refuses_writes() {
         "{second}"
     );
 }
+
+/// Bytes that repeat no 64 KiB chunk (xorshift64 from `seed`).
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+#[test]
+fn big_layer_files_are_read_from_their_object_pack_and_cannot_change_while_so_open() {
+    if !fuse_available() {
+        return;
+    }
+    let f = Fixture::new();
+    let content = noise(7, 3_000_000);
+    let tar = tests::LayerBuilder::new()
+        .file("big", 0o644, &content)
+        .finish();
+    layer::import_layer(
+        &f.store,
+        "big",
+        Some("base"),
+        &tar[..],
+        &ImportLimits::default(),
+    )
+    .unwrap();
+    for passthrough in [false, true] {
+        let key = format!("work-{passthrough}");
+        f.store.prepare(&key, Some("big")).unwrap();
+        let mnt = f.mnt(&key);
+        let stats = std::sync::Arc::new(fuse::RequestStats::default());
+        let opts = MountOptions {
+            passthrough,
+            stats: Some(stats.clone()),
+            ..Default::default()
+        };
+        let session = fuse::mount(f.store.tree(&key).unwrap(), &mnt, &opts).unwrap();
+        let big = mnt.join("big");
+        assert!(std::fs::read(&big).unwrap() == content, "content differs");
+        let reads = stats.count("read");
+        if !passthrough {
+            assert!(reads > 0, "without passthrough imgfs serves the reads");
+            unmount(session, &mnt);
+            continue;
+        }
+        assert_eq!(reads, 0, "the kernel read the object pack itself");
+
+        let reader = std::fs::File::open(&big).unwrap();
+        let err = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&big)
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ETXTBSY), "{err}");
+        let err = nix::unistd::truncate(&big, 10).unwrap_err();
+        assert_eq!(err, nix::errno::Errno::ETXTBSY);
+        let second = std::fs::File::open(&big).unwrap();
+        let mut head = [0u8; 16];
+        std::os::unix::fs::FileExt::read_exact_at(&second, &mut head, 100).unwrap();
+        assert_eq!(head[..], content[100..116]);
+        drop((reader, second));
+
+        // Closed: the file can be written, and later opens read through imgfs.
+        let writer = std::fs::OpenOptions::new().write(true).open(&big).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&writer, b"changed", 100).unwrap();
+        let reader = std::fs::File::open(&big).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&writer, b"again", 200).unwrap();
+        drop(writer);
+        let mut want = content.clone();
+        want[100..107].copy_from_slice(b"changed");
+        want[200..205].copy_from_slice(b"again");
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut &reader, &mut got).unwrap();
+        assert!(
+            got == want,
+            "a reader opened beside a writer sees its writes"
+        );
+        drop(reader);
+        unmount(session, &mnt);
+    }
+    // The object pack, and the snapshot it belongs to, are unchanged.
+    let tree = f.store.tree_read_only("big").unwrap();
+    let ino = tree.resolve(b"/big", false).unwrap();
+    assert!(tree.read(ino, 0, content.len() as u32).unwrap() == content);
+    let report = imgfs::fsck::check(&f.store, false).unwrap();
+    assert!(report.is_clean(), "{report}");
+}

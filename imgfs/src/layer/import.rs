@@ -526,7 +526,7 @@ fn apply_entry<R: Read>(
         return Ok(());
     }
     let expected = entry.size();
-    let (_, written) = tree.create_file(dir, name, inode, entry, limits.max_bytes)?;
+    let (_, written) = tree.create_file(dir, name, inode, entry, expected, limits.max_bytes)?;
     if written != expected {
         return Err(Error::Layer(format!(
             "truncated: header says {expected} bytes, the layer has {written}"

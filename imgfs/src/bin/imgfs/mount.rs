@@ -48,6 +48,11 @@ pub struct Args {
     /// support the mount serves /dev/fuse as usual.
     #[arg(long)]
     pub io_uring: bool,
+    /// Serve every read through imgfs. By default, when imgfs runs with CAP_SYS_ADMIN in the
+    /// initial user namespace, reads of files that a layer import stored whole in an object
+    /// pack (1 MiB and larger) go from the kernel straight to the pack (FUSE passthrough).
+    #[arg(long)]
+    pub no_passthrough: bool,
     /// When the mount ends, print how many requests of each kind it served and the time
     /// imgfs spent on them.
     #[arg(long)]
@@ -121,6 +126,7 @@ pub fn run(args: Args) -> Result<()> {
         stats: stats.clone(),
         poll_before_read: Duration::from_micros(args.poll_us),
         io_uring: args.io_uring,
+        passthrough: !args.no_passthrough,
         ..Default::default()
     };
     let (session, _) = fuse::session(tree, &args.mountpoint, &opts)
