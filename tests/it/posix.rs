@@ -13,7 +13,7 @@
 //! say so. A stale binary is tested as it is.
 //!
 //! `IMGFS_MOUNT_ARGS` adds arguments to every `imgfs mount` (whitespace-separated):
-//! tools/test runs these tests a second time with `--io-uring`.
+//! tools/test runs these tests a second time with `--no-io-uring`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, OpenOptions};

@@ -258,3 +258,54 @@ fn io_uring_mount_serves_requests_through_the_rings_and_commits() {
         "{diff}"
     );
 }
+
+#[test]
+fn a_failing_ring_ends_the_connection_instead_of_leaving_callers_waiting() {
+    if !fuse_available() || !uring_enabled() {
+        return;
+    }
+    let fusectl = Path::new("/sys/fs/fuse/connections");
+    if std::fs::read_dir(fusectl).map_or(true, |mut d| d.next().is_none()) {
+        // fusectl is empty when it is not mounted (there is always this mount's connection).
+        let _ = Command::new("mount")
+            .args(["-t", "fusectl", "none", fusectl.to_str().unwrap()])
+            .status();
+    }
+    let (_dir, store, mnt) = store_with_empty_base();
+    let s = store.to_str().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_imgfs"))
+        .args(["mount", "--store", s, "--snapshot", "base", "--writable"])
+        .args(["--commit", "one", mnt.to_str().unwrap()])
+        .env("IMGFS_TEST_URING_FAIL_AFTER", "200")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !is_mounted(&mnt) {
+        assert!(start.elapsed().as_secs() < 20, "mount did not come up");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Callers get an error once a ring fails, at the latest within the watchdog's time.
+    let m = mnt.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let failed = (0..10_000).find_map(|i| std::fs::write(m.join(format!("f{i}")), "x").err());
+        let _ = tx.send(failed);
+    });
+    let failed = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("callers still wait after the ring failed")
+        .expect("a ring failed, yet every write succeeded");
+    // ECONNABORTED for requests the abort found, ENOTCONN for later ones.
+    assert!(
+        [Some(libc::ECONNABORTED), Some(libc::ENOTCONN)].contains(&failed.raw_os_error()),
+        "{failed}"
+    );
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("serving the mount failed"), "{stderr}");
+    assert!(!is_mounted(&mnt), "the dead mount is taken away");
+    let info = imgfs(&["info", "--store", s, "one"]);
+    assert!(!info.status.success(), "nothing is committed");
+}

@@ -43,11 +43,15 @@ pub struct Args {
     /// Polling spends CPU while a caller is busy and saves a wake-up per request.
     #[arg(long, default_value_t = fuse::POLL_BEFORE_READ.as_micros() as u64)]
     pub poll_us: u64,
-    /// Ask for FUSE over io_uring (Linux 6.14+, /sys/module/fuse/parameters/enable_uring
-    /// set to Y): one thread per CPU answers requests on the caller's CPU. Without kernel
-    /// support the mount serves /dev/fuse as usual.
-    #[arg(long)]
+    /// Ask for FUSE over io_uring, the default (Linux 6.14+, with
+    /// /sys/module/fuse/parameters/enable_uring set to Y): one thread per CPU answers requests
+    /// on the caller's CPU. Without kernel support the mount serves /dev/fuse as usual. Kept
+    /// so that scripts which pass it keep working.
+    #[arg(long, overrides_with = "no_io_uring")]
     pub io_uring: bool,
+    /// Serve requests only through /dev/fuse, even where the kernel offers io_uring.
+    #[arg(long)]
+    pub no_io_uring: bool,
     /// Serve every read through imgfs. By default, when imgfs runs with CAP_SYS_ADMIN in the
     /// initial user namespace, reads of files that a layer import stored whole in an object
     /// pack (1 MiB and larger) go from the kernel straight to the pack (FUSE passthrough).
@@ -125,7 +129,7 @@ pub fn run(args: Args) -> Result<()> {
         threads: args.threads,
         stats: stats.clone(),
         poll_before_read: Duration::from_micros(args.poll_us),
-        io_uring: args.io_uring,
+        io_uring: !args.no_io_uring,
         passthrough: !args.no_passthrough,
         ..Default::default()
     };
@@ -157,7 +161,12 @@ pub fn run(args: Args) -> Result<()> {
             }
         }
     });
-    background.join().context("serving the mount failed")?;
+    if let Err(e) = background.join() {
+        // A failed session (an io_uring queue that failed ends the connection) leaves a dead
+        // mount behind; take it away. The snapshot stays active either way.
+        let _ = unmount_path(&args.mountpoint);
+        return Err(anyhow::Error::new(e).context("serving the mount failed"));
+    }
     if let Some(stats) = stats {
         eprint!("{}", stats.report());
     }

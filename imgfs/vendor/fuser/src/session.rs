@@ -142,6 +142,9 @@ pub struct Session<FS: Filesystem> {
     /// (img's patch) Set when INIT agreed on FUSE over io_uring: the payload size of a ring
     /// entry (src/uring.rs).
     pub(crate) uring_payload: Option<usize>,
+    /// (img's patch) The FUSE connection's id (src/uring.rs `connection_id`), which a failing
+    /// ring uses to end the connection.
+    pub(crate) connection: Option<u32>,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -173,7 +176,10 @@ impl<FS: Filesystem> Session<FS> {
                 format!("auto_unmount requires acl != Owner, got: {:?}", options.acl),
             ));
         }
+        // (img's patch) Resolved before the mount, which would otherwise have to answer.
+        let resolved = std::fs::canonicalize(mountpoint).ok();
         let (file, mount) = Mount::new(mountpoint, &options.mount_options, options.acl)?;
+        let connection = resolved.as_deref().and_then(crate::uring::connection_id);
 
         let ch = Channel::new(file);
 
@@ -190,6 +196,7 @@ impl<FS: Filesystem> Session<FS> {
             proto_version: None,
             config: options.clone(),
             uring_payload: None,
+            connection,
         };
 
         session.handshake()?;
@@ -219,6 +226,7 @@ impl<FS: Filesystem> Session<FS> {
             proto_version: None,
             config,
             uring_payload: None,
+            connection: None,
         };
 
         session.handshake()?;
@@ -258,6 +266,7 @@ impl<FS: Filesystem> Session<FS> {
             proto_version: _,
             config,
             uring_payload,
+            connection,
         } = self;
         let uring_ch = ch.clone();
 
@@ -340,7 +349,7 @@ impl<FS: Filesystem> Session<FS> {
                 ring_threads.push(
                     thread::Builder::new()
                         .name(format!("fuser-ring-{qid}"))
-                        .spawn(move || crate::uring::serve(q, event_loop))?,
+                        .spawn(move || crate::uring::serve(q, event_loop, connection))?,
                 );
             }
         }
@@ -367,7 +376,13 @@ impl<FS: Filesystem> Session<FS> {
         }
         for thread in ring_threads {
             match thread.join() {
-                Ok(Err(e)) => warn!("io_uring queue ended with an error: {e}"),
+                // The ring ended the connection (src/uring.rs `serve`): the session failed.
+                Ok(Err(e)) => {
+                    warn!("io_uring queue ended with an error: {e}");
+                    if reply.is_ok() {
+                        reply = Err(e);
+                    }
+                }
                 Ok(Ok(())) => {}
                 Err(_) => return Err(io::Error::other("io_uring thread panicked")),
             }

@@ -328,9 +328,99 @@ pub(crate) fn queue_count() -> usize {
     n.max(1) as usize
 }
 
+/// The FUSE connection mounted at `mount_point` (an absolute path without symlinks), named as
+/// fusectl names it under /sys/fs/fuse/connections: the mount's device number, from the newest
+/// FUSE mount at that path in /proc/self/mountinfo.
+pub(crate) fn connection_id(mount_point: &std::path::Path) -> Option<u32> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let dev = info
+        .lines()
+        .filter_map(|line| {
+            // id parent major:minor root mount-point options... - fstype source super-options
+            let f: Vec<&str> = line.split(' ').collect();
+            let sep = f.iter().position(|x| *x == "-")?;
+            let fuse = f.get(sep + 1)?.starts_with("fuse");
+            (fuse && unescape(f.get(4)?) == mount_point.as_os_str().as_encoded_bytes())
+                .then(|| f[2])
+        })
+        .next_back()?;
+    let (major, minor) = dev.split_once(':')?;
+    Some((major.parse::<u32>().ok()? << 20) | minor.parse::<u32>().ok()?)
+}
+
+/// mountinfo's octal escapes (`\040` for a space) undone.
+fn unescape(field: &str) -> Vec<u8> {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d).ok().and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (b[i], octal) {
+            (b'\\', Some(c)) => {
+                out.push(c);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Ends FUSE connection `id` through fusectl (the kernel then fails every pending and later
+/// request with ENOTCONN, and the /dev/fuse workers see the end of the session), as libfuse
+/// ends the session when a ring fails. Needs fusectl mounted at /sys/fs/fuse/connections and
+/// root; otherwise the requests queued on the failed ring wait until the mount goes away.
+fn abort_connection(id: Option<u32>) {
+    let Some(id) = id else {
+        error!("cannot end the FUSE connection: its id is unknown");
+        return;
+    };
+    let path = format!("/sys/fs/fuse/connections/{id}/abort");
+    match std::fs::write(&path, b"1") {
+        Ok(()) => error!("ended FUSE connection {id} after a ring failure"),
+        Err(e) => error!("cannot end FUSE connection {id} ({path}: {e}); requests on the failed ring will wait until the mount is gone"),
+    }
+}
+
 /// Serves `queue` on the current thread, pinned to CPU `qid`, until the queue is stopped or
-/// the connection ends.
-pub(crate) fn serve<FS: Filesystem>(queue: Arc<Queue>, se: SessionEventLoop<FS>) -> io::Result<()> {
+/// the connection ends. A failure of the ring ends the whole connection (`connection`, see
+/// `abort_connection`), since the kernel would keep queuing requests to it.
+pub(crate) fn serve<FS: Filesystem>(
+    queue: Arc<Queue>,
+    se: SessionEventLoop<FS>,
+    connection: Option<u32>,
+) -> io::Result<()> {
+    let res = serve_queue(queue, se);
+    if res.is_err() {
+        abort_connection(connection);
+    }
+    res
+}
+
+/// Test hook: with `IMGFS_TEST_URING_FAIL_AFTER=N` in the environment, the ring that gets the
+/// N+1st request fails as a ring error would (imgfs's `mount_cli` test checks that the
+/// connection then ends instead of leaving callers waiting).
+fn injected_failure() -> bool {
+    static LEFT: std::sync::OnceLock<Option<AtomicU64>> = std::sync::OnceLock::new();
+    LEFT.get_or_init(|| {
+        std::env::var("IMGFS_TEST_URING_FAIL_AFTER")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .map(AtomicU64::new)
+    })
+    .as_ref()
+    .is_some_and(|left| {
+        left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_err()
+    })
+}
+
+fn serve_queue<FS: Filesystem>(queue: Arc<Queue>, se: SessionEventLoop<FS>) -> io::Result<()> {
     let qid = queue.qid as usize;
     let mut cpus = nix::sched::CpuSet::new();
     if cpus.set(qid).is_ok() {
@@ -377,8 +467,8 @@ pub(crate) fn serve<FS: Filesystem>(queue: Arc<Queue>, se: SessionEventLoop<FS>)
                 debug!("ring {qid}: connection ended");
                 return Ok(());
             }
-            if res < 0 {
-                let e = io::Error::from_raw_os_error(-res);
+            if res < 0 || injected_failure() {
+                let e = io::Error::from_raw_os_error(if res < 0 { -res } else { libc::EIO });
                 error!("ring {qid}: entry {ent} failed: {e}");
                 return Err(e);
             }
