@@ -60,6 +60,21 @@ pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
+/// Raises this process's soft limit of open files to its hard limit. A pack keeps its file open
+/// while it is mapped, and every file of 1 MiB or more that a layer import stores has a pack of
+/// its own, so importing or reading an image with more than ~1000 such files would fail with
+/// EMFILE under the usual soft limit of 1024. Called by the `imgfs` and `img` binaries at start
+/// (a library should not change its process's limits by itself).
+pub fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::debug!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+    }
+}
+
 /// The pack files of one store.
 pub struct PackStore {
     dir: PathBuf,
