@@ -760,7 +760,12 @@ impl<'a> Checker<'a> {
             let (Some(data), Some(chain)) = (data, self.chains.get(&snap)) else {
                 continue;
             };
+            let Ok(file) = self.store.packs().open_file(pack) else {
+                bad("the pack file cannot be opened".into());
+                continue;
+            };
             let mut wrong = None;
+            let mut buf = vec![0u8; cs as usize];
             self.meta.visible_range(
                 &key::data_prefix(data),
                 &key::extent_base(data, 0),
@@ -768,7 +773,20 @@ impl<'a> Checker<'a> {
                 |base, _, v| {
                     let index = key::read_u64(&base[9..]);
                     let at = match Extent::decode(v)? {
-                        Extent::Zero => return Ok(true),
+                        // A zero chunk must be zeros (a hole) in the pack too.
+                        Extent::Zero => {
+                            let n = cs.min(size.saturating_sub(index * cs)) as usize;
+                            let zero = std::os::unix::fs::FileExt::read_exact_at(
+                                &file,
+                                &mut buf[..n],
+                                index * cs,
+                            )
+                            .is_ok_and(|()| buf[..n].iter().all(|&b| b == 0));
+                            if !zero {
+                                wrong = Some(format!("chunk {index} is zeros, the pack's is not"));
+                            }
+                            return Ok(zero);
+                        }
                         Extent::Dirty { .. } => None,
                         Extent::Stored { digest, .. } => self
                             .meta

@@ -178,14 +178,14 @@ impl Store {
         }
         let chunk_size = read_u64("chunk_size")? as u32;
         let next = read_u64("next_id")?;
-        let mut synced = BTreeMap::new();
+        let mut known = BTreeMap::new();
         let mut scan = meta.prefix(&[key::PACK]);
         while let Some((k, v)) = scan.next_entry()? {
             let id = PackId(u32::from_be_bytes(k[1..5].try_into().expect("pack key")));
-            synced.insert(id, PackRecord::decode(v)?);
+            known.insert(id, PackRecord::decode(v)?);
         }
         drop(scan);
-        let packs = PackStore::open(&root.join("chunks"), read_only, &synced)?;
+        let packs = PackStore::open(&root.join("chunks"), read_only, &known)?;
         let store = Store {
             inner: Arc::new(Inner {
                 root: root.to_path_buf(),

@@ -275,3 +275,54 @@ fn an_unfinished_import_is_reported_by_a_read_only_check() {
         "{report}"
     );
 }
+
+#[test]
+fn an_inode_that_names_a_pack_which_is_not_its_content_is_reported() {
+    // Named pack is a shared pack, not an object.
+    let f = fixture();
+    let t = f.store.tree_read_only("A").unwrap();
+    let mut inode = t.inode(f.file).unwrap();
+    let shared = f.chunks[0].1.pack;
+    inode.object = Some(shared);
+    let base = key::inode_base(f.file);
+    f.write(&[(key::versioned(&base, f.id), inode.encode())], &[]);
+    let found = check(&f.store, false).unwrap();
+    assert!(
+        matches!(&found.problems[..], [Problem::BadObject { pack, .. }] if *pack == shared.0),
+        "{found}"
+    );
+
+    // An imported file's object, then one of its chunks made zeros in the metadata only.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(&dir.path().join("s"), StoreOptions::default()).unwrap();
+    let content: Vec<u8> = (0..(3u32 << 19)).map(|i| (i % 251) as u8 + 1).collect();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(content.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, "big", &content[..]).unwrap();
+    let tar = b.into_inner().unwrap();
+    crate::layer::import_layer(&store, "L", None, &tar[..], &Default::default()).unwrap();
+    let t = store.tree_read_only("L").unwrap();
+    let ino = t.resolve(b"/big", false).unwrap();
+    let inode = t.inode(ino).unwrap();
+    assert!(
+        inode.object.is_some(),
+        "a 1.5 MiB imported file has an object"
+    );
+    assert!(check(&store, false).unwrap().is_clean());
+    let snap = store.stat("L").unwrap().id;
+    let base = key::extent_base(inode.data.unwrap(), 3);
+    let mut batch = Batch::default();
+    batch.put(&key::versioned(&base, snap), &Extent::Zero.encode());
+    store.inner.meta.write(batch, true).unwrap();
+    let found = check(&store, false).unwrap();
+    assert!(
+        found
+            .problems
+            .iter()
+            .any(|p| matches!(p, Problem::BadObject { reason, .. } if reason.contains("chunk 3 is zeros"))),
+        "{found}"
+    );
+}
