@@ -716,7 +716,8 @@ impl<'a> Checker<'a> {
     }
 
     /// Check 7: an inode version that names an object pack sees its whole content there, each
-    /// stored chunk at its own offset, and the pack is exactly the file's size.
+    /// stored chunk at its own offset and zeros where the file has zero chunks, and the pack is
+    /// exactly the file's size.
     fn objects(&mut self) -> Result<()> {
         let cs = self.store.chunk_size() as u64;
         for (snap, ino, data, size, pack) in std::mem::take(&mut self.objects) {
