@@ -256,28 +256,14 @@ fn hostile_layers_are_refused_or_contained_and_the_store_survives() {
     assert!(report.is_clean(), "{report}");
 }
 
-/// Bytes that repeat no 64 KiB chunk (xorshift64 from `seed`).
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 #[test]
 fn files_of_a_mib_and_more_are_stored_whole_in_an_object_pack_when_they_can_be() {
     let dir = tempfile::tempdir().unwrap();
     let store = new_store(dir.path());
-    let big = noise(1, 3_000_000);
+    let big = tests::layer::noise(1, 3_000_000);
     let mut holes = vec![0u8; 200_000];
-    holes.extend(noise(2, 1_500_000));
-    let mut shares = noise(3, 1_200_000);
+    holes.extend(tests::layer::noise(2, 1_500_000));
+    let mut shares = tests::layer::noise(3, 1_200_000);
     shares[..65536].copy_from_slice(&big[..65536]);
     let tar = LayerBuilder::new()
         .file("big", 0o644, &big)

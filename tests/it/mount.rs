@@ -411,27 +411,13 @@ fn a_read_only_mount_works_beside_a_writer_and_refuses_writes() {
     );
 }
 
-/// Bytes that repeat no 64 KiB chunk (xorshift64 from `seed`).
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 #[test]
 fn big_layer_files_are_read_from_their_object_pack_and_cannot_change_while_so_open() {
     if !fuse_available() {
         return;
     }
     let f = Fixture::new();
-    let content = noise(7, 3_000_000);
+    let content = tests::layer::noise(7, 3_000_000);
     let tar = tests::LayerBuilder::new()
         .file("big", 0o644, &content)
         .finish();
