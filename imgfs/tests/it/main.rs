@@ -7,3 +7,13 @@ mod model;
 mod mount_cli;
 mod snapshotter;
 mod tree_ops;
+
+/// The stdout of a command that must have succeeded; its stderr is the failure message.
+fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

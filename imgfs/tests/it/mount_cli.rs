@@ -6,6 +6,8 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use crate::ok;
+
 fn fuse_available() -> bool {
     let why = if !nix::unistd::Uid::effective().is_root() {
         "not root"
@@ -29,21 +31,31 @@ fn imgfs(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn is_mounted(p: &Path) -> bool {
     let want = p.canonicalize().unwrap();
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
         .any(|l| l.split(' ').nth(4) == Some(want.to_str().unwrap()))
+}
+
+/// Starts `imgfs mount ARGS.. MNT` in the foreground (stderr captured, `envs` set) and returns
+/// once the mount is up.
+fn foreground_mount(args: &[&str], mnt: &Path, envs: &[(&str, &str)]) -> std::process::Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_imgfs"))
+        .arg("mount")
+        .args(args)
+        .arg(mnt)
+        .envs(envs.iter().copied())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !is_mounted(mnt) {
+        assert!(start.elapsed().as_secs() < 20, "mount did not come up");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child
 }
 
 /// A temporary directory holding a store `s` whose snapshot `base` is an empty tree, and an
@@ -113,27 +125,17 @@ fn daemon_mount_umount_and_signals_commit_the_writable_child() {
     assert!(ok(imgfs(&["diff", "--store", s, "base", "one"])).contains("A /f"));
 
     // SIGTERM unmounts and commits too.
-    let child = Command::new(env!("CARGO_BIN_EXE_imgfs"))
-        .args([
-            "mount",
-            "--store",
-            s,
-            "--snapshot",
-            "one",
-            "--writable",
-            "--commit",
-            "two",
-            "--stats",
-            m,
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while !is_mounted(&mnt) {
-        assert!(start.elapsed().as_secs() < 20, "mount did not come up");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let args = [
+        "--store",
+        s,
+        "--snapshot",
+        "one",
+        "--writable",
+        "--commit",
+        "two",
+        "--stats",
+    ];
+    let child = foreground_mount(&args, &mnt, &[]);
     std::fs::write(mnt.join("g"), b"2").unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -198,27 +200,17 @@ fn io_uring_mount_serves_requests_through_the_rings_and_commits() {
     }
     let (_dir, store, mnt) = store_with_empty_base();
     let s = store.to_str().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_imgfs"))
-        .args([
-            "mount",
-            "--store",
-            s,
-            "--snapshot",
-            "base",
-            "--writable",
-            "--commit",
-            "one",
-            "--io-uring",
-            mnt.to_str().unwrap(),
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while !is_mounted(&mnt) {
-        assert!(start.elapsed().as_secs() < 20, "mount did not come up");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let args = [
+        "--store",
+        s,
+        "--snapshot",
+        "base",
+        "--writable",
+        "--commit",
+        "one",
+        "--io-uring",
+    ];
+    let child = foreground_mount(&args, &mnt, &[]);
     let before = runs_of_threads(child.id(), "fuser-ring-");
     // Metadata, small and multi-request (1 MiB payload) data, through the rings.
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -273,18 +265,16 @@ fn a_failing_ring_ends_the_connection_instead_of_leaving_callers_waiting() {
     }
     let (_dir, store, mnt) = store_with_empty_base();
     let s = store.to_str().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_imgfs"))
-        .args(["mount", "--store", s, "--snapshot", "base", "--writable"])
-        .args(["--commit", "one", mnt.to_str().unwrap()])
-        .env("IMGFS_TEST_URING_FAIL_AFTER", "200")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while !is_mounted(&mnt) {
-        assert!(start.elapsed().as_secs() < 20, "mount did not come up");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let args = [
+        "--store",
+        s,
+        "--snapshot",
+        "base",
+        "--writable",
+        "--commit",
+        "one",
+    ];
+    let child = foreground_mount(&args, &mnt, &[("IMGFS_TEST_URING_FAIL_AFTER", "200")]);
     // Callers get an error once a ring fails, at the latest within the watchdog's time.
     let m = mnt.clone();
     let (tx, rx) = std::sync::mpsc::channel();

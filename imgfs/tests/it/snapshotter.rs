@@ -52,19 +52,16 @@ fn an_import_of_more_big_files_than_the_soft_open_file_limit_succeeds() {
             .unwrap();
     }
     b.into_inner().unwrap();
-    let out = std::process::Command::new("prlimit")
-        .arg("--nofile=200:")
-        .arg(env!("CARGO_BIN_EXE_imgfs"))
-        .args(["import", "--store"])
-        .arg(&root)
-        .args(["--name", "base"])
-        .arg(&tar_path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    crate::ok(
+        std::process::Command::new("prlimit")
+            .arg("--nofile=200:")
+            .arg(env!("CARGO_BIN_EXE_imgfs"))
+            .args(["import", "--store"])
+            .arg(&root)
+            .args(["--name", "base"])
+            .arg(&tar_path)
+            .output()
+            .unwrap(),
     );
     let packs = std::fs::read_dir(root.join("chunks")).unwrap().count();
     assert!(
