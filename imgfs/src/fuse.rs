@@ -561,7 +561,9 @@ pub fn session(
     fs.passthrough_wanted = opts.passthrough && can_passthrough();
     let mut session = fuser::Session::new(fs, mountpoint, &config)?;
     let unmounter = session.unmount_callable();
-    set_readahead(mountpoint, READAHEAD_KIB);
+    if let Some(device) = session.device() {
+        set_readahead(device, READAHEAD_KIB);
+    }
     Ok((session, unmounter))
 }
 
@@ -571,30 +573,13 @@ pub fn session(
 /// one 0.21 s instead of 0.44 s (docs/benchmarks.md).
 const READAHEAD_KIB: u32 = 1024;
 
-/// Sets the readahead of the mount at `mountpoint` through its backing device's sysfs entry.
-/// Best effort: only root may write there, and an unprivileged mount keeps the default. The
-/// device comes from /proc/self/mountinfo, not from stat(2), which would wait for the FUSE
-/// session to answer.
-fn set_readahead(mountpoint: &Path, kib: u32) {
-    let Ok(path) = std::fs::canonicalize(mountpoint) else {
-        return;
-    };
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return;
-    };
-    // Fields: id parent major:minor root mountpoint ...; the last mount on the path wins.
-    let dev = info
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.len() > 4 && Path::new(f[4]) == path).then(|| f[2].to_owned())
-        })
-        .next_back();
-    if let Some(dev) = dev {
-        let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
-        if let Err(e) = std::fs::write(&knob, kib.to_string()) {
-            tracing::debug!(%knob, "cannot set readahead: {e}");
-        }
+/// Sets the readahead of the mount with device number `(major, minor)` (fuser's
+/// `Session::device`, read from /proc/self/mountinfo) through its sysfs entry. Best effort:
+/// only root may write there, and an unprivileged mount keeps the default.
+fn set_readahead((major, minor): (u32, u32), kib: u32) {
+    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    if let Err(e) = std::fs::write(&knob, kib.to_string()) {
+        tracing::debug!(%knob, "cannot set readahead: {e}");
     }
 }
 

@@ -142,9 +142,9 @@ pub struct Session<FS: Filesystem> {
     /// (img's patch) Set when INIT agreed on FUSE over io_uring: the payload size of a ring
     /// entry (src/uring.rs).
     pub(crate) uring_payload: Option<usize>,
-    /// (img's patch) The FUSE connection's id (src/uring.rs `connection_id`), which a failing
-    /// ring uses to end the connection.
-    pub(crate) connection: Option<u32>,
+    /// (img's patch) The mount's device number (src/uring.rs `mount_device`): a failing ring
+    /// ends the connection through it, and `Session::device` gives it to the file system.
+    pub(crate) device: Option<(u32, u32)>,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -179,7 +179,7 @@ impl<FS: Filesystem> Session<FS> {
         // (img's patch) Resolved before the mount, which would otherwise have to answer.
         let resolved = std::fs::canonicalize(mountpoint).ok();
         let (file, mount) = Mount::new(mountpoint, &options.mount_options, options.acl)?;
-        let connection = resolved.as_deref().and_then(crate::uring::connection_id);
+        let device = resolved.as_deref().and_then(crate::uring::mount_device);
 
         let ch = Channel::new(file);
 
@@ -196,7 +196,7 @@ impl<FS: Filesystem> Session<FS> {
             proto_version: None,
             config: options.clone(),
             uring_payload: None,
-            connection,
+            device,
         };
 
         session.handshake()?;
@@ -226,7 +226,7 @@ impl<FS: Filesystem> Session<FS> {
             proto_version: None,
             config,
             uring_payload: None,
-            connection: None,
+            device: None,
         };
 
         session.handshake()?;
@@ -266,8 +266,9 @@ impl<FS: Filesystem> Session<FS> {
             proto_version: _,
             config,
             uring_payload,
-            connection,
+            device,
         } = self;
+        let connection = device.map(crate::uring::connection_id);
         let uring_ch = ch.clone();
 
         let n_threads = config.n_threads.unwrap_or(1);
@@ -564,6 +565,12 @@ impl<FS: Filesystem> Session<FS> {
     /// Unmount the filesystem
     pub fn unmount(&mut self) -> io::Result<()> {
         self.mount.umount()
+    }
+
+    /// (img's patch) The device number (major, minor) of the mount, read from
+    /// /proc/self/mountinfo when it was made; `None` for a session on an existing fd.
+    pub fn device(&self) -> Option<(u32, u32)> {
+        self.device
     }
 
     /// Returns a thread-safe object that can be used to unmount the Filesystem

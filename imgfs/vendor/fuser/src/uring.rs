@@ -328,10 +328,10 @@ pub(crate) fn queue_count() -> usize {
     n.max(1) as usize
 }
 
-/// The FUSE connection mounted at `mount_point` (an absolute path without symlinks), named as
-/// fusectl names it under /sys/fs/fuse/connections: the mount's device number, from the newest
-/// FUSE mount at that path in /proc/self/mountinfo.
-pub(crate) fn connection_id(mount_point: &std::path::Path) -> Option<u32> {
+/// The device number (major, minor) of the FUSE mount at `mount_point` (an absolute path
+/// without symlinks): the newest FUSE mount at that path in /proc/self/mountinfo. Read from
+/// there, not with stat(2), which would wait for the session to answer.
+pub(crate) fn mount_device(mount_point: &std::path::Path) -> Option<(u32, u32)> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let dev = info
         .lines()
@@ -345,7 +345,13 @@ pub(crate) fn connection_id(mount_point: &std::path::Path) -> Option<u32> {
         })
         .next_back()?;
     let (major, minor) = dev.split_once(':')?;
-    Some((major.parse::<u32>().ok()? << 20) | minor.parse::<u32>().ok()?)
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+/// The id fusectl gives the connection of the mount with device `(major, minor)` (the name of
+/// its directory under /sys/fs/fuse/connections): the kernel's encoding of the device number.
+pub(crate) fn connection_id((major, minor): (u32, u32)) -> u32 {
+    (major << 20) | minor
 }
 
 /// mountinfo's octal escapes (`\040` for a space) undone.
