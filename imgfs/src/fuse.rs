@@ -52,6 +52,10 @@ pub struct MountOptions {
     /// passthrough), when the process may (`can_passthrough`); `imgfs mount --no-passthrough`
     /// turns it off. It costs an OPEN round trip for every file opened (see `FuseFs::open`).
     pub passthrough: bool,
+    /// Let the ring threads run under SCHED_IDLE while they are busy and the CPUs are not, so
+    /// the kernel wakes each caller on the CPU it waits on instead of waking another vCPU
+    /// (imgfs/vendor/fuser/src/governor.rs); `imgfs mount --no-idle-rings` turns it off.
+    pub idle_rings: bool,
 }
 
 /// The default polling window of a worker before read(2), through img's patch of fuser
@@ -71,6 +75,7 @@ impl Default for MountOptions {
             poll_before_read: POLL_BEFORE_READ,
             io_uring: true,
             passthrough: true,
+            idle_rings: true,
         }
     }
 }
@@ -557,6 +562,7 @@ pub fn session(
     config.clone_fd = true;
     config.poll_before_read = (!opts.poll_before_read.is_zero()).then_some(opts.poll_before_read);
     config.io_uring = opts.io_uring;
+    config.idle_rings = opts.idle_rings;
     let mut fs = FuseFs::new(tree, opts.stats.clone());
     fs.passthrough_wanted = opts.passthrough && can_passthrough();
     let mut session = fuser::Session::new(fs, mountpoint, &config)?;

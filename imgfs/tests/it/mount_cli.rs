@@ -251,6 +251,148 @@ fn io_uring_mount_serves_requests_through_the_rings_and_commits() {
     );
 }
 
+/// The scheduling policies of the threads of `pid` named `prefix*` (/proc's stat field 41).
+fn policies_of_threads(pid: u32, prefix: &str) -> Vec<i32> {
+    let mut policies = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if comm.starts_with(prefix) {
+            let stat = std::fs::read_to_string(task.join("stat")).unwrap_or_default();
+            // Fields after the command's closing parenthesis start at field 3.
+            let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            if let Some(policy) = after.split_whitespace().nth(41 - 3) {
+                policies.push(policy.parse().unwrap());
+            }
+        }
+    }
+    policies
+}
+
+/// Makes and removes files in `dir` until `stop`.
+fn churn(dir: &Path, stop: &std::sync::atomic::AtomicBool) {
+    let mut i = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let f = dir.join(format!("f{}", i % 100));
+        std::fs::write(&f, b"data").unwrap();
+        std::fs::remove_file(&f).unwrap();
+        i += 1;
+    }
+}
+
+#[test]
+fn ring_threads_idle_only_while_busy_and_not_kept_from_a_cpu() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    if !fuse_available() || !uring_enabled() {
+        return;
+    }
+    let (_dir, store, mnt) = store_with_empty_base();
+    let s = store.to_str().unwrap();
+    let child = foreground_mount(
+        &["--store", s, "--snapshot", "base", "--writable"],
+        &mnt,
+        &[],
+    );
+    // A failed assertion must not leave the mount behind (it holds the test's output open).
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("fusermount3").arg("-u").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&mnt);
+    let pid = child.id();
+    // The ring threads start once the kernel has answered INIT.
+    let start = Instant::now();
+    while policies_of_threads(pid, "fuser-ring-").is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(20), "no ring threads");
+        std::fs::metadata(&mnt).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let rings = |want: i32| {
+        policies_of_threads(pid, "fuser-ring-")
+            .iter()
+            .all(|&policy| policy == want)
+    };
+    assert!(
+        rings(libc::SCHED_OTHER),
+        "an idle mount's rings run as usual"
+    );
+
+    // Busy, with CPUs to spare: the rings go SCHED_IDLE.
+    let stop = AtomicBool::new(false);
+    let hogs = AtomicBool::new(false);
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    // Stops the threads below also when an assertion fails (the scope waits for them).
+    struct Stop<'a>(&'a [&'a AtomicBool]);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0
+                .iter()
+                .for_each(|flag| flag.store(true, Ordering::Relaxed));
+        }
+    }
+    std::thread::scope(|scope| {
+        let flags = [&stop, &hogs];
+        let _stop = Stop(&flags);
+        scope.spawn(|| churn(&mnt, &stop));
+        let start = Instant::now();
+        while !rings(libc::SCHED_IDLE) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "busy rings never went SCHED_IDLE"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+
+        // Busy, and every CPU also has a busy thread: the rings must not stay SCHED_IDLE,
+        // where they would get almost no CPU.
+        for _ in 0..cpus {
+            scope.spawn(|| {
+                while !hogs.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let (mut idle, mut samples) = (0, 0);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(3) {
+            idle += usize::from(rings(libc::SCHED_IDLE));
+            samples += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        hogs.store(true, Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
+        assert!(
+            idle * 4 < samples,
+            "rings were SCHED_IDLE in {idle} of {samples} looks while every CPU was busy"
+        );
+    });
+
+    // Quiet again: back to SCHED_OTHER, so the next request does not wait behind other work.
+    let start = Instant::now();
+    while !rings(libc::SCHED_OTHER) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "quiet rings stayed SCHED_IDLE"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn a_failing_ring_ends_the_connection_instead_of_leaving_callers_waiting() {
     if !fuse_available() || !uring_enabled() {

@@ -57,6 +57,12 @@ pub struct Args {
     /// pack (1 MiB and larger) go from the kernel straight to the pack (FUSE passthrough).
     #[arg(long)]
     pub no_passthrough: bool,
+    /// Keep the io_uring threads under the normal scheduling policy. By default they run under
+    /// SCHED_IDLE while they are busy and the CPUs are not, so the kernel wakes each caller on
+    /// the CPU it waits on instead of waking another one (back to normal as soon as other work
+    /// keeps them waiting for a CPU; needs CAP_SYS_NICE or an RLIMIT_NICE of 20).
+    #[arg(long)]
+    pub no_idle_rings: bool,
     /// When the mount ends, print how many requests of each kind it served and the time
     /// imgfs spent on them.
     #[arg(long)]
@@ -131,6 +137,7 @@ pub fn run(args: Args) -> Result<()> {
         poll_before_read: Duration::from_micros(args.poll_us),
         io_uring: !args.no_io_uring,
         passthrough: !args.no_passthrough,
+        idle_rings: !args.no_idle_rings,
         ..Default::default()
     };
     let (session, _) = fuse::session(tree, &args.mountpoint, &opts)

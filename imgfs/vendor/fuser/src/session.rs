@@ -328,6 +328,9 @@ impl<FS: Filesystem> Session<FS> {
         // the kernel sends before every queue has registered still finds a reader.
         let mut queues = Vec::new();
         let mut ring_threads = Vec::new();
+        let governor = uring_payload
+            .filter(|_| config.idle_rings)
+            .and_then(|_| crate::governor::Governor::new());
         if let Some(payload) = uring_payload {
             for qid in 0..crate::uring::queue_count() {
                 let queue = match crate::uring::Queue::new(qid as u16, uring_ch.as_fd(), payload) {
@@ -346,15 +349,27 @@ impl<FS: Filesystem> Session<FS> {
                     poll_before_read: None,
                 };
                 let q = queue.clone();
+                let g = governor.clone();
                 queues.push(queue);
                 ring_threads.push(
                     thread::Builder::new()
                         .name(format!("fuser-ring-{qid}"))
-                        .spawn(move || crate::uring::serve(q, event_loop, connection))?,
+                        .spawn(move || crate::uring::serve(q, event_loop, connection, g))?,
                 );
             }
         }
         drop(uring_ch);
+        let governor_thread = match &governor {
+            Some(g) if !ring_threads.is_empty() => {
+                let g = g.clone();
+                Some(
+                    thread::Builder::new()
+                        .name("fuser-governor".into())
+                        .spawn(move || g.run())?,
+                )
+            }
+            _ => None,
+        };
 
         let mut reply: io::Result<()> = Ok(());
         for thread in threads {
@@ -389,6 +404,14 @@ impl<FS: Filesystem> Session<FS> {
             }
         }
         drop(queues);
+        if let Some(g) = &governor {
+            g.stop();
+        }
+        if let Some(thread) = governor_thread {
+            thread
+                .join()
+                .map_err(|_| io::Error::other("ring governor thread panicked"))?;
+        }
 
         let Some(filesystem) = Arc::get_mut(&mut filesystem) else {
             return Err(io::Error::other(

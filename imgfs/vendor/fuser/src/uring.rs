@@ -400,7 +400,11 @@ pub(crate) fn serve<FS: Filesystem>(
     queue: Arc<Queue>,
     se: SessionEventLoop<FS>,
     connection: Option<u32>,
+    governor: Option<Arc<crate::governor::Governor>>,
 ) -> io::Result<()> {
+    if let Some(g) = governor {
+        g.register();
+    }
     let res = serve_queue(queue, se);
     if res.is_err() {
         abort_connection(connection);

@@ -27,6 +27,9 @@ pub struct Config {
     /// instead of the /dev/fuse workers, which keep serving what the rings do not carry. When
     /// the kernel does not offer it, nothing changes.
     pub io_uring: bool,
+    /// (img's patch) Let the ring threads run under SCHED_IDLE while they are busy and the
+    /// CPUs are not, so the scheduler wakes callers on the CPU they wait on (src/governor.rs).
+    pub idle_rings: bool,
 }
 
 /// Mount options accepted by the FUSE filesystem type
