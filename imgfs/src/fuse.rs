@@ -622,6 +622,11 @@ impl Filesystem for FuseFs {
         Ok(())
     }
 
+    fn forget(&self, _req: &Request, i: INodeNo, _nlookup: u64) {
+        // The kernel forgets an inode only when it evicts it, with every lookup at once.
+        self.tree.forget(ino(i));
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
         let found = || match self.tree.lookup(ino(parent), name(n)) {
             Ok((i, inode)) => Ok(Some(Attr::of(i, &inode))),

@@ -165,6 +165,22 @@ pub struct Tree {
     next_slot: AtomicU64,
     /// Inode records and directory entries read or written lately (see `Cache`).
     cache: Mutex<Cache>,
+    /// Files of this tree that lost their last link (see `Orphans`).
+    orphans: Mutex<Orphans>,
+}
+
+/// Files that lost their last link while a FUSE mount served this tree. Their content stays
+/// readable through open descriptors until the kernel forgets the inode (`Tree::forget`);
+/// from then on nothing can reach it, and `Tree::punch_forgotten` frees the scratch slots of
+/// its dirty chunks before an fsync, instead of letting the fsync write dead data (10,000
+/// created and deleted 4 KiB files made a directory's fsync take 0.26 s). The commit purges
+/// their metadata, as for every orphan.
+#[derive(Default)]
+struct Orphans {
+    /// Unlinked, maybe still referenced by the kernel.
+    unlinked: HashSet<Ino>,
+    /// Unlinked and forgotten by the kernel.
+    forgotten: Vec<Ino>,
 }
 
 /// A directory entry as a tree sees it: the inode and its kind, or `None` for no such name.
@@ -442,6 +458,7 @@ impl Tree {
             scratch: Mutex::new(None),
             next_slot: AtomicU64::new(next_slot),
             cache: Mutex::new(Cache::default()),
+            orphans: Mutex::new(Orphans::default()),
         })
     }
 
@@ -836,9 +853,9 @@ impl Tree {
                 } else {
                     inode.size
                 };
-                let slot = self.copy_up_chunk(&mut txn, data, index, current, keep)?;
                 let from = offset.max(cstart);
                 let to = end.min(cstart + cs);
+                let slot = self.copy_up_chunk(&mut txn, data, index, current, keep)?;
                 let at = slot * cs + (from - cstart);
                 let bytes = (from - offset) as usize..(to - offset) as usize;
                 match &mut run {
@@ -1096,7 +1113,78 @@ impl Tree {
         inode.links.retain(|l| !(l.dir == dir && l.name == name));
         inode.ctime = now;
         txn.put_inode(ino, &inode);
+        if inode.links.is_empty() && inode.data.is_some() {
+            let mut orphans = self.orphans.lock().expect("poisoned");
+            orphans.unlinked.insert(ino);
+        }
         Ok(inode)
+    }
+
+    /// The kernel dropped its last reference to `ino` (FUSE FORGET): no descriptor, mapping or
+    /// name of it is left in the kernel. An inode without links can then never be reached
+    /// again (imgfs offers no file handles to open by), so its content may go.
+    pub fn forget(&self, ino: Ino) {
+        let many = {
+            let mut orphans = self.orphans.lock().expect("poisoned");
+            if orphans.unlinked.remove(&ino) {
+                orphans.forgotten.push(ino);
+            }
+            orphans.forgotten.len() >= Self::PUNCH_BATCH
+        };
+        // A long build that deletes many files and never calls fsync frees their space too.
+        if many && let Err(e) = self.punch_forgotten() {
+            tracing::warn!("cannot free the space of deleted files: {e}");
+        }
+    }
+
+    /// How many forgotten orphans `forget` lets gather before it frees their space itself.
+    const PUNCH_BATCH: usize = 4096;
+
+    /// Frees the scratch space of forgotten orphans' dirty chunks (see `Orphans`). Their
+    /// metadata stays as it is for the commit to purge: nothing can read it any more, and
+    /// slots are not reused before the commit, so it costs no metadata write here.
+    fn punch_forgotten(&self) -> Result<()> {
+        let forgotten = std::mem::take(&mut self.orphans.lock().expect("poisoned").forgotten);
+        if forgotten.is_empty() {
+            return Ok(());
+        }
+        let _g = self.writer()?;
+        let head = self.head();
+        let cs = self.chunk_size();
+        let mut slots = Vec::new();
+        for ino in forgotten {
+            let inode = match self.inode(ino) {
+                Ok(inode) => inode,
+                Err(Error::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            let Some(data) = inode.data.filter(|_| inode.links.is_empty()) else {
+                continue;
+            };
+            let last = inode.size.div_ceil(cs).saturating_sub(1);
+            match self.known_dirty(data, 0, last) {
+                Some(known) => slots.extend(known.values().filter_map(|&(e, _)| dirty_slot(e))),
+                None => slots.extend(
+                    self.extents(data, 0, u64::MAX)?
+                        .into_iter()
+                        .filter(|&(_, _, snap)| snap == head)
+                        .filter_map(|(_, e, _)| dirty_slot(e)),
+                ),
+            }
+        }
+        // Runs of neighbouring slots (files written one after another) go in one call.
+        slots.sort_unstable();
+        let f = self.scratch()?;
+        let mut i = 0;
+        while i < slots.len() {
+            let mut j = i + 1;
+            while j < slots.len() && slots[j] == slots[j - 1] + 1 {
+                j += 1;
+            }
+            punch(&f, slots[i] * cs, (j - i) as u64 * cs)?;
+            i = j;
+        }
+        Ok(())
     }
 
     /// unlink(2).
@@ -1357,6 +1445,7 @@ impl Tree {
 
     /// Makes this tree's writes durable: scratch data and the metadata log.
     pub fn fsync(&self) -> Result<()> {
+        self.punch_forgotten()?;
         let file = self.scratch.lock().expect("poisoned").clone();
         if let Some(f) = file {
             f.sync_data().ctx(|| "sync scratch file".into())?;
@@ -1644,6 +1733,8 @@ impl Tree {
     /// is fsynced in the packs before the metadata that refers to it is written.
     pub(crate) fn seal(&self) -> Result<()> {
         let _g = self.writer()?;
+        // Every orphan goes below, freed or not.
+        *self.orphans.lock().expect("poisoned") = Orphans::default();
         let head = self.head();
         let meta = &self.store.inner.meta;
         let prefix = key::change_prefix(head);
@@ -1853,6 +1944,13 @@ fn read_full_at(f: &File, buf: &mut [u8], offset: u64) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn dirty_slot(extent: Extent) -> Option<u64> {
+    match extent {
+        Extent::Dirty { slot } => Some(slot),
+        _ => None,
+    }
 }
 
 /// Zeros a range of a scratch file by freeing it.

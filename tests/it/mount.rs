@@ -489,3 +489,79 @@ fn big_layer_files_are_read_from_their_object_pack_and_cannot_change_while_so_op
     let report = imgfs::fsck::check(&f.store, false).unwrap();
     assert!(report.is_clean(), "{report}");
 }
+
+/// Blocks the scratch files of a store take on disk.
+fn scratch_blocks(store: &Path) -> u64 {
+    std::fs::read_dir(store.join("scratch"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().blocks())
+        .sum()
+}
+
+fn fsync_dir(dir: &Path) {
+    std::fs::File::open(dir).unwrap().sync_all().unwrap();
+}
+
+#[test]
+fn an_fsync_frees_the_data_of_deleted_files_nothing_can_reach_but_not_of_open_ones() {
+    use std::io::{Read, Seek};
+    if !fuse_available() {
+        return;
+    }
+    let f = Fixture::new();
+    let store = f.dir.path().join("store");
+    f.store.prepare("work", Some("base")).unwrap();
+    let mnt = f.mnt("m");
+    let session = f.mount("work", &mnt);
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
+    for name in ["gone", "open"] {
+        std::fs::write(mnt.join(name), &data).unwrap();
+    }
+    fsync_dir(&mnt);
+    let written = scratch_blocks(&store);
+    assert!(written >= 2 * 1_000_000 / 512, "{written} blocks");
+
+    let mut open = std::fs::File::open(mnt.join("open")).unwrap();
+    std::fs::remove_file(mnt.join("gone")).unwrap();
+    std::fs::remove_file(mnt.join("open")).unwrap();
+    // The kernel forgets "gone" once its last reference goes, shortly after the unlink.
+    let start = std::time::Instant::now();
+    loop {
+        fsync_dir(&mnt);
+        let now = scratch_blocks(&store);
+        if now <= written - 1_000_000 / 512 {
+            assert!(
+                now >= 1_000_000 / 512,
+                "the open file's data went too: {now}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed().as_secs() < 20,
+            "{now} of {written} blocks left"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut back = Vec::new();
+    open.rewind().unwrap();
+    open.read_to_end(&mut back).unwrap();
+    assert!(
+        back == data,
+        "an unlinked file still open reads what was written"
+    );
+    drop(open);
+    let start = std::time::Instant::now();
+    while scratch_blocks(&store) > written / 10 {
+        assert!(start.elapsed().as_secs() < 20, "closed orphan's data stays");
+        fsync_dir(&mnt);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    unmount(session, &mnt);
+    f.store.commit("child", "work").unwrap();
+    let report = imgfs::fsck::check(&f.store, false).unwrap();
+    assert!(report.is_clean(), "{report}");
+    let again = f.mnt("again");
+    let session = f.mount("child", &again);
+    assert!(!again.join("gone").exists() && !again.join("open").exists());
+    unmount(session, &again);
+}
