@@ -855,9 +855,29 @@ impl Tree {
                 };
                 let from = offset.max(cstart);
                 let to = end.min(cstart + cs);
+                let bytes = (from - offset) as usize..(to - offset) as usize;
+                if to - from == cs && is_zero(&buf[bytes.clone()]) {
+                    // A whole chunk of zeros is a hole, as the commit would make it: no scratch
+                    // space, no page cache, nothing to write back (dd from /dev/zero,
+                    // preallocated database files).
+                    flush(&mut run)?;
+                    match current {
+                        // No extent anywhere: a hole already.
+                        None => {}
+                        Some((Extent::Zero, snap)) if snap == self.head() => {}
+                        Some((Extent::Dirty { slot }, snap)) if snap == self.head() => {
+                            self.free_slot(slot)?;
+                            txn.put_extent(data, index, Extent::Zero);
+                        }
+                        Some((old, snap)) => {
+                            txn.drop_ref(old, snap);
+                            txn.put_extent(data, index, Extent::Zero);
+                        }
+                    }
+                    continue;
+                }
                 let slot = self.copy_up_chunk(&mut txn, data, index, current, keep)?;
                 let at = slot * cs + (from - cstart);
-                let bytes = (from - offset) as usize..(to - offset) as usize;
                 match &mut run {
                     Some((start, r)) if *start + r.len() as u64 == at && r.end == bytes.start => {
                         r.end = bytes.end;
@@ -1609,7 +1629,7 @@ impl Tree {
                 }
                 let chunk = &buf[..n];
                 let at = index * cs as u64;
-                if chunk.iter().all(|&b| b == 0) {
+                if is_zero(chunk) {
                     txn.put_extent(data, index, Extent::Zero);
                     zeros = true;
                 } else {
@@ -1818,7 +1838,7 @@ impl Tree {
                 let len = (size - cstart).min(cs) as usize;
                 read_full_at(&f, &mut buf[..len], slot * cs)?;
                 let chunk = &buf[..len];
-                let extent = if chunk.iter().all(|&b| b == 0) {
+                let extent = if is_zero(chunk) {
                     Extent::Zero
                 } else {
                     Extent::Stored {
@@ -1944,6 +1964,18 @@ fn read_full_at(f: &File, buf: &mut [u8], offset: u64) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// True if every byte of `b` is zero (a chunk the store keeps as a hole); stops at the first
+/// word that is not.
+fn is_zero(b: &[u8]) -> bool {
+    // SAFETY: every bit pattern is a valid u128.
+    let (head, words, tail) = unsafe { b.align_to::<u128>() };
+    head.iter().all(|&x| x == 0)
+        && words
+            .chunks(8)
+            .all(|w| w.iter().fold(0, |acc, &x| acc | x) == 0)
+        && tail.iter().all(|&x| x == 0)
 }
 
 fn dirty_slot(extent: Extent) -> Option<u64> {

@@ -250,3 +250,56 @@ fn a_new_directory_knows_its_names_through_creates_renames_and_unlinks() {
     drop(t);
     check(&s.tree("a").unwrap());
 }
+
+/// Blocks taken by the store's scratch files.
+fn scratch_blocks(store_dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(store_dir.join("scratch"))
+        .map(|d| d.map(|e| e.unwrap().metadata().unwrap().blocks()).sum())
+        .unwrap_or(0)
+}
+
+#[test]
+fn whole_chunks_of_zeros_are_written_as_holes_over_new_dirty_and_committed_chunks() {
+    let (d, s) = store();
+    s.prepare("a", None).unwrap();
+    let t = s.tree("a").unwrap();
+    let (f, _) = t.mknod(Ino::ROOT, b"f", &file(0o644)).unwrap();
+    let cs = t.chunk_size() as usize;
+    let data: Vec<u8> = (0..cs * 4).map(|i| (i % 251) as u8 + 1).collect();
+    t.write(f, 0, &data).unwrap();
+    drop(t);
+    s.commit("A", "a").unwrap();
+
+    s.prepare("b", Some("A")).unwrap();
+    let t = s.tree("b").unwrap();
+    // Over committed chunks: chunk 1 whole, chunk 2 whole and 100 bytes of chunk 3.
+    t.write(f, cs as u64, &vec![0; cs]).unwrap();
+    t.write(f, (cs * 2) as u64, &vec![0; cs + 100]).unwrap();
+    let mut expect_f = data.clone();
+    expect_f[cs..cs * 3 + 100].fill(0);
+    // A new file: 3 chunks of zeros and a short tail; then data in chunk 0, zeroed again.
+    let (g, _) = t.mknod(Ino::ROOT, b"g", &file(0o644)).unwrap();
+    let mut expect_g = vec![0u8; cs * 3];
+    expect_g.extend_from_slice(b"tail");
+    t.write(g, 0, &expect_g).unwrap();
+    t.write(g, 0, &data[..cs]).unwrap();
+    t.write(g, 0, &vec![0; cs]).unwrap();
+    assert_eq!(t.read(f, 0, (cs * 4) as u32).unwrap(), expect_f);
+    assert_eq!(t.read(g, 0, (cs * 4) as u32).unwrap(), expect_g);
+    assert_eq!(t.getattr(g).unwrap().size, expect_g.len() as u64);
+    // Only f's chunk 3 and g's tail chunk hold scratch space.
+    let blocks = scratch_blocks(&d.path().join("s"));
+    assert!(blocks <= 2 * cs as u64 / 512, "{blocks} blocks of scratch");
+    drop(t);
+    s.commit("B", "b").unwrap();
+    let t = s.tree("B").unwrap();
+    assert_eq!(t.read(f, 0, (cs * 4) as u32).unwrap(), expect_f);
+    assert_eq!(t.read(g, 0, (cs * 4) as u32).unwrap(), expect_g);
+    assert_eq!(
+        s.tree("A").unwrap().read(f, 0, (cs * 4) as u32).unwrap(),
+        data
+    );
+    let report = imgfs::fsck::check(&s, false).unwrap();
+    assert!(report.is_clean(), "{report}");
+}
