@@ -1061,7 +1061,12 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.serve("fsyncdir", reply, || self.tree.fsync(), |r, ()| r.ok());
+        self.serve(
+            "fsyncdir",
+            reply,
+            || self.tree.fsync_metadata(),
+            |r, ()| r.ok(),
+        );
     }
 
     fn statfs(&self, _req: &Request, _i: INodeNo, reply: ReplyStatfs) {

@@ -1463,6 +1463,17 @@ impl Tree {
         txn.write()
     }
 
+    /// Makes the metadata of this tree durable (names, attributes, sizes: the log), not file
+    /// data: fsync(2) of a directory, which POSIX asks to make its entries durable, as ext4
+    /// does. Data written since the last `fsync` may read as zeros after a power loss (never as
+    /// other data: slots are not reused before the commit). Syncing the scratch file here made
+    /// a directory fsync write every file's data, an earlier untar's included (0.4 s in
+    /// fsbench's small_files).
+    pub fn fsync_metadata(&self) -> Result<()> {
+        self.punch_forgotten()?;
+        self.store.inner.meta.sync_wal()
+    }
+
     /// Makes this tree's writes durable: scratch data and the metadata log.
     pub fn fsync(&self) -> Result<()> {
         self.punch_forgotten()?;

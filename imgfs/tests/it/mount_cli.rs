@@ -251,6 +251,61 @@ fn io_uring_mount_serves_requests_through_the_rings_and_commits() {
     );
 }
 
+#[test]
+fn what_fsync_made_durable_survives_a_killed_mount() {
+    if !fuse_available() {
+        return;
+    }
+    let (_dir, store, mnt) = store_with_empty_base();
+    let s = store.to_str().unwrap();
+    let args = [
+        "--store",
+        s,
+        "--snapshot",
+        "base",
+        "--writable",
+        "--key",
+        "k",
+    ];
+    let mut child = foreground_mount(&args, &mnt, &[]);
+    // fsync of a file: its data and name; fsync of a directory: the names in it.
+    let kept = mnt.join("kept");
+    let mut f = std::fs::File::create(&kept).unwrap();
+    std::io::Write::write_all(&mut f, b"kept data").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    std::fs::create_dir(mnt.join("d")).unwrap();
+    std::fs::write(mnt.join("d/named"), b"x").unwrap();
+    std::fs::File::open(mnt.join("d"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    std::fs::File::open(&mnt).unwrap().sync_all().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = Command::new("fusermount3").arg("-uz").arg(&mnt).status();
+
+    // The killed mount's buffered log is gone; what the fsyncs wrote is not.
+    let args = ["--store", s, "--snapshot", "k", "--writable"];
+    let child = foreground_mount(&args, &mnt, &[]);
+    assert_eq!(std::fs::read(&kept).unwrap(), b"kept data");
+    assert!(
+        mnt.join("d/named").exists(),
+        "a name fsynced with its directory"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The scheduling policies of the threads of `pid` named `prefix*` (/proc's stat field 41).
 fn policies_of_threads(pid: u32, prefix: &str) -> Vec<i32> {
     let mut policies = Vec::new();
