@@ -41,7 +41,7 @@ struct Writer {
 /// Appended bytes after which the kernel is told to start writing them out, so the `sync` of a
 /// commit finds little left to write: a 50 MB layer import otherwise waits ~50 ms for its whole
 /// pack tail at commit, on the critical path of a pull.
-const WRITEBACK_STEP: u64 = 8 << 20;
+pub(crate) const WRITEBACK_STEP: u64 = 8 << 20;
 
 /// Asks the kernel to start writing `len` bytes of `file` from `offset` to disk, without waiting
 /// and without any durability promise (`sync` still makes them durable). Failure only costs
