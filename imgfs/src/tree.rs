@@ -14,10 +14,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::chunks::{PACK_MAX, WRITEBACK_STEP, start_writeback};
-
-/// A write at least this large counts as streaming (`Tree::kick_writeback`); tar writes 10 KiB
-/// at a time, dd and cp 128 KiB to 1 MiB (FUSE sends up to 1 MiB per WRITE).
-const STREAM_WRITE: usize = 128 << 10;
 use crate::error::{Error, IoContext, Result};
 use crate::ids::{ChunkDigest, DataId, Ino, PackId, SnapshotId};
 use crate::meta::{Batch, Chain, key};
@@ -25,6 +21,10 @@ use crate::records::{
     ChunkRecord, Dentry, Extent, FileKind, Inode, Link, SnapshotRecord, Timestamp,
 };
 use crate::store::Store;
+
+/// A write at least this large counts as streaming (`Tree::kick_writeback`); tar writes 10 KiB
+/// at a time, dd and cp 128 KiB to 1 MiB (FUSE sends up to 1 MiB per WRITE).
+const STREAM_WRITE: usize = 128 << 10;
 
 /// The longest file name a directory entry may have.
 pub const NAME_MAX: usize = 255;
@@ -2029,6 +2029,7 @@ fn is_zero(b: &[u8]) -> bool {
         && tail.iter().all(|&x| x == 0)
 }
 
+/// The scratch slot of a dirty extent.
 fn dirty_slot(extent: Extent) -> Option<u64> {
     match extent {
         Extent::Dirty { slot } => Some(slot),

@@ -58,6 +58,16 @@ fn foreground_mount(args: &[&str], mnt: &Path, envs: &[(&str, &str)]) -> std::pr
     child
 }
 
+/// Unmounts when dropped, so that a failed assertion does not leave a foreground mount behind
+/// (its process would hold the test's output open, and the test run would never end).
+struct Unmount<'a>(&'a Path);
+
+impl Drop for Unmount<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3").arg("-uz").arg(self.0).status();
+    }
+}
+
 /// A temporary directory holding a store `s` whose snapshot `base` is an empty tree, and an
 /// empty mount point `m`; the directory goes away when the first value is dropped.
 fn store_with_empty_base() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
@@ -267,6 +277,7 @@ fn what_fsync_made_durable_survives_a_killed_mount() {
         "--key",
         "k",
     ];
+    let _unmount = Unmount(&mnt);
     let mut child = foreground_mount(&args, &mnt, &[]);
     // fsync of a file: its data and name; fsync of a directory: the names in it.
     let kept = mnt.join("kept");
@@ -349,13 +360,6 @@ fn ring_threads_idle_only_while_busy_and_not_kept_from_a_cpu() {
         &mnt,
         &[],
     );
-    // A failed assertion must not leave the mount behind (it holds the test's output open).
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("fusermount3").arg("-u").arg(self.0).status();
-        }
-    }
     let _unmount = Unmount(&mnt);
     let pid = child.id();
     // The ring threads start once the kernel has answered INIT.
