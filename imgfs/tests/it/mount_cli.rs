@@ -58,6 +58,23 @@ fn foreground_mount(args: &[&str], mnt: &Path, envs: &[(&str, &str)]) -> std::pr
     child
 }
 
+/// Ends a foreground mount with SIGTERM (which commits when `--commit` was given) and returns
+/// its output, checking that it exited successfully.
+fn terminate(child: std::process::Child) -> std::process::Output {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Unmounts when dropped, so that a failed assertion does not leave a foreground mount behind
 /// (its process would hold the test's output open, and the test run would never end).
 struct Unmount<'a>(&'a Path);
@@ -147,13 +164,7 @@ fn daemon_mount_umount_and_signals_commit_the_writable_child() {
     ];
     let child = foreground_mount(&args, &mnt, &[]);
     std::fs::write(mnt.join("g"), b"2").unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
+    let out = terminate(child);
     assert!(!is_mounted(&mnt));
     // --stats counted the one file created.
     let err = String::from_utf8_lossy(&out.stderr);
@@ -184,23 +195,31 @@ fn uring_enabled() -> bool {
     on
 }
 
+/// The /proc directories of the threads of `pid` named `prefix*`.
+fn threads_named(pid: u32, prefix: &str) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|task| task.unwrap().path())
+        .filter(|task| {
+            std::fs::read_to_string(task.join("comm")).is_ok_and(|c| c.starts_with(prefix))
+        })
+        .collect()
+}
+
 /// How many times the threads of `pid` named `prefix*` were scheduled (schedstat's third
 /// field): a ring thread runs once per batch of requests it serves.
 fn runs_of_threads(pid: u32, prefix: &str) -> u64 {
-    let mut runs = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let task = task.unwrap().path();
-        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
-        if comm.starts_with(prefix) {
-            let stat = std::fs::read_to_string(task.join("schedstat")).unwrap_or_default();
-            runs += stat
+    threads_named(pid, prefix)
+        .iter()
+        .map(|task| {
+            std::fs::read_to_string(task.join("schedstat"))
+                .unwrap_or_default()
                 .split_whitespace()
                 .nth(2)
                 .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    runs
+                .unwrap_or(0)
+        })
+        .sum()
 }
 
 #[test]
@@ -242,17 +261,7 @@ fn io_uring_mount_serves_requests_through_the_rings_and_commits() {
         "ring threads ran {served} times for 500+ requests"
     );
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    terminate(child);
     assert!(!is_mounted(&mnt));
     let diff = ok(imgfs(&["diff", "--store", s, "base", "one"]));
     assert!(
@@ -304,35 +313,20 @@ fn what_fsync_made_durable_survives_a_killed_mount() {
         mnt.join("d/named").exists(),
         "a name fsynced with its directory"
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    terminate(child);
 }
 
 /// The scheduling policies of the threads of `pid` named `prefix*` (/proc's stat field 41).
 fn policies_of_threads(pid: u32, prefix: &str) -> Vec<i32> {
-    let mut policies = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let task = task.unwrap().path();
-        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
-        if comm.starts_with(prefix) {
-            let stat = std::fs::read_to_string(task.join("stat")).unwrap_or_default();
+    threads_named(pid, prefix)
+        .iter()
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.join("stat")).ok()?;
             // Fields after the command's closing parenthesis start at field 3.
-            let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-            if let Some(policy) = after.split_whitespace().nth(41 - 3) {
-                policies.push(policy.parse().unwrap());
-            }
-        }
-    }
-    policies
+            let (_, after) = stat.rsplit_once(')')?;
+            Some(after.split_whitespace().nth(41 - 3)?.parse().unwrap())
+        })
+        .collect()
 }
 
 /// Makes and removes files in `dir` until `stop`.
@@ -439,17 +433,7 @@ fn ring_threads_idle_only_while_busy_and_not_kept_from_a_cpu() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    terminate(child);
 }
 
 #[test]
