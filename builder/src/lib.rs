@@ -1,13 +1,11 @@
 //! img's library: the Dockerfile frontend, build graph, executor, image store and registry client.
 
-pub mod backend;
 pub mod build;
 pub mod context;
 pub mod dockerfile;
 pub mod dockerignore;
 pub mod doctor;
 pub mod image;
-pub mod overlay;
 pub mod registry;
 pub mod runc;
 pub mod state;

@@ -9,6 +9,7 @@
 //! <state>/overlayfs/      the overlayfs backend's snapshots (--backend overlayfs)
 //! <state>/runc/           runc's state and the bundles of running steps
 //! <state>/tmp/            mount points and temporary files of running builds
+//! <state>/mounts/<pid>.json  what each `img mount` process serves (`MountRecord`)
 //! ```
 
 use std::collections::{BTreeSet, HashSet};
@@ -16,14 +17,13 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use imgfs::{FuseSnapshotter, OverlaySnapshotter, Snapshotter};
 use oci_spec::image::Digest;
 use thiserror::Error;
 
-use crate::backend::{Backend, ImgfsBackend};
 use crate::build::StageState;
 use crate::build::cache::Cache;
 use crate::image::{Contention, ImageStore, LockError, StateLock, StoreError};
-use crate::overlay::OverlaySnapshotter;
 use crate::runc::{ExecError, RuncExecutor};
 
 #[derive(Debug, Error)]
@@ -50,7 +50,8 @@ pub enum StateError {
 }
 
 /// Which snapshot backend runs a build.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// imgfs over FUSE.
     #[default]
@@ -92,7 +93,35 @@ impl FromStr for BackendKind {
 }
 
 /// A backend and which one it is.
-pub type OpenBackend = (BackendKind, Box<dyn Backend>);
+pub type OpenBackend = (BackendKind, Box<dyn Snapshotter>);
+
+/// What one `img mount` process serves, in `<state>/mounts/<pid>.json`. The process writes it
+/// once the mount is up and removes it when the mount ends; `img umount` finds the process by
+/// the directory.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MountRecord {
+    pub pid: u32,
+    /// Where the tree is mounted (absolute).
+    pub dir: PathBuf,
+    pub image: String,
+    pub backend: BackendKind,
+    /// The committed snapshot shown, or under `key`.
+    pub snapshot: String,
+    /// The active snapshot of a writable mount, removed when the mount ends.
+    pub key: Option<String>,
+}
+
+impl MountRecord {
+    /// Whether the process that wrote the record still runs (and is an img).
+    pub fn alive(&self) -> bool {
+        std::fs::read_link(format!("/proc/{}/exe", self.pid)).is_ok_and(|exe| {
+            std::env::current_exe().is_ok_and(|me| me == exe)
+                || exe
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("img"))
+        })
+    }
+}
 
 /// An open state directory, locked for this process.
 pub struct State {
@@ -163,8 +192,9 @@ impl State {
         self.dir.join("tmp")
     }
 
-    /// Opens the snapshot backend `kind`, creating its store on first use.
-    pub fn backend(&self, kind: BackendKind) -> Result<Box<dyn Backend>, StateError> {
+    /// Opens the snapshot backend `kind`, creating its store on first use. The only place that
+    /// names a concrete backend.
+    pub fn backend(&self, kind: BackendKind) -> Result<Box<dyn Snapshotter>, StateError> {
         let path = self.dir.join(kind.dir());
         let err = |source| StateError::Backend {
             backend: kind,
@@ -172,21 +202,58 @@ impl State {
             source,
         };
         Ok(match kind {
-            BackendKind::Fuse => Box::new(ImgfsBackend::open(&path).map_err(err)?),
+            BackendKind::Fuse => Box::new(FuseSnapshotter::open_or_create(&path).map_err(err)?),
             BackendKind::Overlayfs => {
                 Box::new(OverlaySnapshotter::open_or_create(&path).map_err(err)?)
             }
         })
     }
 
-    /// The imgfs backend itself, for what only imgfs can do (export a whole tree).
-    pub fn imgfs(&self) -> Result<ImgfsBackend, StateError> {
-        let path = self.dir.join(BackendKind::Fuse.dir());
-        ImgfsBackend::open(&path).map_err(|source| StateError::Backend {
-            backend: BackendKind::Fuse,
-            path,
+    /// The snapshot backend `kind` for mounting committed snapshots only: no lock is taken, so
+    /// builds and other commands can use the backend meanwhile.
+    pub fn backend_read_only(&self, kind: BackendKind) -> Result<Box<dyn Snapshotter>, StateError> {
+        let path = self.dir.join(kind.dir());
+        let err = |source| StateError::Backend {
+            backend: kind,
+            path: path.clone(),
             source,
+        };
+        Ok(match kind {
+            BackendKind::Fuse => Box::new(FuseSnapshotter::open_read_only(&path).map_err(err)?),
+            BackendKind::Overlayfs => {
+                Box::new(OverlaySnapshotter::open_read_only(&path).map_err(err)?)
+            }
         })
+    }
+
+    /// Where `img mount` processes record what they serve.
+    pub fn mounts_dir(&self) -> PathBuf {
+        self.dir.join("mounts")
+    }
+
+    /// The mounts of `img mount` processes that are still alive; records of dead ones are
+    /// removed.
+    pub fn mounts(&self) -> Vec<MountRecord> {
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(self.mounts_dir()) else {
+            return out;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Some(rec) = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<MountRecord>(&b).ok())
+            else {
+                continue;
+            };
+            if rec.alive() {
+                out.push(rec);
+            } else {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        out.sort_by_key(|r| r.pid);
+        out
     }
 
     /// The backends that exist in this state dir (used ones), for du and prune.
@@ -230,8 +297,13 @@ pub struct UsageItem {
 impl State {
     /// The chain IDs of every named image's layer stacks (each prefix): the snapshots that are
     /// in use.
+    /// Snapshots images use, and those `img mount` processes serve.
     fn used_chains(&self) -> Result<BTreeSet<String>, StateError> {
         let mut used = BTreeSet::new();
+        for m in self.mounts() {
+            used.insert(m.snapshot);
+            used.extend(m.key);
+        }
         for image in self.images.list()? {
             for c in crate::image::chain_ids(&image.config.rootfs.diff_ids) {
                 used.insert(c.to_string());

@@ -7,6 +7,8 @@
 //! directory listings and file pages for as long as it likes (`TTL`); every change made through the
 //! mount invalidates what it must by the kernel's own bookkeeping.
 
+mod snapshotter;
+
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -27,6 +29,8 @@ use crate::error::Error;
 use crate::ids::Ino;
 use crate::records::{FileKind, Timestamp};
 use crate::tree::{Attr, DirEntry, NewNode, RenameMode, SetAttr, Tree};
+
+pub use snapshotter::{FuseMount, FuseSnapshotter};
 
 /// How long the kernel may trust what we told it. imgfs is the only writer of a tree, so "forever".
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -522,14 +526,14 @@ impl FuseFs {
     }
 }
 
-/// Mounts `tree` at `mountpoint` and serves it on background threads until it is unmounted.
-pub fn mount(
-    tree: Tree,
-    mountpoint: &Path,
-    opts: &MountOptions,
-) -> std::io::Result<fuser::BackgroundSession> {
+/// Mounts `tree` at `mountpoint` and serves it on background threads until the returned guard
+/// is unmounted or dropped.
+pub fn mount(tree: Tree, mountpoint: &Path, opts: &MountOptions) -> std::io::Result<FuseMount> {
     let (session, _) = session(tree, mountpoint, opts)?;
-    session.spawn()
+    Ok(FuseMount {
+        path: mountpoint.to_owned(),
+        session: Some(session.spawn()?),
+    })
 }
 
 /// Mounts `tree` and returns the session (not yet serving) and a handle that unmounts it.

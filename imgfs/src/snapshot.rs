@@ -1,15 +1,19 @@
-//! The snapshot API the builder uses: containerd's snapshotter verbs, as one trait that every
-//! backend implements (imgfs's `Store` here; kernel overlayfs in the builder).
+//! The snapshot API: containerd's snapshotter verbs as one trait that both backends implement,
+//! `fuse::FuseSnapshotter` (imgfs's store, mounted over FUSE) and `overlay::OverlaySnapshotter`
+//! (plain directories stacked by kernel overlayfs).
 //!
 //! Keys name active snapshots and views; names name committed ones; both share one namespace.
-//! Layers go in and out through `apply` and `diff` (containerd's separate diff service).
+//! Layers go in and out through `apply` and `diff` (containerd's separate diff service), whole
+//! trees out through `export`, and `mount` makes a snapshot a directory (containerd's `Mounts`,
+//! done for the caller).
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
+use std::path::Path;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::layer::{ExportReport, ImportLimits};
 use crate::records::{SnapshotKind, Timestamp};
-use crate::store::{Store, Usage};
+use crate::store::Usage;
 
 /// What a backend reports about one snapshot.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +38,8 @@ pub struct AppliedLayer {
 
 /// A copy-on-write snapshot backend.
 pub trait Snapshotter: Send + Sync {
+    /// The name users pick the backend by: `fuse` or `overlayfs`.
+    fn backend(&self) -> &'static str;
     /// Creates the active (writable) snapshot `key` on top of the committed snapshot `parent`,
     /// or empty. Costs O(1) whatever the size of the parent.
     fn prepare(&self, key: &str, parent: Option<&str>) -> Result<SnapshotInfo>;
@@ -58,74 +64,28 @@ pub trait Snapshotter: Send + Sync {
     ) -> Result<AppliedLayer>;
     /// Writes the OCI layer of `key`: its changes from its parent.
     fn diff(&self, key: &str, out: &mut dyn Write) -> Result<ExportReport>;
+    /// Writes the whole file tree of `key` as one tar in the layer format (no whiteouts), the
+    /// same bytes from every backend for the same tree.
+    fn export(&self, key: &str, out: &mut dyn Write) -> Result<ExportReport>;
+    /// Makes the snapshot `key` visible at `target`, an existing empty directory, until the
+    /// returned guard is unmounted or dropped. Writes through an active snapshot's mount land
+    /// in that snapshot; committed snapshots and views are mounted read-only. An active
+    /// snapshot is mounted at most once at a time, and a mounted snapshot cannot be committed
+    /// or removed by this process.
+    fn mount(&self, key: &str, target: &Path) -> io::Result<Box<dyn Mounted>>;
 }
 
-impl Store {
-    fn info(&self, rec: crate::records::SnapshotRecord) -> Result<SnapshotInfo> {
-        let parent = match rec.parent {
-            Some(p) => Some(self.record(p)?.name),
-            None => None,
-        };
-        Ok(SnapshotInfo {
-            name: rec.name,
-            parent,
-            kind: rec.kind,
-            created: rec.created,
-            labels: rec.labels,
-        })
-    }
+/// A mounted snapshot. Dropping it unmounts (and logs a failure); `unmount` reports it.
+pub trait Mounted: Send {
+    fn path(&self) -> &Path;
+    /// Unmounts and waits until every write made through the mount is in the snapshot.
+    fn unmount(self: Box<Self>) -> io::Result<()>;
 }
 
-impl Snapshotter for Store {
-    fn prepare(&self, key: &str, parent: Option<&str>) -> Result<SnapshotInfo> {
-        let rec = Store::prepare(self, key, parent)?;
-        self.info(rec)
+/// The one rule for snapshot names and keys, whichever the backend.
+pub(crate) fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 1024 || name.contains('\0') {
+        return Err(Error::Invalid(format!("snapshot name {name:?}")));
     }
-
-    fn view(&self, key: &str, parent: &str) -> Result<SnapshotInfo> {
-        let rec = Store::view(self, key, parent)?;
-        self.info(rec)
-    }
-
-    fn commit(&self, name: &str, key: &str) -> Result<SnapshotInfo> {
-        let rec = Store::commit(self, name, key)?;
-        self.info(rec)
-    }
-
-    fn remove(&self, key: &str) -> Result<()> {
-        Store::remove(self, key)
-    }
-
-    fn stat(&self, key: &str) -> Result<SnapshotInfo> {
-        let rec = Store::stat(self, key)?;
-        self.info(rec)
-    }
-
-    fn walk(&self) -> Result<Vec<SnapshotInfo>> {
-        self.list()?.into_iter().map(|r| self.info(r)).collect()
-    }
-
-    fn usage(&self, key: &str) -> Result<Usage> {
-        Store::usage(self, key)
-    }
-
-    fn apply(
-        &self,
-        name: &str,
-        parent: Option<&str>,
-        layer: &mut dyn Read,
-        limits: &ImportLimits,
-    ) -> Result<AppliedLayer> {
-        let rep = crate::layer::import_layer(self, name, parent, layer, limits)?;
-        Ok(AppliedLayer {
-            info: self.info(rep.snapshot)?,
-            diff_id: rep.diff_id,
-            entries: rep.entries,
-            tar_bytes: rep.tar_bytes,
-        })
-    }
-
-    fn diff(&self, key: &str, out: &mut dyn Write) -> Result<ExportReport> {
-        crate::layer::export_layer(self, key, false, out)
-    }
+    Ok(())
 }

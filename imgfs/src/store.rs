@@ -3,8 +3,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
-use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -72,44 +70,6 @@ pub struct Store {
     pub(crate) inner: Arc<Inner>,
 }
 
-fn lock_file(root: &Path) -> Result<File> {
-    let path = root.join("LOCK");
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .ctx(|| format!("open {}", path.display()))?;
-    // A lock that names our own pid may be held by a child we are starting: between fork and
-    // exec it shares our descriptors, this LOCK's included (seen in tests that spawn processes
-    // while others reopen a store). That clears within milliseconds, so wait for it a little;
-    // a lock held by another process fails at once.
-    let own = std::process::id().to_string();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    // SAFETY: flock on an fd we own; no memory is involved.
-    while unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let pid = std::fs::read_to_string(&path).unwrap_or_default();
-        let pid = pid.trim();
-        if pid == own && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-            continue;
-        }
-        return Err(Error::Locked {
-            path: root.to_path_buf(),
-            pid: if pid.is_empty() {
-                "unknown".into()
-            } else {
-                pid.into()
-            },
-        });
-    }
-    f.set_len(0)
-        .ctx(|| format!("truncate {}", path.display()))?;
-    write!(f, "{}", std::process::id()).ctx(|| format!("write {}", path.display()))?;
-    Ok(f)
-}
-
 impl Store {
     /// Creates an empty store in `root` (which may exist but must not hold a store).
     pub fn create(root: &Path, opts: StoreOptions) -> Result<Store> {
@@ -123,7 +83,7 @@ impl Store {
         if root.join("meta").exists() {
             return Err(Error::Exists(format!("store {}", root.display())));
         }
-        let lock = lock_file(root)?;
+        let lock = crate::lock::lock_dir(root)?;
         let meta = MetaDb::create(&root.join("meta"))?;
         let mut b = Batch::default();
         b.put(&key::meta("format"), &FORMAT_VERSION.to_le_bytes());
@@ -157,7 +117,7 @@ impl Store {
         let lock = if read_only {
             None
         } else {
-            Some(lock_file(root)?)
+            Some(crate::lock::lock_dir(root)?)
         };
         let meta = MetaDb::open(&root.join("meta"), read_only)?;
         let read_u64 = |name: &str| -> Result<u64> {
@@ -309,20 +269,13 @@ impl Store {
         Ok(Chain::new(ids))
     }
 
-    fn check_name(name: &str) -> Result<()> {
-        if name.is_empty() || name.len() > 1024 || name.contains('\0') {
-            return Err(Error::Invalid(format!("snapshot name {name:?}")));
-        }
-        Ok(())
-    }
-
     fn new_snapshot(
         &self,
         name: &str,
         parent: Option<&str>,
         kind: SnapshotKind,
     ) -> Result<SnapshotRecord> {
-        Self::check_name(name)?;
+        crate::snapshot::check_name(name)?;
         let _g = self.inner.chunk_lock.lock().expect("poisoned");
         if self.inner.meta.get(&key::name(name))?.is_some() {
             return Err(Error::Exists(format!("snapshot {name}")));
@@ -403,7 +356,7 @@ impl Store {
     /// chunks into the chunk store, drops inodes that lost their last link, then makes it all
     /// durable with one synced batch. Costs O(what the snapshot changed).
     pub fn commit(&self, name: &str, key: &str) -> Result<SnapshotRecord> {
-        Self::check_name(name)?;
+        crate::snapshot::check_name(name)?;
         let rec = self.stat(key)?;
         if !matches!(rec.kind, SnapshotKind::Active | SnapshotKind::Importing) {
             return Err(Error::Invalid(format!("snapshot {key} is not active")));

@@ -60,7 +60,7 @@ impl Fixture {
     }
 
     /// Mounts snapshot `name` (writable if it is active) until the returned session is dropped.
-    fn mount(&self, name: &str, at: &Path) -> fuser::BackgroundSession {
+    fn mount(&self, name: &str, at: &Path) -> fuse::FuseMount {
         let tree = if self.store.stat(name).unwrap().kind == imgfs::SnapshotKind::Active {
             self.store.tree(name).unwrap()
         } else {
@@ -78,7 +78,7 @@ impl Fixture {
 
 /// Unmounts and waits for the serving threads. Retries EBUSY for a while: a process forked by
 /// another test thread can hold a descriptor into this mount until it calls exec.
-fn unmount(session: fuser::BackgroundSession, mnt: &Path) {
+fn unmount(session: fuse::FuseMount, mnt: &Path) {
     for _ in 0..100 {
         let out = Command::new("fusermount3")
             .arg("-u")

@@ -3,22 +3,21 @@
 
 use std::io::Read;
 
-use builder::backend::{Backend, ImgfsBackend};
 use builder::runc::{Executor, RunRequest, RuncExecutor};
-use imgfs::Snapshotter;
 use imgfs::layer::ImportLimits;
+use imgfs::{FuseSnapshotter, Snapshotter};
 use tests::fixtures;
 
 struct Rig {
     dir: tempfile::TempDir,
-    backend: ImgfsBackend,
+    backend: FuseSnapshotter,
     exec: RuncExecutor,
 }
 
 impl Rig {
     fn new() -> Rig {
         let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-        let backend = ImgfsBackend::open(&dir.path().join("imgfs")).unwrap();
+        let backend = FuseSnapshotter::open_or_create(&dir.path().join("imgfs")).unwrap();
         let tar = std::fs::read(fixtures::busybox_rootfs_tar().unwrap()).unwrap();
         backend
             .apply("base", None, &mut &tar[..], &ImportLimits::default())

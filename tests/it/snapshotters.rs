@@ -1,19 +1,19 @@
-//! The snapshot backends side by side: one conformance suite run against imgfs's `Store` and
-//! builder's `OverlaySnapshotter`, layers that must come out byte for byte the same from both,
+//! The snapshot backends side by side: one conformance suite run against imgfs's
+//! `FuseSnapshotter` and `OverlaySnapshotter`, layers that must come out byte for byte the same from both,
 //! and the overlay backend's mounts (which need root, as every overlay mount here does).
 
 use std::path::Path;
 
-use builder::backend::Backend;
-use builder::overlay::OverlaySnapshotter;
 use imgfs::layer::ImportLimits;
-use imgfs::{Error, SnapshotKind, Snapshotter, Store, StoreOptions};
+use imgfs::{
+    Error, FuseSnapshotter, OverlaySnapshotter, SnapshotKind, Snapshotter, Store, StoreOptions,
+};
 use tests::LayerBuilder;
 use tests::fixtures;
 use tests::layer::hostile;
 
-fn imgfs_store(dir: &Path) -> Store {
-    Store::create(&dir.join("imgfs"), StoreOptions::default()).unwrap()
+fn imgfs_store(dir: &Path) -> FuseSnapshotter {
+    FuseSnapshotter::new(Store::create(&dir.join("imgfs"), StoreOptions::default()).unwrap())
 }
 
 fn overlay(dir: &Path) -> OverlaySnapshotter {
@@ -325,9 +325,18 @@ fn both_backends_write_the_same_layer_bytes() {
         apply(s, "busybox", None, &busybox).unwrap();
         apply(s, "base", None, &base).unwrap();
         apply(s, "top", Some("base"), &top).unwrap();
-        out.push(vec![diff(s, "busybox"), diff(s, "base"), diff(s, "top")]);
+        apply(s, "busybox-top", Some("busybox"), &top).unwrap();
+        let mut whole = Vec::new();
+        s.export("busybox-top", &mut whole).unwrap();
+        out.push(vec![
+            diff(s, "busybox"),
+            diff(s, "base"),
+            diff(s, "top"),
+            whole,
+        ]);
     }
-    for (i, what) in ["busybox", "base", "top"].iter().enumerate() {
+    let whats = ["busybox", "base", "top", "export of busybox+top"];
+    for (i, what) in whats.iter().enumerate() {
         assert_eq!(
             listing(&out[0][i]),
             listing(&out[1][i]),
@@ -352,6 +361,15 @@ fn both_backends_write_the_same_layer_bytes() {
             top_paths.iter().any(|p| p == want),
             "{want} in {top_paths:?}"
         );
+    }
+    // The export is the merged tree: what the whiteouts hid is gone, and so are they.
+    let whole = paths(&out[1][3]);
+    assert!(whole.iter().all(|p| !p.contains(".wh.")), "{whole:?}");
+    for want in ["bin/busybox", "usr/bin/new", "var", "home/readme"] {
+        assert!(whole.iter().any(|p| p == want), "{want} in {whole:?}");
+    }
+    for gone in ["etc/group", "pipe"] {
+        assert!(!whole.iter().any(|p| p == gone), "{gone} in {whole:?}");
     }
 }
 

@@ -24,12 +24,12 @@ use oci_spec::image::{Descriptor, Digest, MediaType};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::backend::Backend;
 use crate::context::Context;
 use crate::dockerfile::{ArgScope, Dockerfile, ParseError};
 use crate::image::{ImageConfig, ImageStore};
 use crate::runc::Executor;
 use cache::{Cache, CacheKey};
+use imgfs::Snapshotter;
 pub use progress::Progress;
 
 /// What to build.
@@ -159,7 +159,7 @@ pub trait Puller: Sync {
 
 /// Builds images. Holds what a build needs and nothing about a particular build.
 pub struct Engine<'a> {
-    pub backend: &'a dyn Backend,
+    pub backend: &'a dyn Snapshotter,
     pub images: &'a ImageStore,
     pub executor: &'a dyn Executor,
     pub cache: &'a Cache,
@@ -176,7 +176,7 @@ pub struct Engine<'a> {
 
 impl<'a> Engine<'a> {
     pub fn new(
-        backend: &'a dyn Backend,
+        backend: &'a dyn Snapshotter,
         images: &'a ImageStore,
         executor: &'a dyn Executor,
         cache: &'a Cache,
@@ -363,7 +363,7 @@ pub fn image_state(image: &crate::image::Image) -> StageState {
 /// it lacks from their blobs, and returns its name (`None` for an empty tree). Snapshots are
 /// named by chain ID, so an image whose layers some build already made extracts nothing.
 pub fn ensure_snapshot(
-    backend: &dyn Backend,
+    backend: &dyn Snapshotter,
     images: &ImageStore,
     state: &StageState,
 ) -> Result<Option<String>, String> {
@@ -416,7 +416,7 @@ pub fn ensure_snapshot(
 
 /// `ensure_snapshot` for a stored image.
 pub fn ensure_image_snapshot(
-    backend: &dyn Backend,
+    backend: &dyn Snapshotter,
     images: &ImageStore,
     image: &crate::image::Image,
 ) -> Result<Option<String>, BuildError> {
@@ -442,18 +442,17 @@ pub fn config_changes(changes: &[String]) -> Result<crate::image::ContainerConfi
     Ok(config.config)
 }
 
-/// Writes the whole file tree of the imgfs snapshot `snapshot` into `dir` (which must be
-/// empty), with owners, modes, times, xattrs and hard links.
+/// Writes the whole file tree of the snapshot `snapshot` into `dir` (which must be empty), with
+/// owners, modes, times, xattrs and hard links.
 pub fn unpack_snapshot(
-    backend: &crate::backend::ImgfsBackend,
+    backend: &dyn Snapshotter,
     snapshot: &str,
     dir: &Path,
 ) -> Result<(), BuildError> {
     let (reader, mut writer) = std::io::pipe().map_err(|e| BuildError::Other(e.to_string()))?;
-    let store = backend.store();
     std::thread::scope(|s| {
         let export = s.spawn(move || {
-            let r = imgfs::layer::export_layer(store, snapshot, true, &mut writer);
+            let r = backend.export(snapshot, &mut writer);
             drop(writer);
             r
         });

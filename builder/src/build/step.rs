@@ -50,7 +50,7 @@ pub(super) struct StageRunner<'e, 'a> {
 enum SourceRoot {
     Context(PathBuf),
     /// A mounted view of a stage or image; unmounted and removed on drop.
-    Snapshot(Box<dyn crate::backend::Mounted>, String),
+    Snapshot(Box<dyn imgfs::Mounted>, String),
     Empty(tempfile::TempDir),
 }
 

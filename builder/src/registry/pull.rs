@@ -18,11 +18,11 @@ use super::RegistryError;
 use super::client::{Connection, Failure, Registry, classify, io_failure, oci_reference};
 use super::progress::BlobEvent;
 use super::sources::BlobSources;
-use crate::backend::Backend;
 use crate::image::{
     BlobWriter, Compression, Image, ImageConfig, ImageStore, Reference, docker_media_type,
     is_index, is_manifest, sha256_digest,
 };
+use imgfs::Snapshotter;
 
 /// The media types img accepts for a manifest, most preferred first.
 const ACCEPTED_MANIFESTS: [&str; 4] = [
@@ -143,7 +143,7 @@ impl Registry {
         &self,
         store: &ImageStore,
         name: &str,
-        backend: Option<&dyn Backend>,
+        backend: Option<&dyn Snapshotter>,
     ) -> Result<Pulled, RegistryError> {
         let reference = Reference::parse(name)?;
         let conn = self.connection(&reference)?;
@@ -707,7 +707,7 @@ struct Applied {
 /// whose streamed apply fails (say, its download started over) is applied again from the store
 /// once its download has ended. On an error the snapshots it created are removed again.
 fn apply_as_they_come(
-    backend: &dyn Backend,
+    backend: &dyn Snapshotter,
     store: &ImageStore,
     layers: &[Descriptor],
     diff_ids: &[Digest],
@@ -761,7 +761,7 @@ fn apply_as_they_come(
 
 /// `apply_layer` of a stored blob.
 fn apply_stored(
-    backend: &dyn Backend,
+    backend: &dyn Snapshotter,
     store: &ImageStore,
     name: &str,
     parent: Option<&str>,
@@ -777,7 +777,7 @@ fn apply_stored(
 /// Applies `layer`, read from `blob`, as the committed snapshot `name` on `parent`, and checks it
 /// has the diff id the image config gives it; one that does not is removed again.
 fn apply_layer(
-    backend: &dyn Backend,
+    backend: &dyn Snapshotter,
     name: &str,
     parent: Option<&str>,
     blob: &mut dyn std::io::Read,
@@ -799,7 +799,7 @@ fn apply_layer(
 }
 
 /// Removes snapshots a failed pull created, top first.
-fn remove_created(backend: Option<&dyn Backend>, created: &[String]) {
+fn remove_created(backend: Option<&dyn Snapshotter>, created: &[String]) {
     let Some(backend) = backend else {
         return;
     };

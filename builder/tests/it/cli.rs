@@ -153,3 +153,59 @@ fn labels_and_outputs() {
         "the whole tree, not a layer"
     );
 }
+
+/// `-o type=tar` and `type=local` export through the build's own backend: an overlayfs build
+/// never creates (or opens) the imgfs store, and both backends write the same tar, byte for
+/// byte, and the same tree.
+#[test]
+fn tree_outputs_come_from_the_builds_own_backend() {
+    if !can_run() {
+        return;
+    }
+    let rig = Rig::create();
+    let ctx = context(
+        "FROM busybox\nRUN mkdir -p /app && echo one > /app/one && ln /app/one /app/two\n\
+         RUN rm /etc/hostname && chmod 4755 /app\n",
+        &[],
+    );
+    let imgfs_store = rig.state.join("imgfs");
+    assert!(!imgfs_store.exists(), "img load made an imgfs store");
+    let mut tars = Vec::new();
+    let mut trees = Vec::new();
+    for backend in crate::BACKENDS.iter().rev() {
+        let dir = rig.dir.path().join(backend);
+        let tar = dir.join("rootfs.tar");
+        let local = dir.join("local");
+        std::fs::create_dir_all(&dir).unwrap();
+        if let Some(user) = crate::test_user() {
+            nix::unistd::chown(&dir, Some(user.uid), Some(user.gid)).unwrap();
+        }
+        rig.img_ok(&[
+            "build",
+            "--backend",
+            backend,
+            "-o",
+            &format!("type=tar,dest={}", tar.display()),
+            "-o",
+            &format!("type=local,dest={}", local.display()),
+            ctx.path().to_str().unwrap(),
+        ]);
+        if *backend == "overlayfs" {
+            assert!(
+                !imgfs_store.exists(),
+                "an overlayfs build created the imgfs store"
+            );
+        }
+        tars.push(std::fs::read(&tar).unwrap());
+        trees.push(tests::Manifest::of_dir(&local).unwrap());
+    }
+    assert!(
+        tars[0] == tars[1],
+        "overlayfs and fuse wrote different tars"
+    );
+    tests::assert_same(&trees[0], &trees[1]);
+    let two = trees[0].get("app/two").expect("app/two");
+    assert_eq!(trees[0].get("app/one").unwrap(), two);
+    assert!(trees[0].get("etc/hostname").is_none());
+    assert_eq!(trees[0].get("app").unwrap().mode, 0o4755);
+}

@@ -1,13 +1,12 @@
 //! Writing a snapshot as an OCI layer tar: its diff from its parent, or its whole tree.
 //!
-//! The output is deterministic: entries in layer order (`diff::LayerPath`), GNU headers with
-//! numeric owners and no user or group names, hard links as tar links to the first name written,
-//! extended attributes as PAX `SCHILY.xattr.*` records.
+//! Entries go out in layer order (`diff::LayerPath`) through `writer::LayerWriter`, which fixes
+//! the bytes.
 
 use std::io::{Read, Write};
 
-use super::HashingWriter;
 use super::diff::{Item, plan, plan_full};
+use super::writer::{EntryMeta, LayerWriter};
 use crate::error::{Error, Result};
 use crate::ids::Ino;
 use crate::records::FileKind;
@@ -40,135 +39,53 @@ pub fn export_layer<W: Write>(
         (_, true) | (None, _) => plan_full(&top)?,
         (Some(p), false) => plan(&top, Some(p), &[top.record().id], true)?,
     };
-    let mut builder = tar::Builder::new(HashingWriter::new(out));
-    let mut first_name: std::collections::HashMap<Ino, Vec<u8>> = std::collections::HashMap::new();
-    let mut entries = 0u64;
+    let mut w = LayerWriter::new(out);
     let io = |e: std::io::Error| Error::io("write layer", e);
     for (path, item) in &items {
         let bytes = path.to_bytes();
-        entries += 1;
         match item {
-            Item::Whiteout | Item::Opaque => {
-                let mut h = header(tar::EntryType::Regular);
-                h.set_mode(0o644);
-                h.set_size(0);
-                builder
-                    .append_data(&mut h, os(&bytes), std::io::empty())
-                    .map_err(io)?;
-            }
-            Item::Entry { ino } => write_entry(&top, &mut builder, *ino, &bytes, &mut first_name)?,
+            Item::Whiteout | Item::Opaque => w.marker(&bytes).map_err(io)?,
+            Item::Entry { ino } => write_entry(&top, &mut w, *ino, &bytes)?,
         }
     }
-    let w = builder.into_inner().map_err(io)?;
-    let (mut out, diff_id, bytes) = w.finish();
-    out.flush().map_err(io)?;
-    Ok(ExportReport {
-        diff_id,
-        entries,
-        bytes,
-    })
+    let (_, report) = w.finish().map_err(io)?;
+    Ok(report)
 }
 
-fn header(kind: tar::EntryType) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mtime(0);
-    h.set_uid(0);
-    h.set_gid(0);
-    h
-}
-
-fn os(b: &[u8]) -> &std::path::Path {
-    use std::os::unix::ffi::OsStrExt;
-    std::path::Path::new(std::ffi::OsStr::from_bytes(b))
-}
-
-fn write_entry<W: Write>(
-    tree: &Tree,
-    builder: &mut tar::Builder<W>,
-    ino: Ino,
-    path: &[u8],
-    first_name: &mut std::collections::HashMap<Ino, Vec<u8>>,
-) -> Result<()> {
+fn write_entry<W: Write>(tree: &Tree, w: &mut LayerWriter<W>, ino: Ino, path: &[u8]) -> Result<()> {
     let io = |e: std::io::Error| Error::io("write layer", e);
     let inode = tree.inode(ino)?;
-    if inode.kind != FileKind::Dir && inode.links.len() > 1 {
-        if let Some(first) = first_name.get(&ino) {
-            let mut h = header(tar::EntryType::Link);
-            h.set_mode(inode.perm);
-            h.set_uid(inode.uid as u64);
-            h.set_gid(inode.gid as u64);
-            h.set_mtime(inode.mtime.sec.max(0) as u64);
-            h.set_size(0);
-            return builder.append_link(&mut h, os(path), os(first)).map_err(io);
-        }
-        first_name.insert(ino, path.to_vec());
-    }
-    if !inode.xattrs.is_empty() {
-        let records: Vec<(String, &[u8])> = inode
-            .xattrs
-            .iter()
-            .map(|(n, v)| {
-                (
-                    format!("SCHILY.xattr.{}", String::from_utf8_lossy(n)),
-                    v.as_slice(),
-                )
-            })
-            .collect();
-        builder
-            .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
-            .map_err(io)?;
-    }
-    let kind = match inode.kind {
-        FileKind::File => tar::EntryType::Regular,
-        FileKind::Dir => tar::EntryType::Directory,
-        FileKind::Symlink => tar::EntryType::Symlink,
-        FileKind::CharDev => tar::EntryType::Char,
-        FileKind::BlockDev => tar::EntryType::Block,
-        FileKind::Fifo => tar::EntryType::Fifo,
-        FileKind::Socket => return Ok(()), // tar cannot carry sockets; tar -c skips them too
+    let meta = EntryMeta {
+        kind: inode.kind,
+        perm: inode.perm,
+        uid: inode.uid,
+        gid: inode.gid,
+        mtime: inode.mtime.sec,
+        rdev: inode.rdev,
+        size: inode.size,
     };
-    let mut h = header(kind);
-    h.set_mode(inode.perm);
-    h.set_uid(inode.uid as u64);
-    h.set_gid(inode.gid as u64);
-    h.set_mtime(inode.mtime.sec.max(0) as u64);
-    h.set_size(0);
-    if matches!(inode.kind, FileKind::CharDev | FileKind::BlockDev) {
-        h.set_device_major(libc::major(inode.rdev)).map_err(io)?;
-        h.set_device_minor(libc::minor(inode.rdev)).map_err(io)?;
+    if inode.kind != FileKind::Dir
+        && inode.links.len() > 1
+        && w.hard_link((ino.0, 0), path, &meta).map_err(io)?
+    {
+        return Ok(());
     }
-    match inode.kind {
-        FileKind::Symlink => builder
-            .append_link(&mut h, os(path), os(&inode.target))
-            .map_err(io),
-        FileKind::File => {
-            h.set_size(inode.size);
-            let reader = FileReader {
-                tree,
-                ino,
-                pos: 0,
-                size: inode.size,
-                error: None,
-            };
-            let mut reader = reader;
-            let r = builder.append_data(&mut h, os(path), &mut reader);
-            if let Some(e) = reader.error {
-                return Err(e);
-            }
-            r.map_err(io)
-        }
-        FileKind::Dir => {
-            let mut p = path.to_vec();
-            p.push(b'/');
-            builder
-                .append_data(&mut h, os(&p), std::io::empty())
-                .map_err(io)
-        }
-        _ => builder
-            .append_data(&mut h, os(path), std::io::empty())
-            .map_err(io),
+    let mut reader = FileReader {
+        tree,
+        ino,
+        pos: 0,
+        size: if inode.kind == FileKind::File {
+            inode.size
+        } else {
+            0
+        },
+        error: None,
+    };
+    let r = w.entry(path, &meta, &inode.xattrs, &inode.target, &mut reader);
+    if let Some(e) = reader.error {
+        return Err(e);
     }
+    r.map_err(io)
 }
 
 /// Reads a file's content from a tree, for the tar builder.

@@ -7,6 +7,7 @@
 pub mod diff;
 pub mod export;
 pub mod import;
+pub(crate) mod writer;
 
 use std::io::{Read, Write};
 

@@ -6,13 +6,11 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
-use builder::backend::{Backend, ImgfsBackend};
 use builder::build::{BuildRequest, Engine, Progress};
 use builder::context::Context;
 use builder::dockerfile;
 use builder::dockerignore::Matcher;
 use builder::image::{self, Reference};
-use builder::overlay::OverlaySnapshotter;
 use builder::state::{BackendKind, State};
 
 #[derive(clap::Args)]
@@ -178,22 +176,10 @@ pub fn build(state: &State, args: Args) -> Result<()> {
     let executor = state.executor()?;
     let cache = &state.cache;
     let scratch = state.scratch();
-    // The imgfs store can be open once per process: a FUSE build and its outputs share it.
-    let imgfs = match args.backend {
-        BackendKind::Fuse => Some(state.imgfs()?),
-        BackendKind::Overlayfs => None,
-    };
-    let overlay = match args.backend {
-        BackendKind::Overlayfs => Some(open_overlay(state)?),
-        BackendKind::Fuse => None,
-    };
-    let backend: &dyn Backend = match (&imgfs, &overlay) {
-        (Some(b), _) => b,
-        (_, Some(o)) => o,
-        (None, None) => unreachable!("one backend is open"),
-    };
+    // A store can be open once per process: the build and its outputs share the backend.
+    let backend = state.backend(args.backend)?;
     let mut engine = Engine::new(
-        backend,
+        backend.as_ref(),
         &state.images,
         &executor,
         cache,
@@ -228,15 +214,7 @@ pub fn build(state: &State, args: Args) -> Result<()> {
                 })?;
             }
             Output::Tar(dest) | Output::Local(dest) => {
-                let opened;
-                let fs: &ImgfsBackend = match &imgfs {
-                    Some(b) => b,
-                    None => {
-                        opened = state.imgfs()?;
-                        &opened
-                    }
-                };
-                write_tree(state, fs, &built, out, dest)?;
+                write_tree(state, backend.as_ref(), &built, out, dest)?;
             }
         }
     }
@@ -245,12 +223,6 @@ pub fn build(state: &State, args: Args) -> Result<()> {
         eprintln!("Successfully tagged {}", tag.familiar());
     }
     Ok(())
-}
-
-fn open_overlay(state: &State) -> Result<OverlaySnapshotter> {
-    Ok(OverlaySnapshotter::open_or_create(
-        &state.dir().join("overlayfs"),
-    )?)
 }
 
 fn read_dockerfile(path: &Path) -> Result<String> {
@@ -274,7 +246,7 @@ fn write_to(dest: &Path, f: impl FnOnce(&mut dyn io::Write) -> Result<()>) -> Re
 /// `-o type=tar` and `type=local`: the final file tree, flattened.
 fn write_tree(
     state: &State,
-    fs: &ImgfsBackend,
+    backend: &dyn imgfs::Snapshotter,
     built: &builder::build::Built,
     out: &Output,
     dest: &Path,
@@ -283,20 +255,20 @@ fn write_tree(
         config: built.config.clone(),
         layers: built.layers.clone(),
     };
-    let snapshot = builder::build::ensure_snapshot(fs, &state.images, &state_of)
+    let snapshot = builder::build::ensure_snapshot(backend, &state.images, &state_of)
         .map_err(anyhow::Error::msg)?;
     match out {
         Output::Local(dir) => {
             std::fs::create_dir_all(dir)?;
             if let Some(s) = snapshot {
-                builder::build::unpack_snapshot(fs, &s, dir)?;
+                builder::build::unpack_snapshot(backend, &s, dir)?;
             }
             Ok(())
         }
         _ => write_to(dest, |w| {
             match snapshot {
                 Some(s) => {
-                    imgfs::layer::export_layer(fs.store(), &s, true, w)?;
+                    backend.export(&s, w)?;
                 }
                 None => {
                     tar::Builder::new(w).finish()?;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use builder::image::{self, ArchiveFormat, ImportOptions, Reference};
-use builder::state::State;
+use builder::state::{BackendKind, State};
 use chrono::Utc;
 
 /// Prints rows as columns separated by three spaces, as `docker images` and img do.
@@ -286,10 +286,10 @@ pub fn unpack(state: &State, name: &str, dir: &Path) -> Result<()> {
         bail!("{} exists and is not empty", dir.display());
     }
     std::fs::create_dir_all(dir)?;
-    let backend = state.imgfs()?;
-    let snapshot = builder::build::ensure_image_snapshot(&backend, &state.images, &img)?;
+    let backend = state.backend(BackendKind::Fuse)?;
+    let snapshot = builder::build::ensure_image_snapshot(backend.as_ref(), &state.images, &img)?;
     if let Some(snapshot) = snapshot {
-        builder::build::unpack_snapshot(&backend, &snapshot, dir)?;
+        builder::build::unpack_snapshot(backend.as_ref(), &snapshot, dir)?;
     }
     Ok(())
 }

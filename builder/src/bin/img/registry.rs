@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use builder::build::Puller;
 use builder::image::ImageStore;
 use builder::registry::{self, Options, Platform, Registry, Reporter};
-use builder::state::State;
+use builder::state::{BackendKind, State};
 
 /// Flags every registry command takes.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -77,7 +77,7 @@ pub fn pull(state: &State, args: PullArgs) -> Result<()> {
     // (~80 ms of CPU) on one thread, creating or opening the snapshot store (fsyncs) on this one.
     let (connected, backend) = std::thread::scope(|s| {
         let connect = s.spawn(|| registry.connect(&args.name));
-        let backend = state.imgfs();
+        let backend = state.backend(BackendKind::Fuse);
         (connect.join().expect("connecting does not panic"), backend)
     });
     connected?;
@@ -85,7 +85,7 @@ pub fn pull(state: &State, args: PullArgs) -> Result<()> {
     println!("Pulling {reference}...");
     let backend = backend?;
     let pulled = registry
-        .pull(&state.images, &args.name, Some(&backend))
+        .pull(&state.images, &args.name, Some(backend.as_ref()))
         .with_context(|| format!("failed to pull {reference}"))?;
     println!("Digest: {}", pulled.image.manifest_digest);
     if let Some(snapshot) = &pulled.snapshot {

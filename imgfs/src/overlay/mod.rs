@@ -1,5 +1,5 @@
 //! The kernel overlayfs backend: snapshots as plain directories that overlayfs stacks,
-//! implementing the `Snapshotter` verbs and `Backend::mount`.
+//! implementing the `Snapshotter` verbs, mounts included.
 //!
 //! Layout under the root directory:
 //! - `LOCK`: flocked by the one process that has the backend open, and holding its pid;
@@ -27,19 +27,18 @@ use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use imgfs::layer::{ExportReport, ImportLimits};
-use imgfs::{
+use crate::layer::{ExportReport, ImportLimits};
+use crate::{
     AppliedLayer, Error, Result, SnapshotInfo, SnapshotKind, Snapshotter, Timestamp, Usage,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, Mounted};
+use crate::snapshot::Mounted;
 
 const RECORDS: &str = "snapshots.json";
 
@@ -50,7 +49,8 @@ pub struct OverlaySnapshotter {
     /// Ids of snapshots mounted by this process: they may not be committed or removed, and an
     /// active one may not be mounted twice.
     mounted: Arc<Mutex<HashSet<u64>>>,
-    _lock: File,
+    /// The store's lock; `None` when opened read-only.
+    lock: Option<File>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,42 +99,6 @@ fn io_err(context: impl Into<String>, source: io::Error) -> Error {
     }
 }
 
-fn check_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > 1024 || name.contains('\0') {
-        return Err(Error::Invalid(format!("snapshot name {name:?}")));
-    }
-    Ok(())
-}
-
-fn lock_file(root: &Path) -> Result<File> {
-    let path = root.join("LOCK");
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| io_err(format!("open {}", path.display()), e))?;
-    // SAFETY: flock on an fd we own; no memory is involved.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let pid = std::fs::read_to_string(&path).unwrap_or_default();
-        let pid = pid.trim();
-        return Err(Error::Locked {
-            path: root.to_path_buf(),
-            pid: if pid.is_empty() {
-                "unknown".into()
-            } else {
-                pid.into()
-            },
-        });
-    }
-    f.set_len(0)
-        .map_err(|e| io_err(format!("truncate {}", path.display()), e))?;
-    write!(f, "{}", std::process::id())
-        .map_err(|e| io_err(format!("write {}", path.display()), e))?;
-    Ok(f)
-}
-
 impl OverlaySnapshotter {
     /// Creates an empty backend in `root`, which may exist but must not hold one.
     pub fn create(root: &Path) -> Result<OverlaySnapshotter> {
@@ -146,7 +110,7 @@ impl OverlaySnapshotter {
                 root.display()
             )));
         }
-        let lock = lock_file(root)?;
+        let lock = crate::lock::lock_dir(root)?;
         write_state(root, &State::default())?;
         drop(lock);
         OverlaySnapshotter::open(root)
@@ -155,6 +119,18 @@ impl OverlaySnapshotter {
     /// Opens the backend in `root`. Only one process may have it open; a second gets
     /// `Error::Locked` naming the first one's pid. Rolls back what a crash left half done.
     pub fn open(root: &Path) -> Result<OverlaySnapshotter> {
+        let s = OverlaySnapshotter::open_inner(root, false)?;
+        s.recover()?;
+        Ok(s)
+    }
+
+    /// Opens the backend in `root` to mount committed snapshots only, without its lock: another
+    /// process may have it open meanwhile. The changing verbs fail.
+    pub fn open_read_only(root: &Path) -> Result<OverlaySnapshotter> {
+        OverlaySnapshotter::open_inner(root, true)
+    }
+
+    fn open_inner(root: &Path, read_only: bool) -> Result<OverlaySnapshotter> {
         let path = root.join(RECORDS);
         if !path.exists() {
             return Err(Error::NotFound(format!(
@@ -162,22 +138,36 @@ impl OverlaySnapshotter {
                 root.display()
             )));
         }
-        let lock = lock_file(root)?;
+        let lock = if read_only {
+            None
+        } else {
+            Some(crate::lock::lock_dir(root)?)
+        };
         let bytes =
             std::fs::read(&path).map_err(|e| io_err(format!("read {}", path.display()), e))?;
         let state: State = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Corrupt(format!("{}: {e}", path.display())))?;
         let empty = root.join("empty");
-        std::fs::create_dir_all(&empty)
-            .map_err(|e| io_err(format!("create {}", empty.display()), e))?;
-        let s = OverlaySnapshotter {
+        if !read_only {
+            std::fs::create_dir_all(&empty)
+                .map_err(|e| io_err(format!("create {}", empty.display()), e))?;
+        }
+        Ok(OverlaySnapshotter {
             root: root.to_path_buf(),
             state: Mutex::new(state),
             mounted: Arc::default(),
-            _lock: lock,
-        };
-        s.recover()?;
-        Ok(s)
+            lock,
+        })
+    }
+
+    fn writable(&self) -> Result<()> {
+        match self.lock {
+            Some(_) => Ok(()),
+            None => Err(Error::ReadOnly(format!(
+                "overlayfs backend {} is open read-only",
+                self.root.display()
+            ))),
+        }
     }
 
     /// Opens the backend in `root`, creating it if it does not exist yet.
@@ -280,7 +270,8 @@ impl OverlaySnapshotter {
         parent: Option<&str>,
         kind: Kind,
     ) -> Result<(SnapshotInfo, u64)> {
-        check_name(name)?;
+        crate::snapshot::check_name(name)?;
+        self.writable()?;
         let mut state = self.state.lock().expect("poisoned");
         if state.by_name(name).is_some() {
             return Err(Error::Exists(format!("snapshot {name}")));
@@ -360,6 +351,10 @@ fn remove_tree(path: &Path) -> Result<()> {
 }
 
 impl Snapshotter for OverlaySnapshotter {
+    fn backend(&self) -> &'static str {
+        "overlayfs"
+    }
+
     fn prepare(&self, key: &str, parent: Option<&str>) -> Result<SnapshotInfo> {
         Ok(self.new_snapshot(key, parent, Kind::Active)?.0)
     }
@@ -369,7 +364,8 @@ impl Snapshotter for OverlaySnapshotter {
     }
 
     fn commit(&self, name: &str, key: &str) -> Result<SnapshotInfo> {
-        check_name(name)?;
+        crate::snapshot::check_name(name)?;
+        self.writable()?;
         let mut state = self.state.lock().expect("poisoned");
         let rec = state.get(key)?.clone();
         if !matches!(rec.kind, Kind::Active | Kind::Importing) {
@@ -395,6 +391,7 @@ impl Snapshotter for OverlaySnapshotter {
     }
 
     fn remove(&self, key: &str) -> Result<()> {
+        self.writable()?;
         let mut state = self.state.lock().expect("poisoned");
         let rec = state.get(key)?.clone();
         if let Some(child) = state.records.values().find(|r| r.parent == Some(rec.id)) {
@@ -505,11 +502,22 @@ impl Snapshotter for OverlaySnapshotter {
         };
         diff::write_layer(upper.as_deref(), &lowers, out)
     }
-}
 
-impl Backend for OverlaySnapshotter {
-    fn name(&self) -> &'static str {
-        "overlayfs"
+    fn export(&self, key: &str, out: &mut dyn Write) -> Result<ExportReport> {
+        let layers = {
+            let state = self.state.lock().expect("poisoned");
+            let rec = state.get(key)?;
+            if rec.kind == Kind::Importing {
+                return Err(Error::Invalid(format!("snapshot {key} is being imported")));
+            }
+            let mut layers = Vec::new();
+            if rec.kind != Kind::View {
+                layers.push(self.fs_dir(rec.id));
+            }
+            layers.extend(self.lowers(&state, rec.parent)?);
+            layers
+        };
+        diff::write_tree(&layers, out)
     }
 
     fn mount(&self, key: &str, target: &Path) -> io::Result<Box<dyn Mounted>> {
@@ -521,6 +529,12 @@ impl Backend for OverlaySnapshotter {
         let mut opts = String::new();
         let mut flags = nix::mount::MsFlags::empty();
         let upper = match rec.kind {
+            Kind::Active if self.lock.is_none() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::ReadOnlyFilesystem,
+                    format!("snapshot {key} is active and the backend is open read-only"),
+                ));
+            }
             Kind::Active => Some((self.fs_dir(rec.id), self.snapshot_dir(rec.id).join("work"))),
             Kind::Committed => {
                 lowers.insert(0, self.fs_dir(rec.id));

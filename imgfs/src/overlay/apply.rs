@@ -15,8 +15,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use imgfs::layer::{ImportLimits, OPAQUE_MARKER, WHITEOUT_PREFIX};
-use imgfs::{Error, Result};
+use crate::layer::{ImportLimits, OPAQUE_MARKER, WHITEOUT_PREFIX};
+use crate::{Error, Result};
 
 use super::sys::{self, check, cstr, fd_path, open_dir_beneath};
 use super::{io_err, lookup, os};
@@ -42,7 +42,7 @@ pub(crate) fn extract(
         upper,
         dir_times: BTreeMap::new(),
     };
-    let read = imgfs::layer::import::read_layer(input, limits, &mut |entry, path| {
+    let read = crate::layer::import::read_layer(input, limits, &mut |entry, path| {
         x.entry(entry, path, limits)
     })?;
     x.set_dir_times()?;
@@ -213,7 +213,7 @@ impl Extractor<'_> {
         path: &[u8],
         limits: &ImportLimits,
     ) -> Result<()> {
-        let comps = imgfs::layer::import::components(path, limits)?;
+        let comps = crate::layer::import::components(path, limits)?;
         let Some((name, dirs)) = comps.split_last() else {
             // The root directory itself: take its attributes.
             if entry.header().entry_type().is_dir() {
@@ -404,7 +404,7 @@ impl Extractor<'_> {
             .into_owned();
         let shown_target = shown(&target);
         let missing = || Error::NotFound(format!("hard link target {shown_target}"));
-        let tcomps = imgfs::layer::import::components(&target, limits)?;
+        let tcomps = crate::layer::import::components(&target, limits)?;
         let Some((tname, tdirs)) = tcomps.split_last() else {
             return Err(Error::NotPermitted(format!(
                 "hard link to directory {shown_target}"
@@ -509,7 +509,7 @@ impl Extractor<'_> {
 }
 
 fn now() -> (i64, u32) {
-    let t = imgfs::Timestamp::now();
+    let t = crate::Timestamp::now();
     (t.sec, t.nsec)
 }
 

@@ -5,8 +5,8 @@
 use std::os::unix::fs::{FileTypeExt, MetadataExt, symlink};
 use std::path::{Path, PathBuf};
 
-use imgfs::layer::ImportLimits;
-use imgfs::{Error, Snapshotter};
+use crate::layer::ImportLimits;
+use crate::{Error, Snapshotter};
 
 use super::*;
 

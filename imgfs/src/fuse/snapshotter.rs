@@ -1,0 +1,195 @@
+//! `FuseSnapshotter`: imgfs's store as a snapshot backend, its snapshots mounted over FUSE by
+//! threads of this process; and `FuseMount`, the guard of one such mount.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use super::MountOptions;
+use crate::error::Result;
+use crate::layer::{ExportReport, ImportLimits};
+use crate::records::{SnapshotKind, SnapshotRecord};
+use crate::snapshot::{AppliedLayer, Mounted, SnapshotInfo, Snapshotter};
+use crate::store::{Store, StoreOptions, Usage};
+
+/// imgfs as a snapshot backend: the store's verbs, and mounts served over FUSE.
+pub struct FuseSnapshotter {
+    store: Store,
+    options: MountOptions,
+}
+
+impl FuseSnapshotter {
+    /// Opens the store at `root` for writing, creating it if missing.
+    pub fn open_or_create(root: &Path) -> Result<FuseSnapshotter> {
+        let store = if root.join("meta").exists() {
+            Store::open(root)?
+        } else {
+            Store::create(root, StoreOptions::default())?
+        };
+        Ok(FuseSnapshotter::new(store))
+    }
+
+    /// Opens the store at `root` to mount committed snapshots only, without its lock: another
+    /// process may have it open for writing meanwhile. The changing verbs fail.
+    pub fn open_read_only(root: &Path) -> Result<FuseSnapshotter> {
+        Ok(FuseSnapshotter::new(Store::open_read_only(root)?))
+    }
+
+    /// Serves the snapshots of an open store, with the default mount options.
+    pub fn new(store: Store) -> FuseSnapshotter {
+        FuseSnapshotter {
+            store,
+            options: MountOptions::default(),
+        }
+    }
+
+    /// The options every mount of this backend gets.
+    pub fn with_options(mut self, options: MountOptions) -> FuseSnapshotter {
+        self.options = options;
+        self
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn info(&self, rec: SnapshotRecord) -> Result<SnapshotInfo> {
+        let parent = match rec.parent {
+            Some(p) => Some(self.store.record(p)?.name),
+            None => None,
+        };
+        Ok(SnapshotInfo {
+            name: rec.name,
+            parent,
+            kind: rec.kind,
+            created: rec.created,
+            labels: rec.labels,
+        })
+    }
+}
+
+impl Snapshotter for FuseSnapshotter {
+    fn backend(&self) -> &'static str {
+        "fuse"
+    }
+
+    fn prepare(&self, key: &str, parent: Option<&str>) -> Result<SnapshotInfo> {
+        let rec = self.store.prepare(key, parent)?;
+        self.info(rec)
+    }
+
+    fn view(&self, key: &str, parent: &str) -> Result<SnapshotInfo> {
+        let rec = self.store.view(key, parent)?;
+        self.info(rec)
+    }
+
+    fn commit(&self, name: &str, key: &str) -> Result<SnapshotInfo> {
+        let rec = self.store.commit(name, key)?;
+        self.info(rec)
+    }
+
+    fn remove(&self, key: &str) -> Result<()> {
+        self.store.remove(key)
+    }
+
+    fn stat(&self, key: &str) -> Result<SnapshotInfo> {
+        let rec = self.store.stat(key)?;
+        self.info(rec)
+    }
+
+    fn walk(&self) -> Result<Vec<SnapshotInfo>> {
+        self.store
+            .list()?
+            .into_iter()
+            .map(|r| self.info(r))
+            .collect()
+    }
+
+    fn usage(&self, key: &str) -> Result<Usage> {
+        self.store.usage(key)
+    }
+
+    fn apply(
+        &self,
+        name: &str,
+        parent: Option<&str>,
+        layer: &mut dyn Read,
+        limits: &ImportLimits,
+    ) -> Result<AppliedLayer> {
+        let rep = crate::layer::import_layer(&self.store, name, parent, layer, limits)?;
+        Ok(AppliedLayer {
+            info: self.info(rep.snapshot)?,
+            diff_id: rep.diff_id,
+            entries: rep.entries,
+            tar_bytes: rep.tar_bytes,
+        })
+    }
+
+    fn diff(&self, key: &str, out: &mut dyn Write) -> Result<ExportReport> {
+        crate::layer::export_layer(&self.store, key, false, out)
+    }
+
+    fn export(&self, key: &str, out: &mut dyn Write) -> Result<ExportReport> {
+        crate::layer::export_layer(&self.store, key, true, out)
+    }
+
+    fn mount(&self, key: &str, target: &Path) -> io::Result<Box<dyn Mounted>> {
+        let info = self.store.stat(key).map_err(io::Error::other)?;
+        let tree = match info.kind {
+            SnapshotKind::Active => self.store.tree(key),
+            _ => self.store.tree_read_only(key),
+        }
+        .map_err(io::Error::other)?;
+        Ok(Box::new(super::mount(tree, target, &self.options)?))
+    }
+}
+
+/// A FUSE mount served by threads of this process. Dropping it unmounts (and logs a failure);
+/// `unmount` reports it. Either way, every write made through the mount is in the snapshot
+/// once it returns.
+pub struct FuseMount {
+    pub(super) path: PathBuf,
+    pub(super) session: Option<fuser::BackgroundSession>,
+}
+
+impl FuseMount {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Unmounts and waits for the threads serving the mount.
+    pub fn unmount(mut self) -> io::Result<()> {
+        match self.session.take() {
+            Some(s) => s.umount_and_join(),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until the mount ends because something else unmounted it (`fusermount3 -u`,
+    /// umount(2)), and for the threads serving it.
+    pub fn join(mut self) -> io::Result<()> {
+        match self.session.take() {
+            Some(s) => s.join(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Mounted for FuseMount {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn unmount(self: Box<Self>) -> io::Result<()> {
+        FuseMount::unmount(*self)
+    }
+}
+
+impl Drop for FuseMount {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take()
+            && let Err(e) = s.umount_and_join()
+        {
+            tracing::warn!(path = %self.path.display(), "failed to unmount: {e}");
+        }
+    }
+}
