@@ -12,6 +12,8 @@ use clap::{Parser, Subcommand};
 mod build;
 #[path = "img/images.rs"]
 mod images;
+#[path = "img/mount.rs"]
+mod mount;
 #[path = "img/registry.rs"]
 mod registry;
 
@@ -67,6 +69,11 @@ enum Command {
     Import(images::ImportArgs),
     /// Extract an image's file tree into a directory.
     Unpack { name: String, dir: PathBuf },
+    /// Mount an image's file tree on a directory, read-only unless --writable, until
+    /// `img umount`.
+    Mount(mount::MountArgs),
+    /// Unmount what `img mount` mounted.
+    Umount { dir: PathBuf },
     /// Free what `img du` reports as reclaimable.
     Prune,
     /// Pull an image from a registry.
@@ -136,6 +143,14 @@ fn run(cli: Cli) -> Result<()> {
         let status = builder::userns::reexec(&[("IMG_STATE", dir.into_os_string())])?;
         std::process::exit(status.code().unwrap_or(1));
     }
+    // The serving process it starts takes the state lock, so this one must not hold it.
+    let command = match command {
+        Command::Mount(args) if !args.is_serve() => {
+            let dir = std::path::absolute(cli.state.unwrap_or_else(state::default_dir))?;
+            return mount::mount(&dir, args);
+        }
+        other => other,
+    };
     let state = open_state(cli.state)?;
     match command {
         Command::Build(args) => build::build(&state, args),
@@ -149,6 +164,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Import(args) => images::import(&state, args),
         Command::Unpack { name, dir } => images::unpack(&state, &name, &dir),
         Command::Prune => images::prune(&state),
+        Command::Mount(args) => mount::serve(state, args),
+        Command::Umount { dir } => mount::umount(&state, &dir),
         Command::Pull(args) => registry::pull(&state, args),
         Command::Push(args) => registry::push(&state, args),
         Command::Version | Command::Login(_) | Command::Logout(_) | Command::Doctor => {

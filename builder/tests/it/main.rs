@@ -14,6 +14,7 @@ mod cache;
 mod cli;
 mod commands;
 mod errors;
+mod mount;
 mod registry;
 mod registry_auth;
 mod unprivileged;
