@@ -292,7 +292,7 @@ pub fn check(store: &Store, repair: bool) -> Result<Report> {
             store.root().display()
         )));
     }
-    let _g = store.inner.chunk_lock.lock().expect("poisoned");
+    let _g = store.chunks().lock();
     let mut c = Checker::new(store, repair);
     c.snapshots()?;
     c.versioned()?;
@@ -436,7 +436,7 @@ impl<'a> Checker<'a> {
         Checker {
             store,
             repair,
-            meta: &store.inner.meta,
+            meta: store.meta(),
             counts: Counts::default(),
             found: Vec::new(),
             extra: Vec::new(),
@@ -946,7 +946,7 @@ impl<'a> Checker<'a> {
 
     fn read_chunk_meta(&mut self) -> Result<ChunkMeta> {
         let meta = self.meta;
-        let packs = &self.store.inner.packs;
+        let packs = &self.store.packs();
         let mut cm = ChunkMeta {
             by_pack: BTreeMap::new(),
             records: BTreeMap::new(),
@@ -1067,7 +1067,7 @@ impl<'a> Checker<'a> {
         fixes: bool,
         buf: &mut Vec<u8>,
     ) -> Result<()> {
-        let path = self.store.inner.packs.path(pack);
+        let path = self.store.packs().path(pack);
         let n = list.len() as u64;
         let record = cm.records.get(&pack).copied();
         if record.is_none() {
@@ -1146,7 +1146,7 @@ impl<'a> Checker<'a> {
     fn check_pack_records(&mut self, cm: &ChunkMeta, fixes: bool) {
         for (&pack, record) in &cm.records {
             let Some(record) = record else { continue };
-            let path = self.store.inner.packs.path(pack);
+            let path = self.store.packs().path(pack);
             let list = cm.by_pack.get(&pack).map_or(&[][..], Vec::as_slice);
             let all: u64 = list.iter().map(|(_, r)| r.len as u64).sum();
             let kept: u64 = list
@@ -1197,7 +1197,7 @@ impl<'a> Checker<'a> {
             }
             self.fixable(
                 Problem::OrphanPack {
-                    path: self.store.inner.packs.path(pack),
+                    path: self.store.packs().path(pack),
                 },
                 cm.known.then_some(Fix::RemovePack(pack)),
             );
@@ -1331,14 +1331,14 @@ impl<'a> Checker<'a> {
         }
         if !batch.is_empty() {
             tracing::warn!(writes = batch.len(), "fsck: repairing metadata");
-            store.inner.meta.write(batch, true)?;
+            store.meta().write(batch, true)?;
         }
-        store.release_chunks(&release)?;
+        store.chunks().release_chunks(&release)?;
         for (problem, fix) in self.found {
             let done = match &fix {
                 None => false,
                 Some(Fix::Put { .. } | Fix::DropChunk { .. }) => true,
-                Some(Fix::RemovePack(pack)) => store.inner.packs.remove_pack(*pack)?,
+                Some(Fix::RemovePack(pack)) => store.packs().remove_pack(*pack)?,
                 Some(Fix::RemoveScratch(path)) => {
                     let removed = if path.is_dir() {
                         std::fs::remove_dir_all(path)

@@ -92,7 +92,7 @@ pub(crate) fn plan(
     snaps: &[SnapshotId],
     parents: bool,
 ) -> Result<Vec<(LayerPath, Item)>> {
-    let meta = &top.store().inner.meta;
+    let meta = &top.store().meta();
     let mut candidates: BTreeSet<(Ino, Vec<u8>)> = BTreeSet::new();
     let mut inodes: BTreeSet<Ino> = BTreeSet::new();
     for &snap in snaps {

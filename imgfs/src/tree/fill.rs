@@ -85,7 +85,7 @@ impl Tree {
         let mut total = 0;
         let _chunks = match content {
             Some(content) => {
-                let guard = self.store.inner.chunk_lock.lock().expect("poisoned");
+                let guard = self.store.chunks().lock();
                 total = self.fill(&mut txn, &mut inode, content)?;
                 Some(guard)
             }
@@ -135,7 +135,7 @@ impl Tree {
     }
 
     /// Reads a file's whole content into new chunks, adding its extents and chunk records to
-    /// `txn` and its size, data id and object pack to `inode`. Caller holds `chunk_lock`.
+    /// `txn` and its size, data id and object pack to `inode`. Caller holds the chunk store's `lock`.
     ///
     /// A file of `OBJECT_MIN..=PACK_MAX` bytes gets its own object pack: its new chunks are
     /// written there at the file's offsets, so when all of them are new (or all already stored
@@ -182,7 +182,7 @@ impl Tree {
                     txn.put_extent(data, index, Extent::Zero);
                     zeros = true;
                 } else {
-                    let (digest, pack, offset) = self.store.put_chunk_at(
+                    let (digest, pack, offset) = self.store.chunks().put_chunk_at(
                         chunk,
                         object.map(|o| (o, at)),
                         &mut pending,
@@ -210,7 +210,9 @@ impl Tree {
             packs.finish_object(o, total, used && result.is_ok())?;
         }
         result?;
-        self.store.flush_chunks(&mut txn.b, pending, live, false)?;
+        self.store
+            .chunks()
+            .flush_chunks(&mut txn.b, pending, live, false)?;
         inode.size = total;
         inode.data = (total > 0).then_some(data);
         // A new object holds zeros where it has holes; an earlier one may not, so a file found
@@ -239,7 +241,7 @@ impl Tree {
         let mut txn = self.txn();
         let own: Vec<DirEntry> = {
             let prefix = key::dir_prefix(old);
-            let mut scan = self.store.inner.meta.prefix(&prefix);
+            let mut scan = self.store.meta().prefix(&prefix);
             let mut own = Vec::new();
             while let Some((k, v)) = scan.next_entry()? {
                 let (base, snap) = key::split_version(k);

@@ -241,12 +241,7 @@ impl Cache {
 impl Drop for Tree {
     fn drop(&mut self) {
         if self.writable {
-            self.store
-                .inner
-                .writers
-                .lock()
-                .expect("poisoned")
-                .remove(&self.rec.id);
+            self.store.release_writer(self.rec.id);
         }
     }
 }
@@ -389,13 +384,13 @@ impl Txn<'_> {
         let store = &self.tree.store;
         let batch = std::mem::take(&mut self.b);
         if self.unref.is_empty() {
-            return store.inner.meta.write(batch, false);
+            return store.meta().write(batch, false);
         }
-        let _g = store.inner.chunk_lock.lock().expect("poisoned");
+        let _g = store.chunks().lock();
         let mut batch = batch;
-        let freed = store.unref_chunks(&mut batch, &self.unref)?;
-        store.inner.meta.write(batch, false)?;
-        store.release_chunks(&freed)
+        let freed = store.chunks().unref_chunks(&mut batch, &self.unref)?;
+        store.meta().write(batch, false)?;
+        store.chunks().release_chunks(&freed)
     }
 }
 
@@ -426,7 +421,7 @@ impl Tree {
         chain: Chain,
         writable: bool,
     ) -> Result<Tree> {
-        if writable && !store.inner.writers.lock().expect("poisoned").insert(rec.id) {
+        if writable && !store.claim_writer(rec.id) {
             return Err(Error::Invalid(format!(
                 "snapshot {} is already open for writing",
                 rec.name
@@ -436,11 +431,11 @@ impl Tree {
         let mut next_slot = 0;
         if writable {
             let prefix = key::change_prefix(rec.id);
-            let mut scan = store.inner.meta.prefix(&prefix);
+            let mut scan = store.meta().prefix(&prefix);
             while let Some((k, _)) = scan.next_entry()? {
                 let base = &k[prefix.len()..];
                 if base[0] == key::EXTENT
-                    && let Some(v) = store.inner.meta.get(&key::versioned(base, rec.id))?
+                    && let Some(v) = store.meta().get(&key::versioned(base, rec.id))?
                     && let Extent::Dirty { slot } = Extent::decode(&v)?
                 {
                     next_slot = next_slot.max(slot + 1);
@@ -476,7 +471,7 @@ impl Tree {
     }
 
     pub fn chunk_size(&self) -> u64 {
-        self.store.inner.chunk_size as u64
+        self.store.chunk_size() as u64
     }
 
     fn head(&self) -> SnapshotId {

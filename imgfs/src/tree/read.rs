@@ -19,8 +19,7 @@ impl Tree {
         };
         let (inode, snap) = match self
             .store
-            .inner
-            .meta
+            .meta()
             .visible(&key::inode_base(ino), &self.chain)?
         {
             Some((snap, v)) => (Inode::decode(&v)?, snap),
@@ -54,8 +53,7 @@ impl Tree {
     ) -> Result<Option<(Ino, FileKind)>> {
         match self
             .store
-            .inner
-            .meta
+            .meta()
             .visible(&key::dentry_base(dir, name), chain)?
         {
             Some((_, v)) => match Dentry::decode(&v)? {
@@ -114,8 +112,7 @@ impl Tree {
         let prefix = key::dir_prefix(dir);
         let mut out = Vec::new();
         self.store
-            .inner
-            .meta
+            .meta()
             .visible_range(&prefix, &prefix, &self.chain, |base, _, v| {
                 if let Dentry::Entry { ino, kind } = Dentry::decode(v)? {
                     out.push(DirEntry {
@@ -148,8 +145,7 @@ impl Tree {
         let start = key::extent_base(data, first);
         let mut out = Vec::new();
         self.store
-            .inner
-            .meta
+            .meta()
             .visible_range(&prefix, &start, &self.chain, |base, snap, v| {
                 let index = key::read_u64(&base[9..]);
                 if index > last {
@@ -184,7 +180,7 @@ impl Tree {
             match extent {
                 Extent::Zero => {}
                 Extent::Stored { digest, .. } => {
-                    let (_, bytes) = self.store.chunk(&digest)?;
+                    let (_, bytes) = self.store.chunks().chunk(&digest)?;
                     let lo = (from - cstart) as usize;
                     let hi = ((to - cstart) as usize).min(bytes.len());
                     if lo < hi {

@@ -18,7 +18,7 @@ impl Tree {
         // Every orphan goes below, freed or not.
         *self.orphans.lock().expect("poisoned") = Orphans::default();
         let head = self.head();
-        let meta = &self.store.inner.meta;
+        let meta = self.store.meta();
         let prefix = key::change_prefix(head);
         let mut sizes: HashMap<DataId, u64> = HashMap::new();
         let mut orphans: Vec<(Ino, Inode)> = Vec::new();
@@ -81,7 +81,7 @@ impl Tree {
         let cs = self.chunk_size();
         for group in dirty.chunks(1024) {
             let mut txn = self.txn();
-            let _cg = self.store.inner.chunk_lock.lock().expect("poisoned");
+            let _cg = self.store.chunks().lock();
             let mut pending = HashMap::new();
             let mut live = HashMap::new();
             let mut buf = vec![0u8; cs as usize];
@@ -104,13 +104,18 @@ impl Tree {
                     Extent::Zero
                 } else {
                     Extent::Stored {
-                        digest: self.store.put_chunk(chunk, &mut pending, &mut live)?,
+                        digest: self
+                            .store
+                            .chunks()
+                            .put_chunk(chunk, &mut pending, &mut live)?,
                         len: len as u32,
                     }
                 };
                 txn.put_extent(data, index, extent);
             }
-            self.store.flush_chunks(&mut txn.b, pending, live, true)?;
+            self.store
+                .chunks()
+                .flush_chunks(&mut txn.b, pending, live, true)?;
             txn.write()?;
         }
         *self.scratch.lock().expect("poisoned") = None;

@@ -89,7 +89,7 @@ impl Tree {
         if let Some((Extent::Stored { digest, .. }, _)) = current
             && keep_upto > cstart
         {
-            let (_, bytes) = self.store.chunk(&digest)?;
+            let (_, bytes) = self.store.chunks().chunk(&digest)?;
             let n = ((keep_upto - cstart) as usize).min(bytes.len());
             self.scratch()?
                 .write_all_at(&bytes[..n], slot * cs)
@@ -278,8 +278,7 @@ impl Tree {
                         let below = match &self.parent {
                             Some(p) => self
                                 .store
-                                .inner
-                                .meta
+                                .meta()
                                 .visible(&key::extent_base(data, index), p)?,
                             None => None,
                         };
@@ -408,7 +407,7 @@ impl Tree {
     /// fsbench's small_files).
     pub fn fsync_metadata(&self) -> Result<()> {
         self.punch_forgotten()?;
-        self.store.inner.meta.sync_wal()
+        self.store.meta().sync_wal()
     }
 
     /// Makes this tree's writes durable: scratch data and the metadata log.
@@ -418,6 +417,6 @@ impl Tree {
         if let Some(f) = file {
             f.sync_data().ctx(|| "sync scratch file".into())?;
         }
-        self.store.inner.meta.sync_wal()
+        self.store.meta().sync_wal()
     }
 }
