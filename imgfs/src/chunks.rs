@@ -20,6 +20,7 @@ use memmap2::{Mmap, MmapOptions};
 
 use crate::error::{Error, IoContext, Result};
 use crate::ids::{ChunkDigest, PackId};
+use crate::meta::key::Key;
 use crate::meta::{Batch, MetaDb, key};
 use crate::records::{ChunkRecord, PackRecord};
 
@@ -451,7 +452,12 @@ impl ChunkStore {
         let mut known = BTreeMap::new();
         let mut scan = meta.prefix(&[key::PACK]);
         while let Some((k, v)) = scan.next_entry()? {
-            let id = PackId(u32::from_be_bytes(k[1..5].try_into().expect("pack key")));
+            let Some(Key::Pack(id)) = Key::parse(k) else {
+                return Err(Error::Corrupt(format!(
+                    "pack key {} does not decode",
+                    hex::encode(k)
+                )));
+            };
             known.insert(id, PackRecord::decode(v)?);
         }
         drop(scan);

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use crate::chunks::{ChunkStore, PackStore};
 use crate::error::{Error, IoContext, Result};
 use crate::ids::{ChunkDigest, Ino, SnapshotId};
+use crate::meta::key::Base;
 use crate::meta::{Batch, Chain, MetaDb, key};
 use crate::records::{
     ChunkRecord, Extent, FileKind, Inode, SnapshotKind, SnapshotRecord, Timestamp,
@@ -462,21 +463,18 @@ impl Store {
         let meta = &self.inner.meta;
         let mut b = Batch::default();
         let mut unref: HashMap<ChunkDigest, u64> = HashMap::new();
-        let prefix = key::change_prefix(rec.id);
-        let mut scan = meta.prefix(&prefix);
-        while let Some((k, _)) = scan.next_entry()? {
-            let base = &k[prefix.len()..];
-            let vkey = key::versioned(base, rec.id);
-            if base[0] == key::EXTENT
+        for base in meta.changes(rec.id) {
+            let base = base?;
+            let vkey = base.versioned(rec.id);
+            if let Base::Extent { .. } = base
                 && let Some(v) = meta.get(&vkey)?
                 && let Extent::Stored { digest, .. } = Extent::decode(&v)?
             {
                 *unref.entry(digest).or_default() += 1;
             }
             b.delete(&vkey);
-            b.delete(k);
+            b.delete(&base.change(rec.id));
         }
-        drop(scan);
         let freed = self.inner.chunks.unref_chunks(&mut b, &unref)?;
         b.delete(&key::snapshot(rec.id));
         if let Some(v) = meta.get(&key::name(&rec.name))?
@@ -529,14 +527,12 @@ impl Store {
         let meta = &self.inner.meta;
         let mut usage = Usage::default();
         let mut own: HashMap<ChunkDigest, (u64, u32)> = HashMap::new();
-        let prefix = key::change_prefix(rec.id);
-        let mut scan = meta.prefix(&prefix);
-        while let Some((k, _)) = scan.next_entry()? {
-            let base = &k[prefix.len()..];
-            match base[0] {
-                key::INODE => usage.inodes += 1,
-                key::EXTENT => match meta
-                    .get(&key::versioned(base, rec.id))?
+        for base in meta.changes(rec.id) {
+            let base = base?;
+            match base {
+                Base::Inode(_) => usage.inodes += 1,
+                Base::Extent { .. } => match meta
+                    .get(&base.versioned(rec.id))?
                     .map(|v| Extent::decode(&v))
                 {
                     Some(Ok(Extent::Stored { digest, len })) => {

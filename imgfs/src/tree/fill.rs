@@ -4,11 +4,12 @@
 
 use std::collections::HashMap;
 
+use super::read::bad_key;
 use super::{DirEntry, Tree, Txn, check_name, is_zero, show};
 use crate::chunks::PACK_MAX;
 use crate::error::{Error, IoContext, Result};
 use crate::ids::{ChunkDigest, DataId, Ino, PackId};
-use crate::meta::key;
+use crate::meta::key::{self, Base, Key};
 use crate::records::{ChunkRecord, Dentry, Extent, FileKind, Inode, Link, Timestamp};
 
 /// The smallest file that layer import stores in an object pack of its own. A mount passes
@@ -244,15 +245,16 @@ impl Tree {
             let mut scan = self.store.meta().prefix(&prefix);
             let mut own = Vec::new();
             while let Some((k, v)) = scan.next_entry()? {
-                let (base, snap) = key::split_version(k);
+                let Some(Key::Version { base, snap }) = Key::parse(k) else {
+                    return Err(bad_key(k));
+                };
                 if snap == self.head()
                     && let Dentry::Entry { ino, kind } = Dentry::decode(v)?
                 {
-                    own.push(DirEntry {
-                        name: base[prefix.len()..base.len() - 1].to_vec(),
-                        ino,
-                        kind,
-                    });
+                    let Base::Dentry { name, .. } = base else {
+                        return Err(bad_key(k));
+                    };
+                    own.push(DirEntry { name, ino, kind });
                 }
             }
             own

@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 use crate::ids::{ChunkDigest, DataId, Ino, SnapshotId};
-use crate::meta::{Batch, Chain, key};
+use crate::meta::key::{self, Base};
+use crate::meta::{Batch, Chain};
 use crate::records::{Dentry, Extent, FileKind, Inode, SnapshotRecord, Timestamp};
 use crate::store::Store;
 
@@ -430,12 +431,10 @@ impl Tree {
         // Slots already used by the head's dirty chunks (a reopened active snapshot).
         let mut next_slot = 0;
         if writable {
-            let prefix = key::change_prefix(rec.id);
-            let mut scan = store.meta().prefix(&prefix);
-            while let Some((k, _)) = scan.next_entry()? {
-                let base = &k[prefix.len()..];
-                if base[0] == key::EXTENT
-                    && let Some(v) = store.meta().get(&key::versioned(base, rec.id))?
+            for base in store.meta().changes(rec.id) {
+                let base = base?;
+                if let Base::Extent { .. } = base
+                    && let Some(v) = store.meta().get(&base.versioned(rec.id))?
                     && let Extent::Dirty { slot } = Extent::decode(&v)?
                 {
                     next_slot = next_slot.max(slot + 1);

@@ -4,7 +4,8 @@
 use super::{Attr, DirEntry, NAME_MAX, Tree, read_full_at, show};
 use crate::error::{Error, Result};
 use crate::ids::{DataId, Ino, SnapshotId};
-use crate::meta::{Chain, key};
+use crate::meta::Chain;
+use crate::meta::key::{self, Base};
 use crate::records::{Dentry, Extent, FileKind, Inode};
 
 impl Tree {
@@ -115,11 +116,10 @@ impl Tree {
             .meta()
             .visible_range(&prefix, &prefix, &self.chain, |base, _, v| {
                 if let Dentry::Entry { ino, kind } = Dentry::decode(v)? {
-                    out.push(DirEntry {
-                        name: base[prefix.len()..base.len() - 1].to_vec(),
-                        ino,
-                        kind,
-                    });
+                    let Some(Base::Dentry { name, .. }) = Base::parse(base) else {
+                        return Err(bad_key(base));
+                    };
+                    out.push(DirEntry { name, ino, kind });
                 }
                 Ok(out.len() < limit)
             })?;
@@ -147,7 +147,9 @@ impl Tree {
         self.store
             .meta()
             .visible_range(&prefix, &start, &self.chain, |base, snap, v| {
-                let index = key::read_u64(&base[9..]);
+                let Some(Base::Extent { index, .. }) = Base::parse(base) else {
+                    return Err(bad_key(base));
+                };
                 if index > last {
                     return Ok(false);
                 }
@@ -207,4 +209,9 @@ impl Tree {
                 .collect()),
         }
     }
+}
+
+/// The error for a key under a directory's or a content's prefix that does not decode.
+pub(super) fn bad_key(base: &[u8]) -> Error {
+    Error::Corrupt(format!("key {} does not decode", hex::encode(base)))
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use super::{Orphans, Tree, is_zero, read_full_at};
 use crate::error::Result;
 use crate::ids::{DataId, Ino};
-use crate::meta::key;
+use crate::meta::key::{self, Base};
 use crate::records::{Extent, Inode};
 
 impl Tree {
@@ -19,18 +19,15 @@ impl Tree {
         *self.orphans.lock().expect("poisoned") = Orphans::default();
         let head = self.head();
         let meta = self.store.meta();
-        let prefix = key::change_prefix(head);
         let mut sizes: HashMap<DataId, u64> = HashMap::new();
         let mut orphans: Vec<(Ino, Inode)> = Vec::new();
         let mut dirty: Vec<(DataId, u64, u64)> = Vec::new();
         {
-            let mut scan = meta.prefix(&prefix);
-            while let Some((k, _)) = scan.next_entry()? {
-                let base = &k[prefix.len()..];
-                match base[0] {
-                    key::INODE => {
-                        let ino = Ino(key::read_u64(&base[1..]));
-                        let Some(v) = meta.get(&key::versioned(base, head))? else {
+            for base in meta.changes(head) {
+                let base = base?;
+                match base {
+                    Base::Inode(ino) => {
+                        let Some(v) = meta.get(&base.versioned(head))? else {
                             continue;
                         };
                         let inode = Inode::decode(&v)?;
@@ -40,19 +37,15 @@ impl Tree {
                             sizes.insert(d, inode.size);
                         }
                     }
-                    key::EXTENT => {
-                        let Some(v) = meta.get(&key::versioned(base, head))? else {
+                    Base::Extent { data, index } => {
+                        let Some(v) = meta.get(&base.versioned(head))? else {
                             continue;
                         };
                         if let Extent::Dirty { slot } = Extent::decode(&v)? {
-                            dirty.push((
-                                DataId(key::read_u64(&base[1..])),
-                                key::read_u64(&base[9..]),
-                                slot,
-                            ));
+                            dirty.push((data, index, slot));
                         }
                     }
-                    _ => {}
+                    Base::Dentry { .. } => {}
                 }
             }
         }
