@@ -5,12 +5,12 @@
 //! [`Tree`] is the POSIX view of one snapshot; `layer` converts snapshots to and from OCI layers.
 
 pub mod chunks;
-pub mod error;
+pub(crate) mod error;
 pub mod fsck;
 pub mod fuse;
 pub mod ids;
 pub mod layer;
-pub mod meta;
+pub(crate) mod meta;
 pub mod records;
 pub mod snapshot;
 pub mod store;

@@ -376,15 +376,6 @@ impl MetaDb {
         Ok(self.db.get_pinned(key).map_err(db_err)?.map(|v| v.to_vec()))
     }
 
-    pub fn multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
-        no_perf_counts();
-        self.db
-            .multi_get(keys)
-            .into_iter()
-            .map(|r| r.map_err(db_err))
-            .collect()
-    }
-
     /// Applies a batch atomically. With `sync`, the write-ahead log is fsynced before returning:
     /// the batch survives power loss. Without, it survives a killed process (the log is written
     /// to the page cache) but not a crash of the machine.
@@ -509,11 +500,6 @@ impl MetaDb {
         }
         Ok(())
     }
-
-    /// Compacts the whole key space (used after large removals, and by benchmarks).
-    pub fn compact(&self) {
-        self.db.compact_range::<&[u8], &[u8]>(None, None);
-    }
 }
 
 /// How many versions from outside a chain a scan steps over one by one before it seeks past the
@@ -616,10 +602,6 @@ impl Chain {
 
     pub fn ids(&self) -> &[SnapshotId] {
         &self.ids
-    }
-
-    pub fn depth(&self) -> usize {
-        self.ids.len()
     }
 }
 
