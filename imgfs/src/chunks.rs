@@ -1,5 +1,6 @@
-//! The chunk store: append-only pack files holding chunk bytes, read through shared memory maps.
-//! The only module that maps memory.
+//! The chunk store: content addressing (chunk records with reference counts, pack records) over
+//! append-only pack files holding chunk bytes, read through shared memory maps. The only module
+//! that maps memory.
 //!
 //! Chunks are appended to the current pack and never modified in place. Each pack is mapped once
 //! at its maximum size, so growing it needs no remap; a mapping never reaches past the bytes a
@@ -8,18 +9,20 @@
 //! of their pack with `FALLOC_FL_PUNCH_HOLE`, which keeps the size, so a mapping reads zeros there
 //! instead of faulting.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::ops::Deref;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use memmap2::{Mmap, MmapOptions};
 
 use crate::error::{Error, IoContext, Result};
-use crate::ids::PackId;
-use crate::records::PackRecord;
+use crate::ids::{ChunkDigest, PackId};
+use crate::meta::key::Key;
+use crate::meta::{Batch, MetaDb, key};
+use crate::records::{ChunkRecord, PackRecord};
 
 /// The largest a pack grows before appends move to a new one.
 pub const PACK_MAX: u64 = 1 << 30;
@@ -426,5 +429,206 @@ impl PackStore {
         }
         out.sort();
         Ok(out)
+    }
+}
+
+/// The content-addressed chunk store of one store: each distinct chunk is stored once, in a pack,
+/// under its digest (`C` records, with the number of stored extent versions naming it), and each
+/// pack has a `P` record (synced length, live bytes). Chunk and pack records change only here
+/// and in fsck's repair.
+pub(crate) struct ChunkStore {
+    meta: Arc<MetaDb>,
+    packs: PackStore,
+    /// Serialises every read-modify-write of chunk records (reference counts), pack records and
+    /// snapshot records. File operations on different snapshots never take it except to hash data.
+    lock: Mutex<()>,
+}
+
+impl ChunkStore {
+    /// Opens the chunk store of a store whose metadata is `meta`, with its packs in `dir`. For a
+    /// writer, pack files the metadata does not know are deleted and longer ones cut back to what
+    /// was synced (`PackStore::open`).
+    pub(crate) fn open(meta: Arc<MetaDb>, dir: &Path, read_only: bool) -> Result<ChunkStore> {
+        let mut known = BTreeMap::new();
+        let mut scan = meta.prefix(&[key::PACK]);
+        while let Some((k, v)) = scan.next_entry()? {
+            let Some(Key::Pack(id)) = Key::parse(k) else {
+                return Err(Error::Corrupt(format!(
+                    "pack key {} does not decode",
+                    hex::encode(k)
+                )));
+            };
+            known.insert(id, PackRecord::decode(v)?);
+        }
+        drop(scan);
+        let packs = PackStore::open(dir, read_only, &known)?;
+        Ok(ChunkStore {
+            meta,
+            packs,
+            lock: Mutex::new(()),
+        })
+    }
+
+    /// Takes the store-wide lock that every change of chunk, pack and snapshot records holds.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, ()> {
+        self.lock.lock().expect("poisoned")
+    }
+
+    /// The pack files (for object packs: `Tree::fill` and FUSE passthrough; and fsck).
+    pub(crate) fn packs(&self) -> &PackStore {
+        &self.packs
+    }
+
+    fn pack_record(&self, pack: PackId) -> Result<PackRecord> {
+        Ok(match self.meta.get(&key::pack(pack))? {
+            Some(v) => PackRecord::decode(&v)?,
+            None => PackRecord::default(),
+        })
+    }
+
+    /// Adds reference count changes to `b`; returns the chunks that drop to zero (their records
+    /// are deleted in `b`, their space is freed by `release_chunks` once `b` is written).
+    pub(crate) fn unref_chunks(
+        &self,
+        b: &mut Batch,
+        unref: &HashMap<ChunkDigest, u64>,
+    ) -> Result<Vec<ChunkRecord>> {
+        let mut freed = Vec::new();
+        let mut live_delta: HashMap<PackId, u64> = HashMap::new();
+        for (digest, n) in unref {
+            let k = key::chunk(digest);
+            let Some(v) = self.meta.get(&k)? else {
+                return Err(Error::Corrupt(format!(
+                    "extent refers to missing chunk {digest}"
+                )));
+            };
+            let mut rec = ChunkRecord::decode(&v)?;
+            if rec.refs <= *n {
+                b.delete(&k);
+                *live_delta.entry(rec.pack).or_default() += rec.len as u64;
+                freed.push(rec);
+            } else {
+                rec.refs -= n;
+                b.put(&k, &rec.encode());
+            }
+        }
+        for (pack, d) in live_delta {
+            let mut rec = self.pack_record(pack)?;
+            rec.live_bytes = rec.live_bytes.saturating_sub(d);
+            b.put(&key::pack(pack), &rec.encode());
+        }
+        Ok(freed)
+    }
+
+    /// Frees the space of chunks whose records are gone, and deletes packs left empty.
+    pub(crate) fn release_chunks(&self, freed: &[ChunkRecord]) -> Result<()> {
+        let mut packs = HashSet::new();
+        for c in freed {
+            self.packs.punch(c.pack, c.offset, c.len)?;
+            packs.insert(c.pack);
+        }
+        for pack in packs {
+            let rec = self.pack_record(pack)?;
+            if rec.live_bytes == 0 && self.packs.remove_pack(pack)? {
+                let mut b = Batch::default();
+                b.delete(&key::pack(pack));
+                self.meta.write(b, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores a chunk (once per distinct content) and counts one more reference to it. Caller
+    /// holds `lock`; `pending` carries reference changes not yet written in `b`.
+    pub(crate) fn put_chunk(
+        &self,
+        data: &[u8],
+        pending: &mut HashMap<ChunkDigest, ChunkRecord>,
+        live: &mut HashMap<PackId, u64>,
+    ) -> Result<ChunkDigest> {
+        Ok(self.put_chunk_at(data, None, pending, live)?.0)
+    }
+
+    /// `put_chunk`, writing new content at `object` (an object pack and offset) instead of
+    /// appending it to the shared pack. Also returns where the chunk's stored copy is.
+    pub(crate) fn put_chunk_at(
+        &self,
+        data: &[u8],
+        object: Option<(PackId, u64)>,
+        pending: &mut HashMap<ChunkDigest, ChunkRecord>,
+        live: &mut HashMap<PackId, u64>,
+    ) -> Result<(ChunkDigest, PackId, u64)> {
+        let digest = ChunkDigest::of(data);
+        if let Some(rec) = pending.get_mut(&digest) {
+            rec.refs += 1;
+            return Ok((digest, rec.pack, rec.offset));
+        }
+        if let Some(v) = self.meta.get(&key::chunk(&digest))? {
+            let mut rec = ChunkRecord::decode(&v)?;
+            rec.refs += 1;
+            pending.insert(digest, rec);
+            return Ok((digest, rec.pack, rec.offset));
+        }
+        let (pack, offset) = match object {
+            Some((pack, offset)) => {
+                self.packs.write_object(pack, offset, data)?;
+                (pack, offset)
+            }
+            None => self.packs.append(data)?,
+        };
+        *live.entry(pack).or_default() += data.len() as u64;
+        pending.insert(
+            digest,
+            ChunkRecord {
+                pack,
+                offset,
+                len: data.len() as u32,
+                refs: 1,
+            },
+        );
+        Ok((digest, pack, offset))
+    }
+
+    /// Writes the chunk records and pack live-byte counts that `put_chunk` accumulated. With
+    /// `sync`, first fsyncs every pack appended to and records its synced length too: a batch that
+    /// names new chunk bytes may only be written after they are durable. Each pack record is
+    /// written once: of two puts of a key in one batch only the last survives.
+    pub(crate) fn flush_chunks(
+        &self,
+        b: &mut Batch,
+        pending: HashMap<ChunkDigest, ChunkRecord>,
+        live: HashMap<PackId, u64>,
+        sync: bool,
+    ) -> Result<()> {
+        for (digest, rec) in pending {
+            b.put(&key::chunk(&digest), &rec.encode());
+        }
+        let synced: HashMap<PackId, u64> = if sync {
+            self.packs.sync()?.into_iter().collect()
+        } else {
+            HashMap::new()
+        };
+        let touched: BTreeSet<PackId> = live.keys().chain(synced.keys()).copied().collect();
+        for pack in touched {
+            let mut rec = self.pack_record(pack)?;
+            rec.live_bytes += live.get(&pack).copied().unwrap_or(0);
+            rec.object = self.packs.is_object(pack);
+            if let Some(&len) = synced.get(&pack) {
+                rec.synced_len = len;
+            }
+            b.put(&key::pack(pack), &rec.encode());
+        }
+        Ok(())
+    }
+
+    /// Reads a stored chunk.
+    pub(crate) fn chunk(&self, digest: &ChunkDigest) -> Result<(ChunkRecord, ChunkBytes)> {
+        let v = self
+            .meta
+            .get(&key::chunk(digest))?
+            .ok_or_else(|| Error::Corrupt(format!("missing chunk {digest}")))?;
+        let rec = ChunkRecord::decode(&v)?;
+        let bytes = self.packs.read(rec.pack, rec.offset, rec.len)?;
+        Ok((rec, bytes))
     }
 }

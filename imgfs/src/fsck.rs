@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::ids::{ChunkDigest, DataId, Ino, PackId, SnapshotId};
+use crate::meta::key::{Base, Key};
 use crate::meta::{Batch, Chain, MetaDb, key};
 use crate::records::{
     ChunkRecord, Dentry, Extent, FileKind, Inode, PackRecord, SnapshotKind, SnapshotRecord,
@@ -292,7 +293,7 @@ pub fn check(store: &Store, repair: bool) -> Result<Report> {
             store.root().display()
         )));
     }
-    let _g = store.inner.chunk_lock.lock().expect("poisoned");
+    let _g = store.chunks().lock();
     let mut c = Checker::new(store, repair);
     c.snapshots()?;
     c.versioned()?;
@@ -302,51 +303,6 @@ pub fn check(store: &Store, repair: bool) -> Result<Report> {
     c.chunks_and_packs()?;
     c.scratch()?;
     c.finish()
-}
-
-/// The unversioned part of an I, D or E key, decoded.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Base {
-    Inode(Ino),
-    Dentry { dir: Ino, name: Vec<u8> },
-    Extent { data: DataId, index: u64 },
-}
-
-impl Base {
-    fn parse(base: &[u8]) -> Option<Base> {
-        match *base.first()? {
-            key::INODE if base.len() == 9 => Some(Base::Inode(Ino(key::read_u64(&base[1..])))),
-            key::EXTENT if base.len() == 17 => Some(Base::Extent {
-                data: DataId(key::read_u64(&base[1..])),
-                index: key::read_u64(&base[9..]),
-            }),
-            key::DENTRY
-                if base.len() >= 11
-                    && base[base.len() - 1] == 0
-                    && !base[9..base.len() - 1].contains(&0) =>
-            {
-                Some(Base::Dentry {
-                    dir: Ino(key::read_u64(&base[1..])),
-                    name: base[9..base.len() - 1].to_vec(),
-                })
-            }
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Base {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Base::Inode(ino) => write!(f, "inode {ino}"),
-            Base::Dentry { dir, name } => write!(
-                f,
-                "entry {:?} in directory {dir}",
-                String::from_utf8_lossy(name)
-            ),
-            Base::Extent { data, index } => write!(f, "chunk {index} of data {}", data.0),
-        }
-    }
 }
 
 fn table_name(tag: u8) -> &'static str {
@@ -436,7 +392,7 @@ impl<'a> Checker<'a> {
         Checker {
             store,
             repair,
-            meta: &store.inner.meta,
+            meta: store.meta(),
             counts: Counts::default(),
             found: Vec::new(),
             extra: Vec::new(),
@@ -482,12 +438,11 @@ impl<'a> Checker<'a> {
         let meta = self.meta;
         let mut scan = meta.prefix(&[key::SNAPSHOT]);
         while let Some((k, v)) = scan.next_entry()? {
-            if k.len() != 9 {
+            let Some(Key::Snapshot(id)) = Key::parse(k) else {
                 self.bad_key(k);
                 self.snapshots_known = false;
                 continue;
-            }
-            let id = SnapshotId(key::read_u64(&k[1..]));
+            };
             self.note_id(id.0);
             match SnapshotRecord::decode(v) {
                 Err(e) => {
@@ -575,7 +530,11 @@ impl<'a> Checker<'a> {
 
         let mut scan = meta.prefix(&[key::NAME]);
         while let Some((k, v)) = scan.next_entry()? {
-            let name = String::from_utf8_lossy(&k[1..]).into_owned();
+            let Some(Key::Name(name)) = Key::parse(k) else {
+                self.bad_key(k);
+                continue;
+            };
+            let name = String::from_utf8_lossy(&name).into_owned();
             if v.len() != 8 {
                 self.problem(Problem::BadRecord {
                     what: format!("name index entry {name:?}"),
@@ -634,10 +593,7 @@ impl<'a> Checker<'a> {
         for tag in [key::INODE, key::DENTRY, key::EXTENT] {
             let mut scan = meta.prefix(&[tag]);
             while let Some((k, v)) = scan.next_entry()? {
-                let parsed = (k.len() > 8)
-                    .then(|| key::split_version(k))
-                    .and_then(|(base, snap)| Some((base, snap, Base::parse(base)?)));
-                let Some((base, snap, parsed)) = parsed else {
+                let Some(Key::Version { base: parsed, snap }) = Key::parse(k) else {
                     self.bad_key(k);
                     if tag == key::EXTENT {
                         self.extents_known = false;
@@ -650,7 +606,7 @@ impl<'a> Checker<'a> {
                         snapshot: snap,
                     });
                 }
-                if meta.get(&key::change(snap, base))?.is_none() {
+                if meta.get(&parsed.change(snap))?.is_none() {
                     self.problem(Problem::MissingChange {
                         what: parsed.to_string(),
                         snapshot: self.name_of(snap),
@@ -772,7 +728,10 @@ impl<'a> Checker<'a> {
                 &key::extent_base(data, 0),
                 chain,
                 |base, _, v| {
-                    let index = key::read_u64(&base[9..]);
+                    let Some(Base::Extent { index, .. }) = Base::parse(base) else {
+                        wrong = Some(format!("extent key {} does not decode", hex::encode(base)));
+                        return Ok(false);
+                    };
                     let at = match Extent::decode(v)? {
                         // A zero chunk must be zeros (a hole) in the pack too.
                         Extent::Zero => {
@@ -892,13 +851,11 @@ impl<'a> Checker<'a> {
         let mut scan = meta.prefix(&[key::CHANGE]);
         while let Some((k, _)) = scan.next_entry()? {
             self.counts.change_keys += 1;
-            let parsed = (k.len() > 9).then(|| Base::parse(&k[9..])).flatten();
-            let Some(parsed) = parsed else {
+            let Some(Key::Change { snap, base: parsed }) = Key::parse(k) else {
                 self.bad_key(k);
                 continue;
             };
-            let snap = SnapshotId(key::read_u64(&k[1..]));
-            if meta.get(&key::versioned(&k[9..], snap))?.is_none() {
+            if meta.get(&parsed.versioned(snap))?.is_none() {
                 self.problem(Problem::StaleChange {
                     what: parsed.to_string(),
                     snapshot: self.name_of(snap),
@@ -946,7 +903,7 @@ impl<'a> Checker<'a> {
 
     fn read_chunk_meta(&mut self) -> Result<ChunkMeta> {
         let meta = self.meta;
-        let packs = &self.store.inner.packs;
+        let packs = &self.store.packs();
         let mut cm = ChunkMeta {
             by_pack: BTreeMap::new(),
             records: BTreeMap::new(),
@@ -957,12 +914,11 @@ impl<'a> Checker<'a> {
         };
         let mut scan = meta.prefix(&[key::CHUNK]);
         while let Some((k, v)) = scan.next_entry()? {
-            if k.len() != 33 {
+            let Some(Key::Chunk(digest)) = Key::parse(k) else {
                 self.bad_key(k);
                 cm.known = false;
                 continue;
-            }
-            let digest = ChunkDigest(k[1..].try_into().expect("32 bytes"));
+            };
             match ChunkRecord::decode(v) {
                 Ok(rec) => {
                     self.counts.chunks += 1;
@@ -983,12 +939,11 @@ impl<'a> Checker<'a> {
         }
         let mut scan = meta.prefix(&[key::PACK]);
         while let Some((k, v)) = scan.next_entry()? {
-            if k.len() != 5 {
+            let Some(Key::Pack(id)) = Key::parse(k) else {
                 self.bad_key(k);
                 cm.known = false;
                 continue;
-            }
-            let id = PackId(u32::from_be_bytes(k[1..].try_into().expect("4 bytes")));
+            };
             self.counts.packs += 1;
             let rec = PackRecord::decode(v);
             if let Err(e) = &rec {
@@ -1067,7 +1022,7 @@ impl<'a> Checker<'a> {
         fixes: bool,
         buf: &mut Vec<u8>,
     ) -> Result<()> {
-        let path = self.store.inner.packs.path(pack);
+        let path = self.store.packs().path(pack);
         let n = list.len() as u64;
         let record = cm.records.get(&pack).copied();
         if record.is_none() {
@@ -1146,7 +1101,7 @@ impl<'a> Checker<'a> {
     fn check_pack_records(&mut self, cm: &ChunkMeta, fixes: bool) {
         for (&pack, record) in &cm.records {
             let Some(record) = record else { continue };
-            let path = self.store.inner.packs.path(pack);
+            let path = self.store.packs().path(pack);
             let list = cm.by_pack.get(&pack).map_or(&[][..], Vec::as_slice);
             let all: u64 = list.iter().map(|(_, r)| r.len as u64).sum();
             let kept: u64 = list
@@ -1197,7 +1152,7 @@ impl<'a> Checker<'a> {
             }
             self.fixable(
                 Problem::OrphanPack {
-                    path: self.store.inner.packs.path(pack),
+                    path: self.store.packs().path(pack),
                 },
                 cm.known.then_some(Fix::RemovePack(pack)),
             );
@@ -1331,14 +1286,14 @@ impl<'a> Checker<'a> {
         }
         if !batch.is_empty() {
             tracing::warn!(writes = batch.len(), "fsck: repairing metadata");
-            store.inner.meta.write(batch, true)?;
+            store.meta().write(batch, true)?;
         }
-        store.release_chunks(&release)?;
+        store.chunks().release_chunks(&release)?;
         for (problem, fix) in self.found {
             let done = match &fix {
                 None => false,
                 Some(Fix::Put { .. } | Fix::DropChunk { .. }) => true,
-                Some(Fix::RemovePack(pack)) => store.inner.packs.remove_pack(*pack)?,
+                Some(Fix::RemovePack(pack)) => store.packs().remove_pack(*pack)?,
                 Some(Fix::RemoveScratch(path)) => {
                     let removed = if path.is_dir() {
                         std::fs::remove_dir_all(path)

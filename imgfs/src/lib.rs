@@ -8,13 +8,13 @@
 //! overlayfs).
 
 pub mod chunks;
-pub mod error;
+pub(crate) mod error;
 pub mod fsck;
 pub mod fuse;
 pub mod ids;
 pub mod layer;
 mod lock;
-pub mod meta;
+pub(crate) mod meta;
 pub mod overlay;
 pub mod records;
 pub mod snapshot;

@@ -10,9 +10,9 @@ use std::path::Path;
 use rocksdb::{DB, DBRawIteratorWithThreadMode, Options, ReadOptions, WriteBatch, WriteOptions};
 
 use crate::error::{Error, Result};
-use crate::ids::{DataId, Ino, SnapshotId};
+use crate::ids::{ChunkDigest, DataId, Ino, PackId, SnapshotId};
 
-/// Builders for every key the store writes.
+/// Builders for every key the store writes, and `Key::parse`, which decodes them.
 pub mod key {
     use super::*;
 
@@ -89,13 +89,13 @@ pub mod key {
         k
     }
 
-    pub fn chunk(digest: &crate::ids::ChunkDigest) -> Vec<u8> {
+    pub fn chunk(digest: &ChunkDigest) -> Vec<u8> {
         let mut k = with_tag(CHUNK, 33);
         k.extend_from_slice(&digest.0);
         k
     }
 
-    pub fn pack(pack: crate::ids::PackId) -> Vec<u8> {
+    pub fn pack(pack: PackId) -> Vec<u8> {
         let mut k = with_tag(PACK, 5);
         k.extend_from_slice(&pack.0.to_be_bytes());
         k
@@ -144,6 +144,125 @@ pub mod key {
 
     pub fn read_u64(b: &[u8]) -> u64 {
         u64::from_be_bytes(b[..8].try_into().expect("8 bytes"))
+    }
+
+    /// Any key of the store, decoded: what the builders above encode. The one place that reads
+    /// fields out of a key's bytes.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub enum Key {
+        /// `M name`: a store setting.
+        Meta(Vec<u8>),
+        /// `N snap`: a snapshot record.
+        Snapshot(SnapshotId),
+        /// `K name`: the name index.
+        Name(Vec<u8>),
+        /// `base !snap`: the version of an inode, entry or extent that `snap` wrote.
+        Version { base: Base, snap: SnapshotId },
+        /// `C digest`: a chunk record.
+        Chunk(ChunkDigest),
+        /// `P pack`: a pack record.
+        Pack(PackId),
+        /// `X snap base`: the change index.
+        Change { snap: SnapshotId, base: Base },
+    }
+
+    impl Key {
+        /// Decodes a whole key; `None` if it is not one the store writes.
+        pub fn parse(k: &[u8]) -> Option<Key> {
+            let (&tag, rest) = k.split_first()?;
+            match tag {
+                META => Some(Key::Meta(rest.to_vec())),
+                SNAPSHOT => Some(Key::Snapshot(SnapshotId(u64::from_be_bytes(
+                    rest.try_into().ok()?,
+                )))),
+                NAME => Some(Key::Name(rest.to_vec())),
+                INODE | DENTRY | EXTENT if k.len() > 8 => {
+                    let (base, snap) = split_version(k);
+                    Some(Key::Version {
+                        base: Base::parse(base)?,
+                        snap,
+                    })
+                }
+                CHUNK => Some(Key::Chunk(ChunkDigest(rest.try_into().ok()?))),
+                PACK => Some(Key::Pack(PackId(u32::from_be_bytes(rest.try_into().ok()?)))),
+                CHANGE if k.len() > 9 => {
+                    let (snap, base) = rest.split_at(8);
+                    Some(Key::Change {
+                        snap: SnapshotId(read_u64(snap)),
+                        base: Base::parse(base)?,
+                    })
+                }
+                _ => None,
+            }
+        }
+    }
+
+    /// The unversioned part of an inode, directory entry or extent key, decoded.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub enum Base {
+        /// `I ino`.
+        Inode(Ino),
+        /// `D dir name 0x00`.
+        Dentry { dir: Ino, name: Vec<u8> },
+        /// `E data index`.
+        Extent { data: DataId, index: u64 },
+    }
+
+    impl Base {
+        /// Decodes the unversioned part of a key; `None` if it is not one the store writes.
+        pub fn parse(base: &[u8]) -> Option<Base> {
+            match *base.first()? {
+                INODE if base.len() == 9 => Some(Base::Inode(Ino(read_u64(&base[1..])))),
+                EXTENT if base.len() == 17 => Some(Base::Extent {
+                    data: DataId(read_u64(&base[1..])),
+                    index: read_u64(&base[9..]),
+                }),
+                DENTRY
+                    if base.len() >= 11
+                        && base[base.len() - 1] == 0
+                        && !base[9..base.len() - 1].contains(&0) =>
+                {
+                    Some(Base::Dentry {
+                        dir: Ino(read_u64(&base[1..])),
+                        name: base[9..base.len() - 1].to_vec(),
+                    })
+                }
+                _ => None,
+            }
+        }
+
+        /// The key's bytes: `parse` undone.
+        pub fn encode(&self) -> Vec<u8> {
+            match self {
+                Base::Inode(ino) => inode_base(*ino),
+                Base::Dentry { dir, name } => dentry_base(*dir, name),
+                Base::Extent { data, index } => extent_base(*data, *index),
+            }
+        }
+
+        /// The key of the version `snap` wrote.
+        pub fn versioned(&self, snap: SnapshotId) -> Vec<u8> {
+            versioned(&self.encode(), snap)
+        }
+
+        /// The key of this base in `snap`'s change index.
+        pub fn change(&self, snap: SnapshotId) -> Vec<u8> {
+            change(snap, &self.encode())
+        }
+    }
+
+    impl std::fmt::Display for Base {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self {
+                Base::Inode(ino) => write!(f, "inode {ino}"),
+                Base::Dentry { dir, name } => write!(
+                    f,
+                    "entry {:?} in directory {dir}",
+                    String::from_utf8_lossy(name)
+                ),
+                Base::Extent { data, index } => write!(f, "chunk {index} of data {}", data.0),
+            }
+        }
     }
 }
 
@@ -257,15 +376,6 @@ impl MetaDb {
         Ok(self.db.get_pinned(key).map_err(db_err)?.map(|v| v.to_vec()))
     }
 
-    pub fn multi_get(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
-        no_perf_counts();
-        self.db
-            .multi_get(keys)
-            .into_iter()
-            .map(|r| r.map_err(db_err))
-            .collect()
-    }
-
     /// Applies a batch atomically. With `sync`, the write-ahead log is fsynced before returning:
     /// the batch survives power loss. Without, it survives a killed process (the log is written
     /// to the page cache) but not a crash of the machine.
@@ -309,6 +419,15 @@ impl MetaDb {
     /// Iterates over every key that starts with `prefix`.
     pub fn prefix(&self, prefix: &[u8]) -> Scan<'_> {
         self.scan(prefix, prefix)
+    }
+
+    /// The change index of `snap`: the unversioned key of every version it wrote, in key order.
+    /// A key there that does not decode is an error (fsck reports it).
+    pub fn changes(&self, snap: SnapshotId) -> Changes<'_> {
+        Changes {
+            scan: self.prefix(&key::change_prefix(snap)),
+            snap,
+        }
     }
 
     /// The newest version of `base` that is visible from `chain`: one seek to the head's
@@ -381,11 +500,6 @@ impl MetaDb {
         }
         Ok(())
     }
-
-    /// Compacts the whole key space (used after large removals, and by benchmarks).
-    pub fn compact(&self) {
-        self.db.compact_range::<&[u8], &[u8]>(None, None);
-    }
 }
 
 /// How many versions from outside a chain a scan steps over one by one before it seeks past the
@@ -427,6 +541,31 @@ impl Scan<'_> {
     }
 }
 
+/// One snapshot's change index (`MetaDb::changes`).
+pub struct Changes<'a> {
+    scan: Scan<'a>,
+    snap: SnapshotId,
+}
+
+impl Iterator for Changes<'_> {
+    type Item = Result<key::Base>;
+
+    fn next(&mut self) -> Option<Result<key::Base>> {
+        let k = match self.scan.next_entry() {
+            Ok(Some((k, _))) => k,
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(match key::Key::parse(k) {
+            Some(key::Key::Change { snap, base }) if snap == self.snap => Ok(base),
+            _ => Err(Error::Corrupt(format!(
+                "change index key {} does not decode",
+                hex::encode(k)
+            ))),
+        })
+    }
+}
+
 /// A snapshot and its ancestors, newest first: the versions a snapshot can see.
 #[derive(Clone, Debug)]
 pub struct Chain {
@@ -464,8 +603,7 @@ impl Chain {
     pub fn ids(&self) -> &[SnapshotId] {
         &self.ids
     }
-
-    pub fn depth(&self) -> usize {
-        self.ids.len()
-    }
 }
+
+#[cfg(test)]
+mod tests;

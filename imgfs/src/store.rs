@@ -1,17 +1,19 @@
 //! A store on disk: opening and locking it, allocating ids, the snapshot lifecycle (prepare,
-//! view, commit, remove), chunk reference counting, usage and recovery after a crash.
+//! view, commit, remove), usage and recovery after a crash. Chunks and their reference counts
+//! are the chunk store's (`chunks::ChunkStore`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::chunks::{ChunkBytes, PackStore};
+use crate::chunks::{ChunkStore, PackStore};
 use crate::error::{Error, IoContext, Result};
-use crate::ids::{ChunkDigest, Ino, PackId, SnapshotId};
+use crate::ids::{ChunkDigest, Ino, SnapshotId};
+use crate::meta::key::Base;
 use crate::meta::{Batch, Chain, MetaDb, key};
 use crate::records::{
-    ChunkRecord, Extent, FileKind, Inode, PackRecord, SnapshotKind, SnapshotRecord, Timestamp,
+    ChunkRecord, Extent, FileKind, Inode, SnapshotKind, SnapshotRecord, Timestamp,
 };
 use crate::tree::Tree;
 
@@ -50,24 +52,21 @@ struct Ids {
     high: u64,
 }
 
-pub(crate) struct Inner {
-    pub(crate) root: PathBuf,
-    pub(crate) meta: MetaDb,
-    pub(crate) packs: PackStore,
-    pub(crate) chunk_size: u32,
+struct Inner {
+    root: PathBuf,
+    meta: Arc<MetaDb>,
+    chunks: ChunkStore,
+    chunk_size: u32,
     ids: Mutex<Ids>,
-    /// Serialises every read-modify-write of chunk records (reference counts), pack records and
-    /// snapshot records. File operations on different snapshots never take it except to hash data.
-    pub(crate) chunk_lock: Mutex<()>,
     /// Active snapshots that a `Tree` has open for writing in this process.
-    pub(crate) writers: Mutex<HashSet<SnapshotId>>,
+    writers: Mutex<HashSet<SnapshotId>>,
     _lock: Option<File>,
 }
 
 /// An open store. Cheap to clone; every clone is the same store.
 #[derive(Clone)]
 pub struct Store {
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
 impl Store {
@@ -138,22 +137,15 @@ impl Store {
         }
         let chunk_size = read_u64("chunk_size")? as u32;
         let next = read_u64("next_id")?;
-        let mut known = BTreeMap::new();
-        let mut scan = meta.prefix(&[key::PACK]);
-        while let Some((k, v)) = scan.next_entry()? {
-            let id = PackId(u32::from_be_bytes(k[1..5].try_into().expect("pack key")));
-            known.insert(id, PackRecord::decode(v)?);
-        }
-        drop(scan);
-        let packs = PackStore::open(&root.join("chunks"), read_only, &known)?;
+        let meta = Arc::new(meta);
+        let chunks = ChunkStore::open(meta.clone(), &root.join("chunks"), read_only)?;
         let store = Store {
             inner: Arc::new(Inner {
                 root: root.to_path_buf(),
                 meta,
-                packs,
+                chunks,
                 chunk_size,
                 ids: Mutex::new(Ids { next, high: next }),
-                chunk_lock: Mutex::new(()),
                 writers: Mutex::new(HashSet::new()),
                 _lock: lock,
             }),
@@ -276,7 +268,7 @@ impl Store {
         kind: SnapshotKind,
     ) -> Result<SnapshotRecord> {
         crate::snapshot::check_name(name)?;
-        let _g = self.inner.chunk_lock.lock().expect("poisoned");
+        let _g = self.inner.chunks.lock();
         if self.inner.meta.get(&key::name(name))?.is_some() {
             return Err(Error::Exists(format!("snapshot {name}")));
         }
@@ -367,9 +359,11 @@ impl Store {
         let tree = self.tree(key)?;
         tree.seal()?;
         drop(tree);
-        let _g = self.inner.chunk_lock.lock().expect("poisoned");
+        let _g = self.inner.chunks.lock();
         let mut b = Batch::default();
-        self.flush_chunks(&mut b, HashMap::new(), HashMap::new(), true)?;
+        self.inner
+            .chunks
+            .flush_chunks(&mut b, HashMap::new(), HashMap::new(), true)?;
         let mut done = rec.clone();
         done.kind = SnapshotKind::Committed;
         done.name = name.to_string();
@@ -385,20 +379,13 @@ impl Store {
 
     /// Sets a label on a snapshot record.
     pub fn set_label(&self, name: &str, label: &str, value: &str) -> Result<()> {
-        let _g = self.inner.chunk_lock.lock().expect("poisoned");
+        let _g = self.inner.chunks.lock();
         let mut rec = self.stat(name)?;
         rec.labels.retain(|(k, _)| k != label);
         rec.labels.push((label.to_string(), value.to_string()));
         let mut b = Batch::default();
         b.put(&key::snapshot(rec.id), &rec.encode());
         self.inner.meta.write(b, true)
-    }
-
-    fn pack_record(&self, pack: PackId) -> Result<PackRecord> {
-        Ok(match self.inner.meta.get(&key::pack(pack))? {
-            Some(v) => PackRecord::decode(&v)?,
-            None => PackRecord::default(),
-        })
     }
 
     /// Removes a snapshot that has no children, and frees every chunk that only it referred to.
@@ -425,26 +412,23 @@ impl Store {
     }
 
     fn remove_record(&self, rec: &SnapshotRecord) -> Result<()> {
-        let _g = self.inner.chunk_lock.lock().expect("poisoned");
+        let _g = self.inner.chunks.lock();
         let meta = &self.inner.meta;
         let mut b = Batch::default();
         let mut unref: HashMap<ChunkDigest, u64> = HashMap::new();
-        let prefix = key::change_prefix(rec.id);
-        let mut scan = meta.prefix(&prefix);
-        while let Some((k, _)) = scan.next_entry()? {
-            let base = &k[prefix.len()..];
-            let vkey = key::versioned(base, rec.id);
-            if base[0] == key::EXTENT
+        for base in meta.changes(rec.id) {
+            let base = base?;
+            let vkey = base.versioned(rec.id);
+            if let Base::Extent { .. } = base
                 && let Some(v) = meta.get(&vkey)?
                 && let Extent::Stored { digest, .. } = Extent::decode(&v)?
             {
                 *unref.entry(digest).or_default() += 1;
             }
             b.delete(&vkey);
-            b.delete(k);
+            b.delete(&base.change(rec.id));
         }
-        drop(scan);
-        let freed = self.unref_chunks(&mut b, &unref)?;
+        let freed = self.inner.chunks.unref_chunks(&mut b, &unref)?;
         b.delete(&key::snapshot(rec.id));
         if let Some(v) = meta.get(&key::name(&rec.name))?
             && key::read_u64(&v) == rec.id.0
@@ -452,162 +436,35 @@ impl Store {
             b.delete(&key::name(&rec.name));
         }
         meta.write(b, true)?;
-        self.release_chunks(&freed)?;
+        self.inner.chunks.release_chunks(&freed)?;
         let _ = std::fs::remove_file(self.scratch_path(rec.id));
         Ok(())
     }
 
-    /// Adds reference count changes to `b`; returns the chunks that drop to zero (their records
-    /// are deleted in `b`, their space is freed by `release_chunks` once `b` is written).
-    pub(crate) fn unref_chunks(
-        &self,
-        b: &mut Batch,
-        unref: &HashMap<ChunkDigest, u64>,
-    ) -> Result<Vec<ChunkRecord>> {
-        let mut freed = Vec::new();
-        let mut live_delta: HashMap<PackId, u64> = HashMap::new();
-        for (digest, n) in unref {
-            let k = key::chunk(digest);
-            let Some(v) = self.inner.meta.get(&k)? else {
-                return Err(Error::Corrupt(format!(
-                    "extent refers to missing chunk {digest}"
-                )));
-            };
-            let mut rec = ChunkRecord::decode(&v)?;
-            if rec.refs <= *n {
-                b.delete(&k);
-                *live_delta.entry(rec.pack).or_default() += rec.len as u64;
-                freed.push(rec);
-            } else {
-                rec.refs -= n;
-                b.put(&k, &rec.encode());
-            }
-        }
-        for (pack, d) in live_delta {
-            let mut rec = self.pack_record(pack)?;
-            rec.live_bytes = rec.live_bytes.saturating_sub(d);
-            b.put(&key::pack(pack), &rec.encode());
-        }
-        Ok(freed)
-    }
-
-    /// Frees the space of chunks whose records are gone, and deletes packs left empty.
-    pub(crate) fn release_chunks(&self, freed: &[ChunkRecord]) -> Result<()> {
-        let mut packs = HashSet::new();
-        for c in freed {
-            self.inner.packs.punch(c.pack, c.offset, c.len)?;
-            packs.insert(c.pack);
-        }
-        for pack in packs {
-            let rec = self.pack_record(pack)?;
-            if rec.live_bytes == 0 && self.inner.packs.remove_pack(pack)? {
-                let mut b = Batch::default();
-                b.delete(&key::pack(pack));
-                self.inner.meta.write(b, false)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Stores a chunk (once per distinct content) and counts one more reference to it. Caller
-    /// holds `chunk_lock`; `pending` carries reference changes not yet written in `b`.
-    pub(crate) fn put_chunk(
-        &self,
-        data: &[u8],
-        pending: &mut HashMap<ChunkDigest, ChunkRecord>,
-        live: &mut HashMap<PackId, u64>,
-    ) -> Result<ChunkDigest> {
-        Ok(self.put_chunk_at(data, None, pending, live)?.0)
-    }
-
-    /// `put_chunk`, writing new content at `object` (an object pack and offset) instead of
-    /// appending it to the shared pack. Also returns where the chunk's stored copy is.
-    pub(crate) fn put_chunk_at(
-        &self,
-        data: &[u8],
-        object: Option<(PackId, u64)>,
-        pending: &mut HashMap<ChunkDigest, ChunkRecord>,
-        live: &mut HashMap<PackId, u64>,
-    ) -> Result<(ChunkDigest, PackId, u64)> {
-        let digest = ChunkDigest::of(data);
-        if let Some(rec) = pending.get_mut(&digest) {
-            rec.refs += 1;
-            return Ok((digest, rec.pack, rec.offset));
-        }
-        if let Some(v) = self.inner.meta.get(&key::chunk(&digest))? {
-            let mut rec = ChunkRecord::decode(&v)?;
-            rec.refs += 1;
-            pending.insert(digest, rec);
-            return Ok((digest, rec.pack, rec.offset));
-        }
-        let (pack, offset) = match object {
-            Some((pack, offset)) => {
-                self.inner.packs.write_object(pack, offset, data)?;
-                (pack, offset)
-            }
-            None => self.inner.packs.append(data)?,
-        };
-        *live.entry(pack).or_default() += data.len() as u64;
-        pending.insert(
-            digest,
-            ChunkRecord {
-                pack,
-                offset,
-                len: data.len() as u32,
-                refs: 1,
-            },
-        );
-        Ok((digest, pack, offset))
-    }
-
-    /// Writes the chunk records and pack live-byte counts that `put_chunk` accumulated. With
-    /// `sync`, first fsyncs every pack appended to and records its synced length too: a batch that
-    /// names new chunk bytes may only be written after they are durable. Each pack record is
-    /// written once: of two puts of a key in one batch only the last survives.
-    pub(crate) fn flush_chunks(
-        &self,
-        b: &mut Batch,
-        pending: HashMap<ChunkDigest, ChunkRecord>,
-        live: HashMap<PackId, u64>,
-        sync: bool,
-    ) -> Result<()> {
-        for (digest, rec) in pending {
-            b.put(&key::chunk(&digest), &rec.encode());
-        }
-        let synced: HashMap<PackId, u64> = if sync {
-            self.inner.packs.sync()?.into_iter().collect()
-        } else {
-            HashMap::new()
-        };
-        let touched: std::collections::BTreeSet<PackId> =
-            live.keys().chain(synced.keys()).copied().collect();
-        for pack in touched {
-            let mut rec = self.pack_record(pack)?;
-            rec.live_bytes += live.get(&pack).copied().unwrap_or(0);
-            rec.object = self.inner.packs.is_object(pack);
-            if let Some(&len) = synced.get(&pack) {
-                rec.synced_len = len;
-            }
-            b.put(&key::pack(pack), &rec.encode());
-        }
-        Ok(())
-    }
-
-    /// Reads a stored chunk.
-    pub(crate) fn chunk(&self, digest: &ChunkDigest) -> Result<(ChunkRecord, ChunkBytes)> {
-        let v = self
-            .inner
-            .meta
-            .get(&key::chunk(digest))?
-            .ok_or_else(|| Error::Corrupt(format!("missing chunk {digest}")))?;
-        let rec = ChunkRecord::decode(&v)?;
-        let bytes = self.inner.packs.read(rec.pack, rec.offset, rec.len)?;
-        Ok((rec, bytes))
-    }
-
     /// The pack store (for object packs: `Tree::fill` and FUSE passthrough).
     pub(crate) fn packs(&self) -> &PackStore {
-        &self.inner.packs
+        self.inner.chunks.packs()
+    }
+
+    /// The chunk store: content addressing, reference counts and the store-wide lock.
+    pub(crate) fn chunks(&self) -> &ChunkStore {
+        &self.inner.chunks
+    }
+
+    /// The metadata database.
+    pub(crate) fn meta(&self) -> &MetaDb {
+        &self.inner.meta
+    }
+
+    /// Claims the active snapshot `id` for a writable `Tree` of this process; false if one
+    /// has it already.
+    pub(crate) fn claim_writer(&self, id: SnapshotId) -> bool {
+        self.inner.writers.lock().expect("poisoned").insert(id)
+    }
+
+    /// Gives up the claim of `claim_writer`.
+    pub(crate) fn release_writer(&self, id: SnapshotId) {
+        self.inner.writers.lock().expect("poisoned").remove(&id);
     }
 
     /// The scratch file of an active snapshot: a sparse file of chunk-sized slots holding the
@@ -623,14 +480,12 @@ impl Store {
         let meta = &self.inner.meta;
         let mut usage = Usage::default();
         let mut own: HashMap<ChunkDigest, (u64, u32)> = HashMap::new();
-        let prefix = key::change_prefix(rec.id);
-        let mut scan = meta.prefix(&prefix);
-        while let Some((k, _)) = scan.next_entry()? {
-            let base = &k[prefix.len()..];
-            match base[0] {
-                key::INODE => usage.inodes += 1,
-                key::EXTENT => match meta
-                    .get(&key::versioned(base, rec.id))?
+        for base in meta.changes(rec.id) {
+            let base = base?;
+            match base {
+                Base::Inode(_) => usage.inodes += 1,
+                Base::Extent { .. } => match meta
+                    .get(&base.versioned(rec.id))?
                     .map(|v| Extent::decode(&v))
                 {
                     Some(Ok(Extent::Stored { digest, len })) => {

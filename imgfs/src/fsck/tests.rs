@@ -32,7 +32,7 @@ fn fixture() -> Fixture {
     let id = store.commit("A", "a").unwrap().id;
     let map = store.tree("A").unwrap().chunk_map(file).unwrap();
     let chunks = [0, 1].map(|i| match map[i].1 {
-        Extent::Stored { digest, .. } => (digest, store.chunk(&digest).unwrap().0),
+        Extent::Stored { digest, .. } => (digest, store.chunks().chunk(&digest).unwrap().0),
         e => panic!("chunk {i} is {e:?}"),
     });
     let f = Fixture {
@@ -49,7 +49,7 @@ fn fixture() -> Fixture {
 
 impl Fixture {
     fn meta(&self) -> &MetaDb {
-        &self.store.inner.meta
+        self.store.meta()
     }
 
     fn write(&self, puts: &[(Vec<u8>, Vec<u8>)], deletes: &[Vec<u8>]) {
@@ -111,7 +111,7 @@ fn an_orphan_chunk_loses_its_record_and_its_space() {
     let live_before = f.pack_record(rec.pack).live_bytes;
 
     let [found, repaired, after] = f.check_repair_check();
-    let path = f.store.inner.packs.path(rec.pack);
+    let path = f.store.packs().path(rec.pack);
     let expected = Problem::OrphanChunk { digest, path };
     assert_eq!(found.problems, vec![expected.clone()], "{found}");
     assert_eq!(repaired.repaired, vec![expected]);
@@ -122,7 +122,7 @@ fn an_orphan_chunk_loses_its_record_and_its_space() {
         live_before - rec.len as u64
     );
     let mut bytes = vec![1u8; rec.len as usize];
-    File::open(f.store.inner.packs.path(rec.pack))
+    File::open(f.store.packs().path(rec.pack))
         .unwrap()
         .read_exact_at(&mut bytes, rec.offset)
         .unwrap();
@@ -145,7 +145,7 @@ fn an_orphan_chunk_record_over_live_bytes_is_dropped_without_freeing_them() {
     // A record for a slice of a live chunk's bytes: hashing passes, nothing names it.
     let (offset, len) = (live.offset + 4096, 8192u32);
     let mut slice = vec![0u8; len as usize];
-    File::open(f.store.inner.packs.path(live.pack))
+    File::open(f.store.packs().path(live.pack))
         .unwrap()
         .read_exact_at(&mut slice, offset)
         .unwrap();
@@ -187,7 +187,7 @@ fn a_pack_that_chunk_records_point_into_is_kept_without_a_pack_record() {
     f.write(&[], &[key::pack(pack)]);
 
     let [found, repaired, _] = f.check_repair_check();
-    let path = f.store.inner.packs.path(pack);
+    let path = f.store.packs().path(pack);
     assert_eq!(
         found.problems,
         vec![Problem::MissingPackRecord {
@@ -316,7 +316,7 @@ fn an_inode_that_names_a_pack_which_is_not_its_content_is_reported() {
     let base = key::extent_base(inode.data.unwrap(), 3);
     let mut batch = Batch::default();
     batch.put(&key::versioned(&base, snap), &Extent::Zero.encode());
-    store.inner.meta.write(batch, true).unwrap();
+    store.meta().write(batch, true).unwrap();
     let found = check(&store, false).unwrap();
     assert!(
         found

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use super::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::error::{Error, Result};
 use crate::ids::{Ino, SnapshotId};
-use crate::meta::key;
+use crate::meta::key::Base;
 use crate::records::FileKind;
 use crate::tree::Tree;
 
@@ -92,23 +92,19 @@ pub(crate) fn plan(
     snaps: &[SnapshotId],
     parents: bool,
 ) -> Result<Vec<(LayerPath, Item)>> {
-    let meta = &top.store().inner.meta;
+    let meta = &top.store().meta();
     let mut candidates: BTreeSet<(Ino, Vec<u8>)> = BTreeSet::new();
     let mut inodes: BTreeSet<Ino> = BTreeSet::new();
     for &snap in snaps {
-        let prefix = key::change_prefix(snap);
-        let mut scan = meta.prefix(&prefix);
-        while let Some((k, _)) = scan.next_entry()? {
-            let b = &k[prefix.len()..];
-            match b[0] {
-                key::DENTRY => {
-                    let dir = Ino(key::read_u64(&b[1..]));
-                    candidates.insert((dir, b[9..b.len() - 1].to_vec()));
+        for base in meta.changes(snap) {
+            match base? {
+                Base::Dentry { dir, name } => {
+                    candidates.insert((dir, name));
                 }
-                key::INODE => {
-                    inodes.insert(Ino(key::read_u64(&b[1..])));
+                Base::Inode(ino) => {
+                    inodes.insert(ino);
                 }
-                _ => {}
+                Base::Extent { .. } => {}
             }
         }
     }

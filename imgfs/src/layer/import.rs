@@ -544,8 +544,7 @@ fn own_entry(tree: &Tree, dir: Ino, name: &[u8]) -> Result<bool> {
     let parent_chain = tree.store().chain(&parent_rec)?;
     let below = tree
         .store()
-        .inner
-        .meta
+        .meta()
         .visible(&crate::meta::key::dentry_base(dir, name), &parent_chain)?;
     let now = tree.entry(dir, name)?;
     let before = match below {
