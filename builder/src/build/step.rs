@@ -440,14 +440,11 @@ impl<'e, 'a> StageRunner<'e, 'a> {
                     let opts = CopyOptions {
                         chown: owner,
                         chmod: chmod.clone(),
+                        unpack_archives: add,
                     };
                     if let Some(r) = &resolved {
-                        let copied = if add {
-                            context::add_into(&tree, r, root, &dest, &opts)
-                        } else {
-                            context::copy_into(&tree, r, root, &dest, &opts)
-                        };
-                        copied.map_err(|e| me.fail(ins, e))?;
+                        context::copy_into(&tree, r, root, &dest, &opts)
+                            .map_err(|e| me.fail(ins, e))?;
                     }
                     for h in &heredocs {
                         context::copy_heredoc(root, &h.name, h.content.as_bytes(), &dest, &opts)
