@@ -19,6 +19,7 @@
 //! pull (the image store would resolve it to the stored platform manifest once the index blob is
 //! stored; see the ignored test in builder/tests/it/registry.rs).
 
+mod apply;
 mod auth;
 mod client;
 mod progress;

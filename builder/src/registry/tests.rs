@@ -246,11 +246,11 @@ fn unauthorized_message_names_the_registry_and_the_fix() {
 }
 
 /// An `Arrival` fed from a temporary file the way a download feeds it.
-fn arriving(bytes: &[u8]) -> (tempfile::NamedTempFile, super::pull::Arrival) {
+fn arriving(bytes: &[u8]) -> (tempfile::NamedTempFile, super::apply::Arrival) {
     use std::io::Write;
     let mut file = tempfile::NamedTempFile::new().unwrap();
     file.write_all(bytes).unwrap();
-    let arrival = super::pull::Arrival::default();
+    let arrival = super::apply::Arrival::default();
     arrival.restart(Some(file.reopen().unwrap()));
     (file, arrival)
 }
