@@ -560,7 +560,7 @@ impl ImageStore {
                 digest: digest.clone(),
                 source,
             })?;
-        let (architecture, os, variant) = super::config::host_platform();
+        let (architecture, os, variant) = super::platform::host_platform();
         let is_host = |d: &Descriptor| {
             d.platform().as_ref().is_some_and(|p| {
                 p.os().to_string() == os

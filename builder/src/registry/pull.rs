@@ -6,9 +6,7 @@
 //! the name is written last, so a pull that fails leaves no image and no partial blob (blobs
 //! already complete stay, unnamed, for the next try or `img prune`).
 
-use std::fmt;
 use std::io::Write;
-use std::str::FromStr;
 
 use futures_util::{StreamExt, TryStreamExt};
 use oci_client::client::BlobResponse;
@@ -21,8 +19,8 @@ use super::progress::BlobEvent;
 use super::sources::BlobSources;
 use crate::backend::Backend;
 use crate::image::{
-    BlobWriter, Compression, Image, ImageConfig, ImageStore, Reference, docker_media_type,
-    is_index, is_manifest, sha256_digest,
+    BlobWriter, Compression, Image, ImageConfig, ImageStore, Platform, Reference,
+    docker_media_type, is_index, is_manifest, sha256_digest,
 };
 
 /// The media types img accepts for a manifest, most preferred first.
@@ -32,78 +30,6 @@ const ACCEPTED_MANIFESTS: [&str; 4] = [
     "application/vnd.oci.image.manifest.v1+json",
     docker_media_type::MANIFEST,
 ];
-
-/// An image platform: `linux/amd64`, `linux/arm64/v8`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Platform {
-    pub os: String,
-    pub architecture: String,
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    /// Linux on this machine's architecture, in Go's names (which images use).
-    pub fn host() -> Platform {
-        let architecture = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            "x86" => "386",
-            "powerpc64" => "ppc64le",
-            "loongarch64" => "loong64",
-            other => other,
-        };
-        Platform {
-            os: "linux".to_string(),
-            architecture: architecture.to_string(),
-            variant: None,
-        }
-    }
-
-    fn matches(&self, p: &oci_spec::image::Platform) -> bool {
-        if p.os().to_string() != self.os || p.architecture().to_string() != self.architecture {
-            return false;
-        }
-        match (&self.variant, p.variant()) {
-            (None, _) => true,
-            (Some(want), Some(have)) => want == have,
-            // arm64's only variant is v8, which indexes often leave out.
-            (Some(want), None) => self.architecture == "arm64" && want == "v8",
-        }
-    }
-}
-
-impl FromStr for Platform {
-    type Err = RegistryError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let parts: Vec<&str> = s.split('/').collect();
-        match parts.as_slice() {
-            [os, arch] if !os.is_empty() && !arch.is_empty() => Ok(Platform {
-                os: os.to_string(),
-                architecture: arch.to_string(),
-                variant: None,
-            }),
-            [os, arch, variant] if !os.is_empty() && !arch.is_empty() && !variant.is_empty() => {
-                Ok(Platform {
-                    os: os.to_string(),
-                    architecture: arch.to_string(),
-                    variant: Some(variant.to_string()),
-                })
-            }
-            _ => Err(RegistryError::BadPlatform(s.to_string())),
-        }
-    }
-}
-
-impl fmt::Display for Platform {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
-    }
-}
 
 /// The manifest of `index` for `platform`: the first entry that matches, preferring entries
 /// without a variant when none is asked for (the index order is the registry's preference).

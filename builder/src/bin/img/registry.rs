@@ -5,8 +5,8 @@ use std::io::{self, BufRead, IsTerminal, Write};
 
 use anyhow::{Context, Result, bail};
 use builder::build::Puller;
-use builder::image::ImageStore;
-use builder::registry::{self, Options, Platform, Registry, Reporter};
+use builder::image::{ImageStore, Platform};
+use builder::registry::{self, Options, Registry, Reporter};
 use builder::state::State;
 
 /// Flags every registry command takes.
