@@ -200,11 +200,8 @@ impl<'a> BuildPuller<'a> {
 }
 
 impl Puller for BuildPuller<'_> {
-    fn pull(&self, name: &str) -> Result<(), String> {
+    fn pull(&self, name: &str) -> Result<(), registry::RegistryError> {
         eprintln!("Pulling {name}...");
-        self.registry
-            .pull(self.store, name, None)
-            .map(|_| ())
-            .map_err(|e| format!("failed to pull {name}: {e}"))
+        self.registry.pull(self.store, name, None).map(|_| ())
     }
 }
