@@ -4,6 +4,7 @@
 //! Metadata lives in rocksdb (`meta`), file content in a content-addressed chunk store (`chunks`).
 //! [`Tree`] is the POSIX view of one snapshot; `layer` converts snapshots to and from OCI layers.
 
+pub mod atomic;
 pub mod chunks;
 pub mod error;
 pub mod fsck;
