@@ -7,6 +7,7 @@
 //! mounted over FUSE by `fuse`) and [`OverlaySnapshotter`] (directories stacked by kernel
 //! overlayfs).
 
+pub mod atomic;
 pub mod chunks;
 pub(crate) mod error;
 pub mod fsck;

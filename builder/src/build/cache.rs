@@ -78,15 +78,11 @@ impl Cache {
         }
     }
 
-    /// Stores `value` under `key`: written to a temporary file, synced, then renamed, so a
-    /// reader sees the old record or the new one.
+    /// Stores `value` under `key` atomically (`imgfs::atomic`), so a reader sees the old record
+    /// or the new one.
     pub fn put<T: Serialize>(&self, key: &CacheKey, value: &T) -> io::Result<()> {
         let bytes = serde_json::to_vec(value).map_err(io::Error::other)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
-        tmp.write_all(&bytes)?;
-        tmp.as_file().sync_all()?;
-        tmp.persist(self.path(key)).map_err(|e| e.error)?;
-        Ok(())
+        imgfs::atomic::write_atomically(&self.path(key), 0o600, |f| f.write_all(&bytes))
     }
 
     /// Every record, for `img du` and `img prune`.

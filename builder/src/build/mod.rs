@@ -12,6 +12,7 @@
 //! so independent stages build concurrently.
 
 pub mod cache;
+mod error;
 mod progress;
 mod step;
 
@@ -29,6 +30,7 @@ use crate::dockerfile::{ArgScope, Dockerfile, ParseError};
 use crate::image::{ImageConfig, ImageStore};
 use crate::runc::Executor;
 use cache::{Cache, CacheKey};
+pub use error::StepError;
 use imgfs::Snapshotter;
 pub use progress::Progress;
 
@@ -60,17 +62,29 @@ pub struct Built {
 pub enum BuildError {
     #[error("{0}")]
     Dockerfile(#[from] ParseError),
-    /// A step failed; `at` is `Dockerfile:12` and `what` the instruction.
-    #[error("{at}: {instruction}: {message}")]
+    /// A step failed; `at` is `Dockerfile:12` and `instruction` the instruction. The cause is
+    /// not `source()`: its text is already in this error's, and `{:#}` would print it twice.
+    /// (Boxed, as in `Failed`, to keep results small.)
+    #[error("{at}: {instruction}: {cause}")]
     Step {
         at: String,
         instruction: String,
-        message: String,
+        cause: Box<StepError>,
     },
     #[error("stage {0} failed")]
     Dependency(String),
+    /// The failure of a stage the build needed, as that stage's thread reported it.
     #[error("{0}")]
-    Other(String),
+    Stage(Arc<BuildError>),
+    /// A failure outside any one step: storing the image, applying or unpacking its layers.
+    #[error("{0}")]
+    Failed(Box<StepError>),
+}
+
+impl From<StepError> for BuildError {
+    fn from(e: StepError) -> BuildError {
+        BuildError::Failed(Box::new(e))
+    }
 }
 
 /// One layer of a stage: the blob, as the manifest lists it.
@@ -125,20 +139,22 @@ struct StageOutcome {
 struct Board {
     /// The stages being built; waiting for any other would wait forever.
     scheduled: Vec<usize>,
-    done: Mutex<HashMap<usize, Result<StageOutcome, String>>>,
+    done: Mutex<HashMap<usize, Result<StageOutcome, Arc<BuildError>>>>,
     changed: Condvar,
 }
 
 impl Board {
-    fn publish(&self, stage: usize, outcome: Result<StageOutcome, String>) {
+    fn publish(&self, stage: usize, outcome: Result<StageOutcome, Arc<BuildError>>) {
         self.done.lock().expect("poisoned").insert(stage, outcome);
         self.changed.notify_all();
     }
 
-    fn wait(&self, stage: usize) -> Result<StageOutcome, String> {
+    fn wait(&self, stage: usize) -> Result<StageOutcome, Arc<BuildError>> {
         if !self.scheduled.contains(&stage) {
             // Only an ONBUILD trigger can name a stage the graph did not see.
-            return Err(format!("stage {stage} is not part of this build"));
+            return Err(Arc::new(
+                StepError::Invalid(format!("stage {stage} is not part of this build")).into(),
+            ));
         }
         let mut done = self.done.lock().expect("poisoned");
         loop {
@@ -154,7 +170,7 @@ impl Board {
 /// The registry client implements it; a build without one fails on a missing image.
 pub trait Puller: Sync {
     /// Pulls `name` into the image store, so that `ImageStore::resolve(name)` finds it.
-    fn pull(&self, name: &str) -> Result<(), String>;
+    fn pull(&self, name: &str) -> Result<(), crate::registry::RegistryError>;
 }
 
 /// Builds images. Holds what a build needs and nothing about a particular build.
@@ -198,7 +214,7 @@ impl<'a> Engine<'a> {
     }
 
     /// The stored image `name`, pulled first if the store lacks it and a puller is set.
-    fn image(&self, name: &str) -> Result<crate::image::Image, String> {
+    fn image(&self, name: &str) -> Result<crate::image::Image, StepError> {
         match self.images.resolve(name) {
             Ok(image) => Ok(image),
             Err(crate::image::StoreError::NotFound(_)) if self.puller.is_some() => {
@@ -207,10 +223,16 @@ impl<'a> Engine<'a> {
                 if let Ok(image) = self.images.resolve(name) {
                     return Ok(image);
                 }
-                self.puller.expect("checked above").pull(name)?;
-                self.images.resolve(name).map_err(|e| e.to_string())
+                self.puller
+                    .expect("checked above")
+                    .pull(name)
+                    .map_err(|source| StepError::Pull {
+                        name: name.to_string(),
+                        source,
+                    })?;
+                Ok(self.images.resolve(name)?)
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(StepError::Image(e)),
         }
     }
 
@@ -264,7 +286,7 @@ impl<'a> Engine<'a> {
                 let used_args = &used_args;
                 s.spawn(move || {
                     let mut runner = step::StageRunner::new(self, req, index, args, &board);
-                    let outcome = runner.run().map_err(|e| e.to_string());
+                    let outcome = runner.run().map_err(Arc::new);
                     used_args.lock().expect("poisoned").push(runner.into_args());
                     board.publish(index, outcome);
                 });
@@ -280,7 +302,7 @@ impl<'a> Engine<'a> {
             Err(_) => {
                 for &i in &order {
                     if let Err(e) = board.wait(i) {
-                        return Err(BuildError::Other(e));
+                        return Err(BuildError::Stage(e));
                     }
                 }
                 unreachable!("the target failed, so some stage did");
@@ -318,7 +340,7 @@ impl<'a> Engine<'a> {
 
     /// Writes the config and manifest of `state` to the image store.
     fn store_image(&self, state: StageState) -> Result<Built, BuildError> {
-        let other = |e: crate::image::StoreError| BuildError::Other(e.to_string());
+        let other = |e: crate::image::StoreError| BuildError::from(StepError::Image(e));
         let config_bytes = state.config.to_json();
         let config_blob = self
             .images
@@ -328,7 +350,7 @@ impl<'a> Engine<'a> {
         let layers = state.layers.iter().map(LayerRecord::descriptor).collect();
         let manifest = crate::image::image_manifest(config_desc, layers);
         let manifest_bytes =
-            serde_json::to_vec(&manifest).map_err(|e| BuildError::Other(e.to_string()))?;
+            serde_json::to_vec(&manifest).map_err(|e| BuildError::from(StepError::Json(e)))?;
         let manifest_blob = self
             .images
             .put_blob(&mut &manifest_bytes[..], None)
@@ -366,17 +388,16 @@ pub fn ensure_snapshot(
     backend: &dyn Snapshotter,
     images: &ImageStore,
     state: &StageState,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, StepError> {
     let chain = crate::image::chain_ids(&state.config.rootfs.diff_ids);
     if chain.is_empty() {
         return Ok(None);
     }
     if chain.len() != state.layers.len() {
-        return Err(format!(
-            "the image has {} layers but {} diff ids",
-            state.layers.len(),
-            chain.len()
-        ));
+        return Err(StepError::LayerCount {
+            layers: state.layers.len(),
+            diff_ids: chain.len(),
+        });
     }
     let present = |name: &str| {
         backend
@@ -393,7 +414,10 @@ pub fn ensure_snapshot(
         let layer = &state.layers[i];
         let mut blob = images
             .open_blob(&layer.digest)
-            .map_err(|e| format!("layer {}: {e}", layer.digest))?;
+            .map_err(|source| StepError::Layer {
+                digest: layer.digest.to_string(),
+                source,
+            })?;
         let applied = backend
             .apply(
                 &name,
@@ -401,14 +425,18 @@ pub fn ensure_snapshot(
                 &mut blob,
                 &imgfs::layer::ImportLimits::default(),
             )
-            .map_err(|e| format!("failed to apply layer {}: {e}", layer.digest))?;
+            .map_err(|source| StepError::Apply {
+                digest: layer.digest.to_string(),
+                source,
+            })?;
         let want = state.config.rootfs.diff_ids[i].to_string();
         if applied.diff_id != want {
             let _ = backend.remove(&name);
-            return Err(format!(
-                "layer {} has diff id {} but the image config says {want}",
-                layer.digest, applied.diff_id
-            ));
+            return Err(StepError::DiffId {
+                digest: layer.digest.to_string(),
+                actual: applied.diff_id,
+                expected: want,
+            });
         }
     }
     Ok(Some(chain[chain.len() - 1].to_string()))
@@ -420,7 +448,7 @@ pub fn ensure_image_snapshot(
     images: &ImageStore,
     image: &crate::image::Image,
 ) -> Result<Option<String>, BuildError> {
-    ensure_snapshot(backend, images, &image_state(image)).map_err(BuildError::Other)
+    ensure_snapshot(backend, images, &image_state(image)).map_err(BuildError::from)
 }
 
 /// A container config with `docker import --change` instructions applied.
@@ -435,8 +463,12 @@ pub fn config_changes(changes: &[String]) -> Result<crate::image::ContainerConfi
             let kind = ins.expand(file, &df.lexer(), &|k: &str| {
                 crate::dockerfile::Env::get(env.as_slice(), k)
             })?;
-            step::apply_config(&mut config, kind, &mut cmd_set)
-                .map_err(|e| BuildError::Other(format!("--change {change:?}: {e}")))?;
+            step::apply_config(&mut config, kind, &mut cmd_set).map_err(|message| {
+                StepError::Change {
+                    change: change.clone(),
+                    message,
+                }
+            })?;
         }
     }
     Ok(config.config)
@@ -449,7 +481,7 @@ pub fn unpack_snapshot(
     snapshot: &str,
     dir: &Path,
 ) -> Result<(), BuildError> {
-    let (reader, mut writer) = std::io::pipe().map_err(|e| BuildError::Other(e.to_string()))?;
+    let (reader, mut writer) = std::io::pipe().map_err(StepError::Stream)?;
     std::thread::scope(|s| {
         let export = s.spawn(move || {
             let r = backend.export(snapshot, &mut writer);
@@ -465,9 +497,16 @@ pub fn unpack_snapshot(
         // Drain what the exporter still writes if unpacking stopped early.
         let _ = std::io::copy(&mut ar.into_inner(), &mut std::io::sink());
         let exported = export.join().expect("the export thread does not panic");
-        exported.map_err(|e| BuildError::Other(format!("failed to export {snapshot}: {e}")))?;
-        unpacked
-            .map_err(|e| BuildError::Other(format!("failed to unpack into {}: {e}", dir.display())))
+        exported.map_err(|source| StepError::Export {
+            snapshot: snapshot.to_string(),
+            source,
+        })?;
+        unpacked.map_err(|source| {
+            BuildError::from(StepError::Unpack {
+                dir: dir.to_path_buf(),
+                source,
+            })
+        })
     })
 }
 

@@ -8,7 +8,9 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use oci_spec::image::Digest;
 
-use super::{Board, BuildError, BuildRequest, Engine, LayerRecord, StageOutcome, StageState};
+use super::{
+    Board, BuildError, BuildRequest, Engine, LayerRecord, StageOutcome, StageState, StepError,
+};
 use crate::build::cache::CacheKey;
 use crate::context::{self, CopyOptions, SourceTree};
 use crate::dockerfile::{
@@ -87,11 +89,11 @@ impl<'e, 'a> StageRunner<'e, 'a> {
         format!("{}:{line}", self.df.file.display())
     }
 
-    fn fail(&self, ins: &Instruction, message: impl ToString) -> BuildError {
+    fn fail(&self, ins: &Instruction, cause: impl Into<StepError>) -> BuildError {
         BuildError::Step {
             at: self.at(ins.line),
             instruction: ins.original.clone(),
-            message: message.to_string(),
+            cause: Box::new(cause.into()),
         }
     }
 
@@ -99,10 +101,10 @@ impl<'e, 'a> StageRunner<'e, 'a> {
         let stage = &self.df.stages[self.index];
         self.step = 1;
         let base = self.df.stage_base(self.index, self.args.global_env())?;
-        let from_err = |message: String| BuildError::Step {
+        let from_err = |cause: StepError| BuildError::Step {
             at: format!("{}:{}", self.df.file.display(), stage.line),
             instruction: stage.original.clone(),
-            message,
+            cause: Box::new(cause),
         };
         match base {
             Ok(dep) => {
@@ -115,10 +117,12 @@ impl<'e, 'a> StageRunner<'e, 'a> {
             }
             Err(image) if image == "scratch" => {}
             Err(image) => {
-                let found = self
-                    .engine
-                    .image(&image)
-                    .map_err(|e| from_err(format!("base image {image}: {e}")))?;
+                let found = self.engine.image(&image).map_err(|e| {
+                    from_err(StepError::BaseImage {
+                        image: image.clone(),
+                        source: Box::new(e),
+                    })
+                })?;
                 self.state = super::image_state(&found);
                 self.key = CacheKey::base(found.manifest_digest.as_ref());
             }
@@ -133,7 +137,12 @@ impl<'e, 'a> StageRunner<'e, 'a> {
         for trigger in triggers {
             let parsed =
                 crate::dockerfile::parse(&format!("FROM scratch\n{trigger}\n"), &self.df.file)
-                    .map_err(|e| from_err(format!("ONBUILD trigger {trigger:?}: {e}")))?;
+                    .map_err(|e| {
+                        from_err(StepError::OnBuild {
+                            trigger: trigger.clone(),
+                            source: e,
+                        })
+                    })?;
             for ins in &parsed.stages[0].instructions {
                 let mut ins = ins.clone();
                 ins.line = stage.line;
@@ -209,7 +218,7 @@ impl<'e, 'a> StageRunner<'e, 'a> {
                 self.cached_or(ins, key, |me| {
                     let mut state = me.state.clone();
                     apply_config(&mut state.config, other, &mut me.cmd_set)
-                        .map_err(|e| me.fail(ins, e))?;
+                        .map_err(|e| me.fail(ins, StepError::Invalid(e)))?;
                     state.config.push_empty_layer(me.history(ins));
                     Ok(state)
                 })
@@ -242,7 +251,7 @@ impl<'e, 'a> StageRunner<'e, 'a> {
         self.engine
             .cache
             .put(&key, &state)
-            .map_err(|e| self.fail(ins, format!("failed to store the cache record: {e}")))?;
+            .map_err(|e| self.fail(ins, StepError::Cache(e)))?;
         self.state = state;
         self.key = key;
         Ok(())
@@ -261,7 +270,7 @@ impl<'e, 'a> StageRunner<'e, 'a> {
         if let Some(flag) = run.flags.first() {
             return Err(self.fail(
                 ins,
-                format!("RUN --{} is not supported by img yet", flag.name),
+                StepError::Invalid(format!("RUN --{} is not supported by img yet", flag.name)),
             ));
         }
         let cmd = run.command(&self.shell());
@@ -303,7 +312,10 @@ impl<'e, 'a> StageRunner<'e, 'a> {
                 context::mkdir_in_root(root, &workdir, 0, 0).map_err(|e| {
                     me.fail(
                         ins,
-                        format!("failed to create the working directory {workdir}: {e}"),
+                        StepError::CreateDir {
+                            what: format!("the working directory {workdir}"),
+                            source: e,
+                        },
                     )
                 })?;
                 let req = RunRequest {
@@ -325,10 +337,10 @@ impl<'e, 'a> StageRunner<'e, 'a> {
                 if code != 0 {
                     return Err(me.fail(
                         ins,
-                        format!(
-                            "process {:?} did not complete successfully: exit code: {code}",
-                            argv.join(" ")
-                        ),
+                        StepError::ExitCode {
+                            argv: argv.join(" "),
+                            code,
+                        },
                     ));
                 }
                 Ok(())
@@ -356,8 +368,15 @@ impl<'e, 'a> StageRunner<'e, 'a> {
                     let u = context::resolve_user(root, &user_spec).map_err(|e| me.fail(ins, e))?;
                     (u.uid, u.gid)
                 };
-                context::mkdir_in_root(root, &path, uid, gid)
-                    .map_err(|e| me.fail(ins, format!("failed to create {path}: {e}")))
+                context::mkdir_in_root(root, &path, uid, gid).map_err(|e| {
+                    me.fail(
+                        ins,
+                        StepError::CreateDir {
+                            what: path.clone(),
+                            source: e,
+                        },
+                    )
+                })
             })
         })
     }
@@ -369,7 +388,12 @@ impl<'e, 'a> StageRunner<'e, 'a> {
         add: bool,
     ) -> Result<(), BuildError> {
         if copy.parents || !copy.exclude.is_empty() {
-            return Err(self.fail(ins, "--parents and --exclude are not supported by img yet"));
+            return Err(self.fail(
+                ins,
+                StepError::Invalid(
+                    "--parents and --exclude are not supported by img yet".to_string(),
+                ),
+            ));
         }
         let mut paths = Vec::new();
         let mut heredocs = Vec::new();
@@ -440,14 +464,11 @@ impl<'e, 'a> StageRunner<'e, 'a> {
                     let opts = CopyOptions {
                         chown: owner,
                         chmod: chmod.clone(),
+                        unpack_archives: add,
                     };
                     if let Some(r) = &resolved {
-                        let copied = if add {
-                            context::add_into(&tree, r, root, &dest, &opts)
-                        } else {
-                            context::copy_into(&tree, r, root, &dest, &opts)
-                        };
-                        copied.map_err(|e| me.fail(ins, e))?;
+                        context::copy_into(&tree, r, root, &dest, &opts)
+                            .map_err(|e| me.fail(ins, e))?;
                     }
                     for h in &heredocs {
                         context::copy_heredoc(root, &h.name, h.content.as_bytes(), &dest, &opts)
@@ -472,7 +493,10 @@ impl<'e, 'a> StageRunner<'e, 'a> {
                 Some(ctx) => Ok(SourceRoot::Context(ctx.root().to_owned())),
                 None => Err(self.fail(
                     ins,
-                    "no build context: the Dockerfile came on standard input without one",
+                    StepError::Invalid(
+                        "no build context: the Dockerfile came on standard input without one"
+                            .to_string(),
+                    ),
                 )),
             };
         };
@@ -484,15 +508,21 @@ impl<'e, 'a> StageRunner<'e, 'a> {
                     .state
             }
             None => {
-                let image = self
-                    .engine
-                    .image(from)
-                    .map_err(|e| self.fail(ins, format!("--from={from}: {e}")))?;
+                let image = self.engine.image(from).map_err(|e| {
+                    self.fail(
+                        ins,
+                        StepError::From {
+                            from: from.clone(),
+                            source: Box::new(e),
+                        },
+                    )
+                })?;
                 super::image_state(&image)
             }
         };
         let Some(snapshot) = self.ensure_snapshot(ins, &state)? else {
-            let dir = tempfile::tempdir_in(&self.engine.scratch).map_err(|e| self.fail(ins, e))?;
+            let dir = tempfile::tempdir_in(&self.engine.scratch)
+                .map_err(|e| self.fail(ins, StepError::io(&self.engine.scratch)(e)))?;
             return Ok(SourceRoot::Empty(dir));
         };
         let key = self.engine.temp_key("from");
@@ -506,7 +536,13 @@ impl<'e, 'a> StageRunner<'e, 'a> {
             Ok(m) => Ok(SourceRoot::Snapshot(m, key)),
             Err(e) => {
                 let _ = backend.remove(&key);
-                Err(self.fail(ins, format!("failed to mount {snapshot}: {e}")))
+                Err(self.fail(
+                    ins,
+                    StepError::Mount {
+                        what: snapshot,
+                        source: e,
+                    },
+                ))
             }
         }
     }
@@ -565,15 +601,21 @@ impl<'e, 'a> StageRunner<'e, 'a> {
     ) -> Result<StageState, BuildError> {
         let backend = self.engine.backend;
         let mnt = self.engine.scratch.join(key);
-        std::fs::create_dir_all(&mnt).map_err(|e| self.fail(ins, e))?;
-        let mount = backend
-            .mount(key, &mnt)
-            .map_err(|e| self.fail(ins, format!("failed to mount the step's snapshot: {e}")))?;
+        std::fs::create_dir_all(&mnt).map_err(|e| self.fail(ins, StepError::io(&mnt)(e)))?;
+        let mount = backend.mount(key, &mnt).map_err(|e| {
+            self.fail(
+                ins,
+                StepError::Mount {
+                    what: "the step's snapshot".to_string(),
+                    source: e,
+                },
+            )
+        })?;
         let ran = op(self, &mnt);
         let unmounted = mount.unmount();
         let _ = std::fs::remove_dir(&mnt);
         ran?;
-        unmounted.map_err(|e| self.fail(ins, format!("failed to unmount: {e}")))?;
+        unmounted.map_err(|e| self.fail(ins, StepError::Unmount(e)))?;
 
         let mut state = self.state.clone();
         let writer = self
@@ -588,14 +630,16 @@ impl<'e, 'a> StageRunner<'e, 'a> {
         let mut gz = GzEncoder::new(writer, Compression::new(LAYER_GZIP_LEVEL));
         let report = backend
             .diff(key, &mut gz)
-            .map_err(|e| self.fail(ins, format!("failed to write the layer: {e}")))?;
+            .map_err(|e| self.fail(ins, StepError::WriteLayer(e)))?;
         if report.entries == 0 {
             // Nothing changed: no layer, as BuildKit does.
             backend.remove(key).map_err(|e| self.fail(ins, e))?;
             state.config.push_empty_layer(history);
             return Ok(state);
         }
-        let writer = gz.finish().map_err(|e| self.fail(ins, e))?;
+        let writer = gz
+            .finish()
+            .map_err(|e| self.fail(ins, StepError::Stream(e)))?;
         let blob = writer.commit(None).map_err(|e| self.fail(ins, e))?;
         let diff_id = Digest::from_str(&report.diff_id).map_err(|e| self.fail(ins, e))?;
         state.layers.push(LayerRecord {
@@ -611,7 +655,7 @@ impl<'e, 'a> StageRunner<'e, 'a> {
             Ok(_) => {}
             // The same tree was built before (the cache record was pruned, say): keep that one.
             Err(imgfs::Error::Exists(_)) => backend.remove(key).map_err(|e| self.fail(ins, e))?,
-            Err(e) => return Err(self.fail(ins, format!("failed to commit: {e}"))),
+            Err(e) => return Err(self.fail(ins, StepError::Commit(e))),
         }
         Ok(state)
     }

@@ -14,6 +14,14 @@ fn chmod(root: &Path, rel: &str, mode: u32) {
     fs::set_permissions(root.join(rel), fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// The options ADD copies with.
+fn add() -> CopyOptions {
+    CopyOptions {
+        unpack_archives: true,
+        ..CopyOptions::default()
+    }
+}
+
 fn set_mtime(path: &Path, secs: i64) {
     let t = nix::sys::time::TimeSpec::new(secs, 0);
     nix::sys::stat::utimensat(
@@ -285,6 +293,7 @@ fn chown_owns_files_and_created_parents_and_chmod_skips_created_parents() {
     let opts = CopyOptions {
         chown: Some((1234, 55)),
         chmod: Some(Chmod::parse("640").unwrap()),
+        ..CopyOptions::default()
     };
     let image = copy(&ctx, &["d"], "/deep/cm", &opts);
     let r = image.path();
@@ -398,7 +407,7 @@ fn add_unpacks_local_tars_keeping_ownership() {
         write(r, "ar/d/f/inner", "old");
         write(r, "ar/d/s", "old");
         let resolved = tree.resolve(&[src]).unwrap();
-        add_into(&tree, &resolved, r, "/ar", &CopyOptions::default()).unwrap();
+        copy_into(&tree, &resolved, r, "/ar", &add()).unwrap();
         assert_eq!(read(r, "ar/d/f"), "tf", "{src}");
         assert_eq!(
             (meta(r, "ar/d/f").uid(), meta(r, "ar/d/f").gid()),
@@ -414,14 +423,7 @@ fn add_unpacks_local_tars_keeping_ownership() {
     }
     let image = tempfile::tempdir().unwrap();
     let resolved = tree.resolve(&["not-a-tar.gz.txt"]).unwrap();
-    add_into(
-        &tree,
-        &resolved,
-        image.path(),
-        "/x",
-        &CopyOptions::default(),
-    )
-    .unwrap();
+    copy_into(&tree, &resolved, image.path(), "/x", &add()).unwrap();
     assert_eq!(read(image.path(), "x"), "plain");
 }
 
@@ -449,7 +451,7 @@ fn add_refuses_tar_entries_that_climb_out_and_writes_through_symlinks_stay_insid
     fs::create_dir(&r).unwrap();
     for src in ["c.tar", "l.tar"] {
         let resolved = tree.resolve(&[src]).unwrap();
-        let err = add_into(&tree, &resolved, &r, "/in", &CopyOptions::default()).unwrap_err();
+        let err = copy_into(&tree, &resolved, &r, "/in", &add()).unwrap_err();
         assert!(
             matches!(err, ContextError::Archive(ArchiveError::Escape { .. })),
             "{src}: {err}"
@@ -457,7 +459,7 @@ fn add_refuses_tar_entries_that_climb_out_and_writes_through_symlinks_stay_insid
     }
     assert!(!image.path().join("evil").exists());
     let resolved = tree.resolve(&["t.tar"]).unwrap();
-    add_into(&tree, &resolved, &r, "/in", &CopyOptions::default()).unwrap();
+    copy_into(&tree, &resolved, &r, "/in", &add()).unwrap();
     // `esc -> /` is the image's root, so the file lands at the root of the image.
     assert_eq!(read(&r, "pwned"), "x");
     assert!(!image.path().join("pwned").exists());
@@ -504,6 +506,7 @@ fn heredoc_is_written_0644_with_dest_rules() {
     let opts = CopyOptions {
         chown: Some((7, 8)),
         chmod: Some(Chmod::parse("755").unwrap()),
+        ..CopyOptions::default()
     };
     copy_heredoc(r, "script.sh", b"#!/bin/sh\n", "/bin/", &opts).unwrap();
     let m = meta(r, "bin/script.sh");
@@ -647,7 +650,7 @@ fn copy_keeps_xattrs_and_they_are_part_of_the_hash() {
 
     let opts = CopyOptions {
         chown: Some((1, 1)),
-        chmod: None,
+        ..CopyOptions::default()
     };
     let image = copy(&ctx, &["d"], "/out/", &opts);
     assert_eq!(
@@ -674,7 +677,7 @@ fn add_restores_pax_xattrs() {
     let tree = ctx.source_tree();
     let image = tempfile::tempdir().unwrap();
     let resolved = tree.resolve(&["x.tar"]).unwrap();
-    add_into(&tree, &resolved, image.path(), "/", &CopyOptions::default()).unwrap();
+    copy_into(&tree, &resolved, image.path(), "/", &add()).unwrap();
     assert_eq!(
         xattrs_of(&image.path().join("f")),
         vec![(b"user.cap".to_vec(), b"bin".to_vec())]

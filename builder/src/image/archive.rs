@@ -18,7 +18,8 @@ use oci_spec::image::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::config::{ContainerConfig, History, ImageConfig, canonical_json, host_platform};
+use super::config::{ContainerConfig, History, ImageConfig, canonical_json};
+use super::platform::host_platform;
 use super::reference::{Reference, ReferenceError};
 use super::store::{Blob, ImageStore, StoreError, descriptor_is_index};
 use super::{Compression, digest_from_hasher, image_manifest, is_manifest};

@@ -18,6 +18,8 @@ use oci_spec::image::Digest;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::platform::host_platform;
+
 /// An image config: platform, container defaults, layer diff IDs and history.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ImageConfig {
@@ -192,26 +194,6 @@ where
 /// Formats a time as Docker writes `created`: RFC 3339 in UTC with nanoseconds when nonzero.
 pub fn format_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
-}
-
-/// The host platform in Go's spelling (architecture, os, variant), which image configs and
-/// indexes use.
-pub fn host_platform() -> (String, String, Option<String>) {
-    let (arch, variant) = match std::env::consts::ARCH {
-        "x86_64" => ("amd64", None),
-        "x86" => ("386", None),
-        "aarch64" => ("arm64", Some("v8")),
-        "arm" => ("arm", Some("v7")),
-        "powerpc64" if cfg!(target_endian = "little") => ("ppc64le", None),
-        "loongarch64" => ("loong64", None),
-        "mips64" if cfg!(target_endian = "little") => ("mips64le", None),
-        other => (other, None),
-    };
-    (
-        arch.to_string(),
-        std::env::consts::OS.to_string(),
-        variant.map(str::to_string),
-    )
 }
 
 impl ImageConfig {

@@ -15,6 +15,7 @@
 mod archive;
 mod config;
 mod lock;
+mod platform;
 mod reference;
 mod store;
 
@@ -24,10 +25,9 @@ mod tests;
 pub use archive::{
     ArchiveError, ArchiveFormat, DiffIdMismatch, ImportOptions, Loaded, import_rootfs, load, save,
 };
-pub use config::{
-    ContainerConfig, Empty, HealthConfig, History, ImageConfig, RootFs, format_time, host_platform,
-};
+pub use config::{ContainerConfig, Empty, HealthConfig, History, ImageConfig, RootFs, format_time};
 pub use lock::{Contention, LockError, StateLock};
+pub use platform::{Platform, PlatformError, host_platform};
 pub use reference::{Reference, ReferenceError};
 pub use store::{
     Blob, BlobWriter, Garbage, Image, ImageStore, StoreError, Usage, manifest_media_type,

@@ -260,24 +260,6 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(io_err("sync directory", dir))
 }
 
-/// Writes `bytes` to `path` by way of a synced temporary file and a rename.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let dir = path.parent().expect("a file path has a parent");
-    let mut tmp = tempfile::Builder::new()
-        .prefix(TMP_PREFIX)
-        .tempfile_in(dir)
-        .map_err(io_err("create temporary file in", dir))?;
-    tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(io_err("write", tmp.path()))?;
-    tmp.persist(path).map_err(|e| StoreError::Io {
-        op: "rename to",
-        path: path.to_path_buf(),
-        source: e.error,
-    })?;
-    sync_dir(dir)
-}
-
 impl ImageStore {
     /// Opens the store in `state_dir`, which must exist; the blob directory is made on first use.
     pub fn open(state_dir: impl AsRef<Path>) -> Result<Self, StoreError> {
@@ -423,7 +405,9 @@ impl ImageStore {
     fn write_index(&self, index: &NamesIndex) -> Result<(), StoreError> {
         let mut bytes = serde_json::to_vec_pretty(index).expect("the names index serializes");
         bytes.push(b'\n');
-        write_atomically(&self.index_path(), &bytes)
+        let path = self.index_path();
+        imgfs::atomic::write_atomically(&path, 0o600, |f| f.write_all(&bytes))
+            .map_err(io_err("write", &path))
     }
 
     /// Points `name` at the image manifest `manifest`. The manifest, its config and its layers
@@ -560,7 +544,7 @@ impl ImageStore {
                 digest: digest.clone(),
                 source,
             })?;
-        let (architecture, os, variant) = super::config::host_platform();
+        let (architecture, os, variant) = super::platform::host_platform();
         let is_host = |d: &Descriptor| {
             d.platform().as_ref().is_some_and(|p| {
                 p.os().to_string() == os

@@ -3,6 +3,7 @@
 use std::io::{self, Read, Write};
 use std::path::Path;
 use std::process::Command;
+use std::str::FromStr;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -1086,5 +1087,19 @@ mod archive {
             assert!(matches!(err, ArchiveError::NotATar), "{err}");
         }
         assert!(store.list().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn platforms_parse_and_print_as_docker_spells_them() {
+    let p = Platform::from_str("linux/arm64/v8").unwrap();
+    assert_eq!(p.variant.as_deref(), Some("v8"));
+    assert_eq!(p.to_string(), "linux/arm64/v8");
+    assert_eq!(
+        Platform::from_str("linux/amd64").unwrap().to_string(),
+        "linux/amd64"
+    );
+    for bad in ["linux", "linux/", "/amd64", "a/b/c/d", ""] {
+        assert!(Platform::from_str(bad).is_err(), "{bad:?}");
     }
 }

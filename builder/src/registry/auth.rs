@@ -384,17 +384,12 @@ pub(super) fn write_config(
         .mode(0o700)
         .create(dir)
         .map_err(io)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".config.json.")
-        .tempfile_in(dir)
-        .map_err(io)?;
-    tmp.as_file()
-        .set_permissions(fs::Permissions::from_mode(0o600))
-        .map_err(io)?;
     let mut bytes = serde_json::to_vec_pretty(config).expect("JSON values serialize");
     bytes.push(b'\n');
-    tmp.write_all(&bytes).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
+    imgfs::atomic::write_atomically(path, 0o600, |f| {
+        // Whatever the umask: the file holds passwords.
+        f.set_permissions(fs::Permissions::from_mode(0o600))?;
+        f.write_all(&bytes)
+    })
+    .map_err(io)
 }

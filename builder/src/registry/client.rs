@@ -14,9 +14,8 @@ use oci_client::secrets::RegistryAuth;
 use super::RegistryError;
 use super::auth::{self, Credentials};
 use super::progress::Reporter;
-use super::pull::Platform;
 use super::token::{Challenge, Token};
-use crate::image::Reference;
+use crate::image::{Platform, Reference};
 
 /// How registry operations behave; the defaults suit the command line.
 #[derive(Clone, Debug)]

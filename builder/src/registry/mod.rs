@@ -19,6 +19,7 @@
 //! pull (the image store would resolve it to the stored platform manifest once the index blob is
 //! stored; see the ignored test in builder/tests/it/registry.rs).
 
+mod apply;
 mod auth;
 mod client;
 mod progress;
@@ -33,7 +34,7 @@ mod tests;
 pub use auth::{Credentials, docker_config_path, login, logout};
 pub use client::{Options, Registry, is_insecure_host, registry_key};
 pub use progress::{BlobEvent, Reporter};
-pub use pull::{Platform, Pulled, select_platform};
+pub use pull::{Pulled, select_platform};
 pub use push::Pushed;
 pub use sources::BlobSources;
 
@@ -95,8 +96,6 @@ pub enum RegistryError {
     },
     #[error("layer {digest} has media type {media_type}, which img cannot apply")]
     UnsupportedLayer { digest: String, media_type: String },
-    #[error("invalid platform {0:?} (expected OS/ARCH or OS/ARCH/VARIANT)")]
-    BadPlatform(String),
     #[error("docker config {path}: {message}")]
     Config { path: PathBuf, message: String },
     #[error("credentials for {registry}: {message}")]

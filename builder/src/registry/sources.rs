@@ -72,18 +72,7 @@ impl BlobSources {
             path: self.path.clone(),
             source,
         };
-        let dir = self
-            .path
-            .parent()
-            .expect("the record lives in the state dir");
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            .tempfile_in(dir)
-            .map_err(io)?;
         let bytes = serde_json::to_vec(&self.blobs).expect("a map of strings serializes");
-        tmp.write_all(&bytes).map_err(io)?;
-        tmp.as_file().sync_all().map_err(io)?;
-        tmp.persist(&self.path).map_err(|e| io(e.error))?;
-        Ok(())
+        imgfs::atomic::write_atomically(&self.path, 0o600, |f| f.write_all(&bytes)).map_err(io)
     }
 }

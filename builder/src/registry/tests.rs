@@ -32,20 +32,6 @@ fn docker_hub_credentials_live_under_the_index_url() {
     assert_eq!(registry_key("127.0.0.1:5000"), "127.0.0.1:5000");
 }
 
-#[test]
-fn platforms_parse_and_print_as_docker_spells_them() {
-    let p = Platform::from_str("linux/arm64/v8").unwrap();
-    assert_eq!(p.variant.as_deref(), Some("v8"));
-    assert_eq!(p.to_string(), "linux/arm64/v8");
-    assert_eq!(
-        Platform::from_str("linux/amd64").unwrap().to_string(),
-        "linux/amd64"
-    );
-    for bad in ["linux", "linux/", "/amd64", "a/b/c/d", ""] {
-        assert!(Platform::from_str(bad).is_err(), "{bad:?}");
-    }
-}
-
 fn index(entries: &[(&str, &str, Option<&str>, char)]) -> ImageIndex {
     let manifests = entries
         .iter()
@@ -246,11 +232,11 @@ fn unauthorized_message_names_the_registry_and_the_fix() {
 }
 
 /// An `Arrival` fed from a temporary file the way a download feeds it.
-fn arriving(bytes: &[u8]) -> (tempfile::NamedTempFile, super::pull::Arrival) {
+fn arriving(bytes: &[u8]) -> (tempfile::NamedTempFile, super::apply::Arrival) {
     use std::io::Write;
     let mut file = tempfile::NamedTempFile::new().unwrap();
     file.write_all(bytes).unwrap();
-    let arrival = super::pull::Arrival::default();
+    let arrival = super::apply::Arrival::default();
     arrival.restart(Some(file.reopen().unwrap()));
     (file, arrival)
 }

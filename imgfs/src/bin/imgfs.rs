@@ -185,22 +185,15 @@ fn run(cli: Cli) -> Result<()> {
                     full,
                     BufWriter::new(std::io::stdout().lock()),
                 )
+                .map_err(anyhow::Error::from)
             } else {
-                let tmp = output.with_extension("partial");
-                let f = std::fs::File::create(&tmp)
-                    .with_context(|| format!("cannot create {}", tmp.display()))?;
-                let r = layer::export_layer(&s, &snapshot, full, BufWriter::new(f));
-                match r {
-                    Ok(r) => {
-                        std::fs::rename(&tmp, &output)
-                            .with_context(|| format!("cannot rename to {}", output.display()))?;
-                        Ok(r)
-                    }
-                    Err(e) => {
-                        let _ = std::fs::remove_file(&tmp);
-                        Err(e)
-                    }
-                }
+                // 0o666 less the umask, as File::create makes it.
+                imgfs::atomic::write_atomically(&output, 0o666, |f| {
+                    let mut w = BufWriter::new(f);
+                    let report = layer::export_layer(&s, &snapshot, full, &mut w)?;
+                    w.flush()?;
+                    Ok::<_, anyhow::Error>(report)
+                })
             }
             .with_context(|| format!("cannot export snapshot {snapshot}"))?;
             eprintln!(

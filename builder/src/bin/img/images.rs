@@ -182,21 +182,12 @@ pub fn archive_format(name: &str) -> ArchiveFormat {
 /// Writes through a temporary file next to `path`, renamed into place only when complete, so
 /// a failed save never leaves a truncated archive under the name.
 pub fn write_atomically(path: &Path, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("failed to create a file in {}", dir.display()))?;
-    {
-        let mut w = BufWriter::new(tmp.as_file_mut());
+    imgfs::atomic::write_atomically(path, 0o600, |file| {
+        let mut w = BufWriter::new(file);
         f(&mut w)?;
         w.flush()?;
-    }
-    tmp.as_file().sync_all()?;
-    tmp.persist(path)
-        .with_context(|| format!("failed to write {}", path.display()))?;
-    Ok(())
+        Ok(())
+    })
 }
 
 pub fn save(state: &State, args: SaveArgs) -> Result<()> {

@@ -5,8 +5,8 @@ use std::io::{self, BufRead, IsTerminal, Write};
 
 use anyhow::{Context, Result, bail};
 use builder::build::Puller;
-use builder::image::ImageStore;
-use builder::registry::{self, Options, Platform, Registry, Reporter};
+use builder::image::{ImageStore, Platform};
+use builder::registry::{self, Options, Registry, Reporter};
 use builder::state::{BackendKind, State};
 
 /// Flags every registry command takes.
@@ -200,11 +200,8 @@ impl<'a> BuildPuller<'a> {
 }
 
 impl Puller for BuildPuller<'_> {
-    fn pull(&self, name: &str) -> Result<(), String> {
+    fn pull(&self, name: &str) -> Result<(), registry::RegistryError> {
         eprintln!("Pulling {name}...");
-        self.registry
-            .pull(self.store, name, None)
-            .map(|_| ())
-            .map_err(|e| format!("failed to pull {name}: {e}"))
+        self.registry.pull(self.store, name, None).map(|_| ())
     }
 }
