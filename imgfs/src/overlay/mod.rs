@@ -3,7 +3,7 @@
 //!
 //! Layout under the root directory:
 //! - `LOCK`: flocked by the one process that has the backend open, and holding its pid;
-//! - `snapshots.json`: every snapshot record, replaced whole (tmp file, fsync, rename);
+//! - `snapshots.json`: every snapshot record, replaced whole (`atomic::write_atomically`);
 //! - `snapshots/<id>/fs`: what the snapshot changed from its parent (an overlay upper dir);
 //! - `snapshots/<id>/work`: the overlay work dir of an active snapshot;
 //! - `empty/`: the second lower dir of upper-less mounts.
@@ -328,17 +328,9 @@ impl OverlaySnapshotter {
 
 fn write_state(root: &Path, state: &State) -> Result<()> {
     let path = root.join(RECORDS);
-    let tmp = root.join(format!("{RECORDS}.tmp"));
     let bytes = serde_json::to_vec_pretty(state).expect("records serialise");
-    let write = || -> io::Result<()> {
-        let mut f = File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        // The rename is durable only once the directory is synced.
-        File::open(root)?.sync_all()
-    };
-    write().map_err(|e| io_err(format!("write {}", path.display()), e))
+    crate::atomic::write_atomically(&path, 0o644, |f| f.write_all(&bytes))
+        .map_err(|e| io_err(format!("write {}", path.display()), e))
 }
 
 /// Removes a directory tree without following symlinks.
