@@ -2,11 +2,12 @@
 # fsbench-ab.sh — the same imgfs build with two sets of `imgfs mount` arguments, interleaved,
 # on fsbench's workloads (after `fsbench-setup.sh prepare WORK TREE_DIR`). Prints every round.
 # usage: IMGFS=path/to/imgfs bench/fsbench-ab.sh WORK ROUNDS "ARGS-A" "ARGS-B" [WORKLOAD...]
+#        (as root; uses fsbench-setup.sh and fsbench.sh from this directory)
 # example: bench/fsbench-ab.sh /var/tmp/fsb 3 "" "--no-passthrough" read_cold read_warm read_tree
 set -euo pipefail
 W=${1:?usage: fsbench-ab.sh WORK ROUNDS ARGS-A ARGS-B [WORKLOAD...]}; R=${2:?}; A=$3; B=$4; shift 4
 IMGFS=$(command -v "${IMGFS:-imgfs}")
-BENCH=${FSBENCH_DIR:-$(cd "$(dirname "$0")/../../shared/bench" && pwd)}
+BENCH=$(cd "$(dirname "$0")" && pwd)
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 for side in A B; do
   args=$([ $side = A ] && echo "$A" || echo "$B")

@@ -4,11 +4,24 @@
 # a second run does nothing. Needs root (debootstrap chroots and creates device nodes).
 #
 #   bench/rootfs.sh            # writes /var/tmp/img-fixtures/bookworm-minbase.tar
-#   IMG_ROOTFS_TAR=/x.tar MIRROR=http://host/debian bench/rootfs.sh
+#   IMG_ROOTFS_TAR=/x.tar MIRROR=URI bench/rootfs.sh
+#
+# The Debian mirror is $MIRROR, else the first .../debian URI of this machine's apt sources
+# (the mirror it is known to reach), else debootstrap's own default. The repository names no
+# mirror itself.
 set -eu
 
 out=${IMG_ROOTFS_TAR:-/var/tmp/img-fixtures/bookworm-minbase.tar}
-mirror=${MIRROR:-http://deb.debian.org/debian}
+
+# The first `deb URI ...` (one-line style) or `URIs: URI ...` (deb822) that ends in /debian.
+apt_mirror() {
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+        [ -r "$f" ] || continue
+        awk '$1 == "URIs:" { for (i = 2; i <= NF; i++) print $i }
+             $1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /:\/\//) { print $i; break } }' "$f"
+    done | sed 's:/*$::' | grep -m1 '/debian$' || true
+}
+mirror=${MIRROR:-$(apt_mirror)}
 
 if [ -e "$out" ]; then
     echo "$out exists; delete it to rebuild"
@@ -30,7 +43,8 @@ mkdir -p "$dir"
 work=$(mktemp -d "$dir/.rootfs.XXXXXX")
 trap 'rm -rf "$work"' EXIT INT TERM
 
-debootstrap --variant=minbase bookworm "$work/root" "$mirror"
+# Without a mirror argument debootstrap picks its own default.
+debootstrap --variant=minbase bookworm "$work/root" ${mirror:+"$mirror"}
 tar --numeric-owner --xattrs --sort=name -C "$work/root" -cf "$work/rootfs.tar" .
 mv "$work/rootfs.tar" "$out"
 echo "wrote $out ($(du -h "$out" | cut -f1))"

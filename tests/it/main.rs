@@ -7,3 +7,4 @@ mod posix;
 mod runc;
 mod snapshotters;
 mod support_selftest;
+mod tidy;

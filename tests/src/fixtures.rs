@@ -28,11 +28,8 @@ pub const DEFAULT_FIXTURES_DIR: &str = "/var/tmp/img-fixtures";
 /// Overrides `DEFAULT_FIXTURES_DIR`, e.g. for a CI cache directory.
 pub const FIXTURES_DIR_VAR: &str = "IMG_FIXTURES_DIR";
 
-/// Overrides the Debian mirror `debootstrap_rootfs_tar` downloads from.
+/// Overrides the Debian mirror `debootstrap_rootfs_tar` downloads from (see `debian_mirror`).
 pub const DEBIAN_MIRROR_VAR: &str = "IMG_DEBIAN_MIRROR";
-
-/// Used when neither `IMG_DEBIAN_MIRROR` nor the host's apt sources name a mirror.
-pub const DEFAULT_DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
 
 /// Where Debian's busybox-static puts its binary (`/bin` is a symlink to `/usr/bin` on merged-usr
 /// systems, so this is also `/usr/bin/busybox`).
@@ -314,13 +311,15 @@ fn build_debootstrap_rootfs(build: &FixtureBuild<'_>) -> anyhow::Result<()> {
     let rootfs = build.scratch.join("rootfs");
     let log_path = build.scratch.join("debootstrap.log");
     let mirror = debian_mirror();
+    // Without a mirror argument debootstrap uses its own default.
+    let from = mirror.as_deref().unwrap_or("debootstrap's default mirror");
     let log = File::create(&log_path).with_context(|| format!("failed to create {log_path:?}"))?;
     let started = Instant::now();
     let status = build
         .command("debootstrap")
         .args(["--variant=minbase", "bookworm"])
         .arg(&rootfs)
-        .arg(&mirror)
+        .args(&mirror)
         .stdin(Stdio::null())
         .stdout(
             log.try_clone()
@@ -336,7 +335,7 @@ fn build_debootstrap_rootfs(build: &FixtureBuild<'_>) -> anyhow::Result<()> {
         let tail: Vec<&str> = log.lines().rev().take(30).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         bail!(
-            "debootstrap from {mirror} exited with {status}; last lines:\n{}",
+            "debootstrap from {from} exited with {status}; last lines:\n{}",
             tail.join("\n")
         );
     }
@@ -345,7 +344,7 @@ fn build_debootstrap_rootfs(build: &FixtureBuild<'_>) -> anyhow::Result<()> {
     // Printed rather than logged: the first run of a test pays these minutes, and whoever waits
     // for it should see why.
     eprintln!(
-        "built {DEBOOTSTRAP_ROOTFS} from {mirror}: debootstrap {:.1}s, total {:.1}s",
+        "built {DEBOOTSTRAP_ROOTFS} from {from}: debootstrap {:.1}s, total {:.1}s",
         debootstrapped.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
@@ -353,13 +352,14 @@ fn build_debootstrap_rootfs(build: &FixtureBuild<'_>) -> anyhow::Result<()> {
 }
 
 /// The Debian mirror to debootstrap from: `$IMG_DEBIAN_MIRROR`, else the first `.../debian` URI
-/// in the host's apt sources (which is known to be reachable from this host), else
-/// `DEFAULT_DEBIAN_MIRROR`.
-pub fn debian_mirror() -> String {
+/// in the host's apt sources (which is known to be reachable from this host), else none, and
+/// debootstrap uses its own default. The repository names no mirror host itself: which mirror
+/// a machine may reach is the machine's configuration.
+pub fn debian_mirror() -> Option<String> {
     if let Ok(mirror) = std::env::var(DEBIAN_MIRROR_VAR)
         && !mirror.is_empty()
     {
-        return mirror;
+        return Some(mirror);
     }
     let mut sources = vec![PathBuf::from("/etc/apt/sources.list")];
     if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
@@ -393,9 +393,9 @@ pub fn debian_mirror() -> String {
                 .into_iter()
                 .find(|uri| uri.trim_end_matches('/').ends_with("/debian"))
             {
-                return uri.trim_end_matches('/').to_owned();
+                return Some(uri.trim_end_matches('/').to_owned());
             }
         }
     }
-    DEFAULT_DEBIAN_MIRROR.to_owned()
+    None
 }

@@ -1,3 +1,6 @@
+//! Unit tests of the registry client without a registry: insecure-host rules, platforms and
+//! index selection, blob sources, bearer challenges, the config file and retry decisions.
+
 use std::str::FromStr;
 
 use oci_client::errors::{OciDistributionError, OciEnvelope, OciError, OciErrorCode};

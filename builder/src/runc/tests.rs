@@ -1,3 +1,5 @@
+//! Unit tests of the runc spec for user namespaces: which gids a spec keeps under each id map.
+
 use super::*;
 use crate::userns::IdMap;
 
