@@ -96,6 +96,7 @@ const PROCESS_BOUNDARIES: &[&str] = &[
     "builder/src/registry/auth.rs",
     "builder/src/doctor.rs",
     "imgfs/src/bin/imgfs/mount.rs",
+    "builder/src/bin/img/mount.rs",
 ];
 
 /// Restricted crates as dependencies: a package not named here may not depend on the crate.
@@ -141,17 +142,6 @@ const ROOT_FILES: &[&str] = &[
 /// The workspace's own sources (relative to the root); `imgfs/vendor` is fuser's, not ours.
 const SOURCE_DIRS: &[&str] = &["imgfs", "builder", "tools", "bench", "tests"];
 const NOT_OURS: &[&str] = &["imgfs/vendor"];
-
-/// TEMPORARY: violations that exist today in files being moved by other work (the overlayfs
-/// backend into imgfs, the FUSE serving out of builder). The lead empties this list; an entry
-/// that no longer occurs fails the test, so it cannot outlive its violation.
-/// Each entry is (path, rule name as in `RULES`, or "dependency <crate>" for a Cargo.toml).
-const KNOWN_VIOLATIONS: &[(&str, &str)] = &[
-    ("builder/src/backend.rs", "fuser"),
-    ("tests/it/mount.rs", "fuser"),
-    ("builder/Cargo.toml", "dependency fuser"),
-    ("tests/Cargo.toml", "dependency fuser"),
-];
 
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct Violation {
@@ -460,29 +450,9 @@ fn check_manifests(root: &Path, violations: &mut Vec<Violation>) {
     }
 }
 
-fn known(v: &Violation) -> bool {
-    KNOWN_VIOLATIONS
-        .iter()
-        .any(|(path, rule)| *path == v.path && *rule == v.rule)
-}
-
-/// Fails with every violation, and with every `KNOWN_VIOLATIONS` entry that no longer occurs.
+/// Fails with every violation.
 fn report(violations: Vec<Violation>) {
-    let mut errors: Vec<String> = violations
-        .iter()
-        .filter(|v| !known(v))
-        .map(|v| v.to_string())
-        .collect();
-    for (path, rule) in KNOWN_VIOLATIONS {
-        if !violations
-            .iter()
-            .any(|v| v.path == *path && v.rule == *rule)
-        {
-            errors.push(format!(
-                "{path}: no `{rule}` violation any more: remove it from KNOWN_VIOLATIONS in tests/it/tidy.rs"
-            ));
-        }
-    }
+    let errors: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
     assert!(
         errors.is_empty(),
         "tidy: {} problem(s) (rules at the top of tests/it/tidy.rs):\n{}",
