@@ -4,8 +4,8 @@
 
 use oci_spec::image::{Descriptor, Digest};
 
-use imgfs::Snapshotter;
 use crate::image::ImageStore;
+use imgfs::Snapshotter;
 
 /// A layer blob on its way into the store, as the applier sees it: the temporary file it is
 /// written to and how much of it is there, then whether it was stored. The applier reads the

@@ -601,8 +601,21 @@ fn hard_link<R: Read>(
     Ok(())
 }
 
-/// Sets mode, owner, times and extended attributes from a tar entry's header and PAX records.
-fn set_attrs<R: Read>(inode: &mut Inode, entry: &mut tar::Entry<'_, R>) -> Result<()> {
+/// What a tar entry says of its file beyond type and content: mode, owner, times and extended
+/// attributes, from its header and PAX records. Both backends' appliers read entries with it.
+pub(crate) struct EntryAttrs {
+    /// Permission bits with setuid, setgid and sticky.
+    pub(crate) perm: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) mtime: Timestamp,
+    /// PAX `atime`, else the header's mtime.
+    pub(crate) atime: Timestamp,
+    /// `SCHILY.xattr.*` records, in the order given.
+    pub(crate) xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+pub(crate) fn entry_attrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<EntryAttrs> {
     let h = entry.header();
     let old = h.as_old();
     // An all-NUL or all-space numeric field means zero, as Go's archive/tar reads it.
@@ -615,15 +628,20 @@ fn set_attrs<R: Read>(inode: &mut Inode, entry: &mut tar::Entry<'_, R>) -> Resul
             }
         })
     };
-    inode.perm = num(h.mode().map(u64::from), &old.mode, "mode")? as u32 & 0o7777;
-    inode.uid = u32::try_from(num(h.uid(), &old.uid, "uid")?)
+    let perm = num(h.mode().map(u64::from), &old.mode, "mode")? as u32 & 0o7777;
+    let uid = u32::try_from(num(h.uid(), &old.uid, "uid")?)
         .map_err(|_| Error::Invalid("uid over 2^32".into()))?;
-    inode.gid = u32::try_from(num(h.gid(), &old.gid, "gid")?)
+    let gid = u32::try_from(num(h.gid(), &old.gid, "gid")?)
         .map_err(|_| Error::Invalid("gid over 2^32".into()))?;
     let mtime = Timestamp::from_secs(num(h.mtime(), &old.mtime, "mtime")? as i64);
-    inode.mtime = mtime;
-    inode.atime = mtime;
-    inode.ctime = mtime;
+    let mut a = EntryAttrs {
+        perm,
+        uid,
+        gid,
+        mtime,
+        atime: mtime,
+        xattrs: Vec::new(),
+    };
     if let Some(exts) = entry
         .pax_extensions()
         .map_err(|e| Error::Invalid(format!("PAX header: {e}")))?
@@ -632,18 +650,32 @@ fn set_attrs<R: Read>(inode: &mut Inode, entry: &mut tar::Entry<'_, R>) -> Resul
             let ext = ext.map_err(|e| Error::Invalid(format!("PAX header: {e}")))?;
             let key = ext.key_bytes();
             if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                inode.set_xattr(name, ext.value_bytes());
+                a.xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
             } else if key == b"mtime" {
                 if let Some(t) = parse_pax_time(ext.value_bytes()) {
-                    inode.mtime = t;
-                    inode.ctime = t;
+                    a.mtime = t;
                 }
             } else if key == b"atime"
                 && let Some(t) = parse_pax_time(ext.value_bytes())
             {
-                inode.atime = t;
+                a.atime = t;
             }
         }
+    }
+    Ok(a)
+}
+
+/// Sets mode, owner, times and extended attributes from a tar entry.
+fn set_attrs<R: Read>(inode: &mut Inode, entry: &mut tar::Entry<'_, R>) -> Result<()> {
+    let a = entry_attrs(entry)?;
+    inode.perm = a.perm;
+    inode.uid = a.uid;
+    inode.gid = a.gid;
+    inode.mtime = a.mtime;
+    inode.ctime = a.mtime;
+    inode.atime = a.atime;
+    for (name, value) in &a.xattrs {
+        inode.set_xattr(name, value);
     }
     Ok(())
 }

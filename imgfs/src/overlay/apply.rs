@@ -571,70 +571,15 @@ fn create_file(dfd: &File, name: &[u8]) -> Result<File> {
 }
 
 fn attrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Attrs> {
-    let h = entry.header();
-    let old = h.as_old();
-    // An all-NUL or all-space numeric field means zero, as Go's archive/tar reads it.
-    let num = |parsed: io::Result<u64>, raw: &[u8], what: &str| -> Result<u64> {
-        parsed.or_else(|_| {
-            if raw.iter().all(|&b| b == 0 || b == b' ') {
-                Ok(0)
-            } else {
-                Err(Error::Invalid(format!("bad {what} in tar header")))
-            }
-        })
-    };
-    let mode = num(h.mode().map(u64::from), &old.mode, "mode")? as u32 & 0o7777;
-    let uid = u32::try_from(num(h.uid(), &old.uid, "uid")?)
-        .map_err(|_| Error::Invalid("uid over 2^32".into()))?;
-    let gid = u32::try_from(num(h.gid(), &old.gid, "gid")?)
-        .map_err(|_| Error::Invalid("gid over 2^32".into()))?;
-    let mtime = (num(h.mtime(), &old.mtime, "mtime")? as i64, 0);
-    let mut a = Attrs {
-        mode,
-        uid,
-        gid,
+    let a = crate::layer::import::entry_attrs(entry)?;
+    Ok(Attrs {
+        mode: a.perm,
+        uid: a.uid,
+        gid: a.gid,
         times: Times {
-            atime: mtime,
-            mtime,
+            atime: (a.atime.sec, a.atime.nsec),
+            mtime: (a.mtime.sec, a.mtime.nsec),
         },
-        xattrs: Vec::new(),
-    };
-    if let Some(exts) = entry
-        .pax_extensions()
-        .map_err(|e| Error::Invalid(format!("PAX header: {e}")))?
-    {
-        for ext in exts {
-            let ext = ext.map_err(|e| Error::Invalid(format!("PAX header: {e}")))?;
-            let key = ext.key_bytes();
-            if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                a.xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
-            } else if key == b"mtime" {
-                if let Some(t) = parse_pax_time(ext.value_bytes()) {
-                    a.times.mtime = t;
-                }
-            } else if key == b"atime"
-                && let Some(t) = parse_pax_time(ext.value_bytes())
-            {
-                a.times.atime = t;
-            }
-        }
-    }
-    Ok(a)
-}
-
-/// Parses a PAX time (`seconds[.fraction]`).
-fn parse_pax_time(v: &[u8]) -> Option<(i64, u32)> {
-    let s = std::str::from_utf8(v).ok()?;
-    let (sec, frac) = s.split_once('.').unwrap_or((s, ""));
-    let sec: i64 = sec.parse().ok()?;
-    let mut digits: String = frac.chars().take(9).collect();
-    while digits.len() < 9 {
-        digits.push('0');
-    }
-    let nsec: u32 = if frac.is_empty() {
-        0
-    } else {
-        digits.parse().ok()?
-    };
-    Some((sec, nsec))
+        xattrs: a.xattrs,
+    })
 }
