@@ -66,6 +66,18 @@ const RULES: &[Rule] = &[
         why: "the registry client is the only module on the network",
     },
     Rule {
+        name: "a concrete snapshot backend",
+        patterns: &[
+            "FuseSnapshotter",
+            "OverlaySnapshotter",
+            "imgfs::Store",
+            "imgfs::fuse",
+        ],
+        allowed: &["imgfs/src", "tools/src", "builder/src/state.rs"],
+        tests_exempt: true,
+        why: "the builder knows backends only as `dyn Snapshotter`; state.rs picks one for the img binary",
+    },
+    Rule {
         name: "process spawning",
         // `process::{.., Command, ..}` groups are caught by `spawns_in_use_group`.
         patterns: &[
