@@ -508,3 +508,23 @@ fn serve_queue<FS: Filesystem>(queue: Arc<Queue>, se: SessionEventLoop<FS>) -> i
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape(r"/var/tmp/a\040b"), b"/var/tmp/a b");
+        assert_eq!(unescape(r"/x\134y\011"), b"/x\\y\t");
+        // A backslash not followed by three octal digits stays as it is.
+        assert_eq!(unescape(r"/x\9y\"), br"/x\9y\");
+    }
+
+    #[test]
+    fn connection_id_is_the_kernels_device_encoding() {
+        // fusectl names a connection by the superblock's dev_t: MKDEV(major, minor).
+        assert_eq!(connection_id((0, 52)), 52);
+        assert_eq!(connection_id((1, 2)), (1 << 20) | 2);
+    }
+}
