@@ -56,6 +56,10 @@ pub struct MountOptions {
     /// the kernel wakes each caller on the CPU it waits on instead of waking another vCPU
     /// (imgfs/vendor/fuser/src/governor.rs); `imgfs mount --no-idle-rings` turns it off.
     pub idle_rings: bool,
+    /// Test hook, not for production: with `Some(n)` the ring that gets the n+1st request
+    /// fails as a broken ring would, which must end the connection (fuser's
+    /// `Config::uring_fail_after`; `imgfs mount` sets it from `IMGFS_TEST_URING_FAIL_AFTER`).
+    pub uring_fail_after: Option<u64>,
 }
 
 /// The default polling window of a worker before read(2), through img's patch of fuser
@@ -76,6 +80,7 @@ impl Default for MountOptions {
             io_uring: true,
             passthrough: true,
             idle_rings: true,
+            uring_fail_after: None,
         }
     }
 }
@@ -563,6 +568,7 @@ pub fn session(
     config.poll_before_read = (!opts.poll_before_read.is_zero()).then_some(opts.poll_before_read);
     config.io_uring = opts.io_uring;
     config.idle_rings = opts.idle_rings;
+    config.uring_fail_after = opts.uring_fail_after;
     let mut fs = FuseFs::new(tree, opts.stats.clone());
     fs.passthrough_wanted = opts.passthrough && can_passthrough();
     let mut session = fuser::Session::new(fs, mountpoint, &config)?;

@@ -331,6 +331,9 @@ impl<FS: Filesystem> Session<FS> {
         let governor = uring_payload
             .filter(|_| config.idle_rings)
             .and_then(|_| crate::governor::Governor::new());
+        let fail_after = config
+            .uring_fail_after
+            .map(|n| Arc::new(std::sync::atomic::AtomicU64::new(n)));
         if let Some(payload) = uring_payload {
             for qid in 0..crate::uring::queue_count() {
                 let queue = match crate::uring::Queue::new(qid as u16, uring_ch.as_fd(), payload) {
@@ -350,11 +353,12 @@ impl<FS: Filesystem> Session<FS> {
                 };
                 let q = queue.clone();
                 let g = governor.clone();
+                let fail = fail_after.clone();
                 queues.push(queue);
                 ring_threads.push(
                     thread::Builder::new()
                         .name(format!("fuser-ring-{qid}"))
-                        .spawn(move || crate::uring::serve(q, event_loop, connection, g))?,
+                        .spawn(move || crate::uring::serve(q, event_loop, connection, g, fail))?,
                 );
             }
         }

@@ -395,42 +395,39 @@ fn abort_connection(id: Option<u32>) {
 
 /// Serves `queue` on the current thread, pinned to CPU `qid`, until the queue is stopped or
 /// the connection ends. A failure of the ring ends the whole connection (`connection`, see
-/// `abort_connection`), since the kernel would keep queuing requests to it.
+/// `abort_connection`), since the kernel would keep queuing requests to it. `fail_after`:
+/// `Config::uring_fail_after`, shared by the session's rings.
 pub(crate) fn serve<FS: Filesystem>(
     queue: Arc<Queue>,
     se: SessionEventLoop<FS>,
     connection: Option<u32>,
     governor: Option<Arc<crate::governor::Governor>>,
+    fail_after: Option<Arc<AtomicU64>>,
 ) -> io::Result<()> {
     if let Some(g) = governor {
         g.register();
     }
-    let res = serve_queue(queue, se);
+    let res = serve_queue(queue, se, fail_after.as_deref());
     if res.is_err() {
         abort_connection(connection);
     }
     res
 }
 
-/// Test hook: with `IMGFS_TEST_URING_FAIL_AFTER=N` in the environment, the ring that gets the
-/// N+1st request fails as a ring error would (imgfs's `mount_cli` test checks that the
-/// connection then ends instead of leaving callers waiting).
-fn injected_failure() -> bool {
-    static LEFT: std::sync::OnceLock<Option<AtomicU64>> = std::sync::OnceLock::new();
-    LEFT.get_or_init(|| {
-        std::env::var("IMGFS_TEST_URING_FAIL_AFTER")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .map(AtomicU64::new)
-    })
-    .as_ref()
-    .is_some_and(|left| {
+/// The test hook `Config::uring_fail_after`: whether this request is one past the count of
+/// requests left to serve (`left`, counted down).
+fn injected_failure(left: Option<&AtomicU64>) -> bool {
+    left.is_some_and(|left| {
         left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .is_err()
     })
 }
 
-fn serve_queue<FS: Filesystem>(queue: Arc<Queue>, se: SessionEventLoop<FS>) -> io::Result<()> {
+fn serve_queue<FS: Filesystem>(
+    queue: Arc<Queue>,
+    se: SessionEventLoop<FS>,
+    fail_after: Option<&AtomicU64>,
+) -> io::Result<()> {
     let qid = queue.qid as usize;
     let mut cpus = nix::sched::CpuSet::new();
     if cpus.set(qid).is_ok() {
@@ -477,7 +474,7 @@ fn serve_queue<FS: Filesystem>(queue: Arc<Queue>, se: SessionEventLoop<FS>) -> i
                 debug!("ring {qid}: connection ended");
                 return Ok(());
             }
-            if res < 0 || injected_failure() {
+            if res < 0 || injected_failure(fail_after) {
                 let e = io::Error::from_raw_os_error(if res < 0 { -res } else { libc::EIO });
                 error!("ring {qid}: entry {ent} failed: {e}");
                 return Err(e);
@@ -526,5 +523,13 @@ mod tests {
         // fusectl names a connection by the superblock's dev_t: MKDEV(major, minor).
         assert_eq!(connection_id((0, 52)), 52);
         assert_eq!(connection_id((1, 2)), (1 << 20) | 2);
+    }
+
+    #[test]
+    fn the_failure_hook_fails_every_request_after_the_nth() {
+        assert!(!injected_failure(None));
+        let left = AtomicU64::new(2);
+        let fails: Vec<bool> = (0..4).map(|_| injected_failure(Some(&left))).collect();
+        assert_eq!(fails, [false, false, true, true]);
     }
 }
