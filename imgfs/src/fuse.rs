@@ -7,6 +7,8 @@
 //! directory listings and file pages for as long as it likes (`TTL`); every change made through the
 //! mount invalidates what it must by the kernel's own bookkeeping.
 
+mod governor;
+
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -54,7 +56,7 @@ pub struct MountOptions {
     pub passthrough: bool,
     /// Let the ring threads run under SCHED_IDLE while they are busy and the CPUs are not, so
     /// the kernel wakes each caller on the CPU it waits on instead of waking another vCPU
-    /// (imgfs/vendor/fuser/src/governor.rs); `imgfs mount --no-idle-rings` turns it off.
+    /// (`fuse/governor.rs`); `imgfs mount --no-idle-rings` turns it off.
     pub idle_rings: bool,
     /// Test hook, not for production: with `Some(n)` the ring that gets the n+1st request
     /// fails as a broken ring would, which must end the connection (fuser's
@@ -567,7 +569,9 @@ pub fn session(
     config.clone_fd = true;
     config.poll_before_read = (!opts.poll_before_read.is_zero()).then_some(opts.poll_before_read);
     config.io_uring = opts.io_uring;
-    config.idle_rings = opts.idle_rings;
+    if opts.idle_rings {
+        config.ring_observer = Some(Arc::new(governor::Governor::default()));
+    }
     config.uring_fail_after = opts.uring_fail_after;
     let mut fs = FuseFs::new(tree, opts.stats.clone());
     fs.passthrough_wanted = opts.passthrough && can_passthrough();

@@ -328,9 +328,6 @@ impl<FS: Filesystem> Session<FS> {
         // the kernel sends before every queue has registered still finds a reader.
         let mut queues = Vec::new();
         let mut ring_threads = Vec::new();
-        let governor = uring_payload
-            .filter(|_| config.idle_rings)
-            .and_then(|_| crate::governor::Governor::new());
         let fail_after = config
             .uring_fail_after
             .map(|n| Arc::new(std::sync::atomic::AtomicU64::new(n)));
@@ -352,28 +349,18 @@ impl<FS: Filesystem> Session<FS> {
                     poll_before_read: None,
                 };
                 let q = queue.clone();
-                let g = governor.clone();
+                let o = config.ring_observer.clone();
                 let fail = fail_after.clone();
                 queues.push(queue);
                 ring_threads.push(
                     thread::Builder::new()
                         .name(format!("fuser-ring-{qid}"))
-                        .spawn(move || crate::uring::serve(q, event_loop, connection, g, fail))?,
+                        .spawn(move || crate::uring::serve(q, event_loop, connection, o, fail))?,
                 );
             }
         }
         drop(uring_ch);
-        let governor_thread = match &governor {
-            Some(g) if !ring_threads.is_empty() => {
-                let g = g.clone();
-                Some(
-                    thread::Builder::new()
-                        .name("fuser-governor".into())
-                        .spawn(move || g.run())?,
-                )
-            }
-            _ => None,
-        };
+        let rings_started = !ring_threads.is_empty();
 
         let mut reply: io::Result<()> = Ok(());
         for thread in threads {
@@ -408,13 +395,8 @@ impl<FS: Filesystem> Session<FS> {
             }
         }
         drop(queues);
-        if let Some(g) = &governor {
-            g.stop();
-        }
-        if let Some(thread) = governor_thread {
-            thread
-                .join()
-                .map_err(|_| io::Error::other("ring governor thread panicked"))?;
+        if let Some(observer) = config.ring_observer.as_ref().filter(|_| rings_started) {
+            observer.rings_stopped();
         }
 
         let Some(filesystem) = Arc::get_mut(&mut filesystem) else {

@@ -393,6 +393,26 @@ fn abort_connection(id: Option<u32>) {
     }
 }
 
+/// (img's patch) Told about the ring threads of a session (`Config::ring_observer`), so that the
+/// file system can manage their scheduling (imgfs runs them under SCHED_IDLE while they are
+/// busy) without fuser knowing how.
+pub trait RingObserver: fmt::Debug + Send + Sync {
+    /// Called on each ring thread, with its thread id, before it serves its first request.
+    fn ring_thread_started(self: Arc<Self>, tid: libc::pid_t);
+    /// Called once every ring thread of the session has ended, before `Filesystem::destroy`;
+    /// only for a session that started any.
+    fn rings_stopped(&self);
+}
+
+/// Two observers are equal when they are the same object (`Config` is `Eq`).
+impl PartialEq for dyn RingObserver {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::addr_eq(self, other)
+    }
+}
+
+impl Eq for dyn RingObserver {}
+
 /// Serves `queue` on the current thread, pinned to CPU `qid`, until the queue is stopped or
 /// the connection ends. A failure of the ring ends the whole connection (`connection`, see
 /// `abort_connection`), since the kernel would keep queuing requests to it. `fail_after`:
@@ -401,11 +421,12 @@ pub(crate) fn serve<FS: Filesystem>(
     queue: Arc<Queue>,
     se: SessionEventLoop<FS>,
     connection: Option<u32>,
-    governor: Option<Arc<crate::governor::Governor>>,
+    observer: Option<Arc<dyn RingObserver>>,
     fail_after: Option<Arc<AtomicU64>>,
 ) -> io::Result<()> {
-    if let Some(g) = governor {
-        g.register();
+    if let Some(observer) = observer {
+        // SAFETY: gettid has no preconditions.
+        observer.ring_thread_started(unsafe { libc::gettid() });
     }
     let res = serve_queue(queue, se, fail_after.as_deref());
     if res.is_err() {
