@@ -500,21 +500,9 @@ impl<FS: Filesystem> Session<FS> {
                 ));
             };
             let res = filesystem.init(Request::ref_cast(request.header()), &mut config);
-            // (img's patch) Ask for FUSE over io_uring when configured and offered. An entry's
-            // payload buffer must hold the largest request or reply: the kernel checks it
-            // against max(8 KiB, max_write, max_pages pages) at registration.
-            if res.is_ok()
-                && self.config.io_uring
-                && config
-                    .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
-                    .is_ok()
-            {
-                let page = page_size::get();
-                let payload = (config.max_write as usize)
-                    .max(config.max_pages() as usize * page)
-                    .max(8192);
-                self.uring_payload = Some(payload.div_ceil(page) * page);
-                info!("FUSE over io_uring: {} queues", crate::uring::queue_count());
+            // (img's patch) Ask for FUSE over io_uring when configured and offered.
+            if res.is_ok() && self.config.io_uring {
+                self.uring_payload = crate::uring::negotiate(&mut config);
             }
             if let Err(error) = res {
                 let errno = Errno::from_i32(error.raw_os_error().unwrap_or(0));

@@ -27,10 +27,13 @@ use io_uring::squeue;
 use io_uring::types;
 use log::debug;
 use log::error;
+use log::info;
 use log::warn;
 use parking_lot::Mutex;
 
 use crate::Filesystem;
+use crate::InitFlags;
+use crate::KernelConfig;
 use crate::ReplyEmpty;
 use crate::channel::ChannelSender;
 use crate::ll::Operation;
@@ -320,6 +323,29 @@ impl UringSender {
     }
 }
 
+/// At INIT, with `Config::io_uring`: asks for FUSE over io_uring when the kernel offers it and
+/// returns the payload size of a ring entry, or `None` when the session serves /dev/fuse only.
+/// An entry's payload buffer must hold the largest request or reply: the kernel checks it
+/// against max(8 KiB, max_write, max_pages pages) at registration.
+pub(crate) fn negotiate(config: &mut KernelConfig) -> Option<usize> {
+    if !config.capabilities.contains(InitFlags::FUSE_OVER_IO_URING) {
+        debug!("the kernel does not offer FUSE over io_uring (enable_uring): /dev/fuse only");
+        return None;
+    }
+    // Upstream fuser refuses this capability (it has no rings): a rebase that brought that
+    // refusal in must not switch the rings off quietly. The unit test below fails then.
+    if let Err(refused) = config.add_capabilities(InitFlags::FUSE_OVER_IO_URING) {
+        error!("FUSE over io_uring is offered but was refused ({refused:?}): /dev/fuse only");
+        return None;
+    }
+    let page = page_size::get();
+    let payload = (config.max_write as usize)
+        .max(config.max_pages() as usize * page)
+        .max(8192);
+    info!("FUSE over io_uring: {} queues", queue_count());
+    Some(payload.div_ceil(page) * page)
+}
+
 /// The number of queues the kernel expects: one per possible CPU (the ring is used only once
 /// every queue has registered an entry).
 pub(crate) fn queue_count() -> usize {
@@ -544,6 +570,22 @@ mod tests {
         // fusectl names a connection by the superblock's dev_t: MKDEV(major, minor).
         assert_eq!(connection_id((0, 52)), 52);
         assert_eq!(connection_id((1, 2)), (1 << 20) | 2);
+    }
+
+    #[test]
+    fn io_uring_is_asked_for_whenever_the_kernel_offers_it() {
+        // Upstream refuses FUSE_OVER_IO_URING in `add_capabilities`; after a rebase that kept
+        // that refusal, imgfs would silently serve /dev/fuse only. This must fail then.
+        let offered = InitFlags::FUSE_OVER_IO_URING | InitFlags::FUSE_MAX_PAGES;
+        let mut config = KernelConfig::new(offered, 128 * 1024, crate::ll::Version(7, 45));
+        config.set_max_write(1 << 20).unwrap();
+        let payload = negotiate(&mut config).expect("FUSE over io_uring was not asked for");
+        assert!(config.requested.contains(InitFlags::FUSE_OVER_IO_URING));
+        assert_eq!(payload, 1 << 20);
+
+        let mut config = KernelConfig::new(InitFlags::empty(), 128 * 1024, crate::ll::Version(7, 45));
+        assert_eq!(negotiate(&mut config), None);
+        assert!(!config.requested.contains(InitFlags::FUSE_OVER_IO_URING));
     }
 
     #[test]
