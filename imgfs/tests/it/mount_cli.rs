@@ -243,6 +243,7 @@ fn a_default_mount_serves_requests_through_the_rings_and_commits() {
         "one",
     ];
     let child = foreground_mount(&args, &mnt, &[]);
+    let _unmount = Unmount(&mnt);
     // One ring thread per possible CPU, started once the kernel has answered INIT, which
     // `foreground_mount` waited for.
     // SAFETY: sysconf has no preconditions.
