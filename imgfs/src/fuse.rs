@@ -7,6 +7,7 @@
 //! directory listings and file pages for as long as it likes (`TTL`); every change made through the
 //! mount invalidates what it must by the kernel's own bookkeeping.
 
+mod governor;
 mod snapshotter;
 
 use std::collections::HashMap;
@@ -58,8 +59,12 @@ pub struct MountOptions {
     pub passthrough: bool,
     /// Let the ring threads run under SCHED_IDLE while they are busy and the CPUs are not, so
     /// the kernel wakes each caller on the CPU it waits on instead of waking another vCPU
-    /// (imgfs/vendor/fuser/src/governor.rs); `imgfs mount --no-idle-rings` turns it off.
+    /// (`fuse/governor.rs`); `imgfs mount --no-idle-rings` turns it off.
     pub idle_rings: bool,
+    /// Test hook, not for production: with `Some(n)` the ring that gets the n+1st request
+    /// fails as a broken ring would, which must end the connection (fuser's
+    /// `Config::uring_fail_after`; `imgfs mount` sets it from `IMGFS_TEST_URING_FAIL_AFTER`).
+    pub uring_fail_after: Option<u64>,
 }
 
 /// The default polling window of a worker before read(2), through img's patch of fuser
@@ -80,6 +85,7 @@ impl Default for MountOptions {
             io_uring: true,
             passthrough: true,
             idle_rings: true,
+            uring_fail_after: None,
         }
     }
 }
@@ -566,7 +572,10 @@ pub fn session(
     config.clone_fd = true;
     config.poll_before_read = (!opts.poll_before_read.is_zero()).then_some(opts.poll_before_read);
     config.io_uring = opts.io_uring;
-    config.idle_rings = opts.idle_rings;
+    if opts.idle_rings {
+        config.ring_observer = Some(Arc::new(governor::Governor::default()));
+    }
+    config.uring_fail_after = opts.uring_fail_after;
     let mut fs = FuseFs::new(tree, opts.stats.clone());
     fs.passthrough_wanted = opts.passthrough && can_passthrough();
     let mut session = fuser::Session::new(fs, mountpoint, &config)?;

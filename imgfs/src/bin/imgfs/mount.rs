@@ -67,6 +67,11 @@ pub struct Args {
     /// imgfs spent on them.
     #[arg(long)]
     pub stats: bool,
+    /// Test hook: the ring that gets the N+1st request fails as a broken ring would (the
+    /// connection must then end). Hidden, and read here rather than inside fuser so that the
+    /// library never looks at the environment.
+    #[arg(long, hide = true, env = "IMGFS_TEST_URING_FAIL_AFTER")]
+    pub test_uring_fail_after: Option<u64>,
     pub mountpoint: PathBuf,
 }
 
@@ -138,6 +143,7 @@ pub fn run(args: Args) -> Result<()> {
         io_uring: !args.no_io_uring,
         passthrough: !args.no_passthrough,
         idle_rings: !args.no_idle_rings,
+        uring_fail_after: args.test_uring_fail_after,
         ..Default::default()
     };
     let (session, _) = fuse::session(tree, &args.mountpoint, &opts)

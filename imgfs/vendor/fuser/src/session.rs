@@ -328,9 +328,9 @@ impl<FS: Filesystem> Session<FS> {
         // the kernel sends before every queue has registered still finds a reader.
         let mut queues = Vec::new();
         let mut ring_threads = Vec::new();
-        let governor = uring_payload
-            .filter(|_| config.idle_rings)
-            .and_then(|_| crate::governor::Governor::new());
+        let fail_after = config
+            .uring_fail_after
+            .map(|n| Arc::new(std::sync::atomic::AtomicU64::new(n)));
         if let Some(payload) = uring_payload {
             for qid in 0..crate::uring::queue_count() {
                 let queue = match crate::uring::Queue::new(qid as u16, uring_ch.as_fd(), payload) {
@@ -349,27 +349,18 @@ impl<FS: Filesystem> Session<FS> {
                     poll_before_read: None,
                 };
                 let q = queue.clone();
-                let g = governor.clone();
+                let o = config.ring_observer.clone();
+                let fail = fail_after.clone();
                 queues.push(queue);
                 ring_threads.push(
                     thread::Builder::new()
                         .name(format!("fuser-ring-{qid}"))
-                        .spawn(move || crate::uring::serve(q, event_loop, connection, g))?,
+                        .spawn(move || crate::uring::serve(q, event_loop, connection, o, fail))?,
                 );
             }
         }
         drop(uring_ch);
-        let governor_thread = match &governor {
-            Some(g) if !ring_threads.is_empty() => {
-                let g = g.clone();
-                Some(
-                    thread::Builder::new()
-                        .name("fuser-governor".into())
-                        .spawn(move || g.run())?,
-                )
-            }
-            _ => None,
-        };
+        let rings_started = !ring_threads.is_empty();
 
         let mut reply: io::Result<()> = Ok(());
         for thread in threads {
@@ -404,13 +395,8 @@ impl<FS: Filesystem> Session<FS> {
             }
         }
         drop(queues);
-        if let Some(g) = &governor {
-            g.stop();
-        }
-        if let Some(thread) = governor_thread {
-            thread
-                .join()
-                .map_err(|_| io::Error::other("ring governor thread panicked"))?;
+        if let Some(observer) = config.ring_observer.as_ref().filter(|_| rings_started) {
+            observer.rings_stopped();
         }
 
         let Some(filesystem) = Arc::get_mut(&mut filesystem) else {
@@ -514,21 +500,9 @@ impl<FS: Filesystem> Session<FS> {
                 ));
             };
             let res = filesystem.init(Request::ref_cast(request.header()), &mut config);
-            // (img's patch) Ask for FUSE over io_uring when configured and offered. An entry's
-            // payload buffer must hold the largest request or reply: the kernel checks it
-            // against max(8 KiB, max_write, max_pages pages) at registration.
-            if res.is_ok()
-                && self.config.io_uring
-                && config
-                    .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
-                    .is_ok()
-            {
-                let page = page_size::get();
-                let payload = (config.max_write as usize)
-                    .max(config.max_pages() as usize * page)
-                    .max(8192);
-                self.uring_payload = Some(payload.div_ceil(page) * page);
-                info!("FUSE over io_uring: {} queues", crate::uring::queue_count());
+            // (img's patch) Ask for FUSE over io_uring when configured and offered.
+            if res.is_ok() && self.config.io_uring {
+                self.uring_payload = crate::uring::negotiate(&mut config);
             }
             if let Err(error) = res {
                 let errno = Errno::from_i32(error.raw_os_error().unwrap_or(0));

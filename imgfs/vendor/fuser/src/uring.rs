@@ -27,10 +27,13 @@ use io_uring::squeue;
 use io_uring::types;
 use log::debug;
 use log::error;
+use log::info;
 use log::warn;
 use parking_lot::Mutex;
 
 use crate::Filesystem;
+use crate::InitFlags;
+use crate::KernelConfig;
 use crate::ReplyEmpty;
 use crate::channel::ChannelSender;
 use crate::ll::Operation;
@@ -320,6 +323,29 @@ impl UringSender {
     }
 }
 
+/// At INIT, with `Config::io_uring`: asks for FUSE over io_uring when the kernel offers it and
+/// returns the payload size of a ring entry, or `None` when the session serves /dev/fuse only.
+/// An entry's payload buffer must hold the largest request or reply: the kernel checks it
+/// against max(8 KiB, max_write, max_pages pages) at registration.
+pub(crate) fn negotiate(config: &mut KernelConfig) -> Option<usize> {
+    if !config.capabilities.contains(InitFlags::FUSE_OVER_IO_URING) {
+        debug!("the kernel does not offer FUSE over io_uring (enable_uring): /dev/fuse only");
+        return None;
+    }
+    // Upstream fuser refuses this capability (it has no rings): a rebase that brought that
+    // refusal in must not switch the rings off quietly. The unit test below fails then.
+    if let Err(refused) = config.add_capabilities(InitFlags::FUSE_OVER_IO_URING) {
+        error!("FUSE over io_uring is offered but was refused ({refused:?}): /dev/fuse only");
+        return None;
+    }
+    let page = page_size::get();
+    let payload = (config.max_write as usize)
+        .max(config.max_pages() as usize * page)
+        .max(8192);
+    info!("FUSE over io_uring: {} queues", queue_count());
+    Some(payload.div_ceil(page) * page)
+}
+
 /// The number of queues the kernel expects: one per possible CPU (the ring is used only once
 /// every queue has registered an entry).
 pub(crate) fn queue_count() -> usize {
@@ -393,44 +419,62 @@ fn abort_connection(id: Option<u32>) {
     }
 }
 
+/// (img's patch) Told about the ring threads of a session (`Config::ring_observer`), so that the
+/// file system can manage their scheduling (imgfs runs them under SCHED_IDLE while they are
+/// busy) without fuser knowing how.
+pub trait RingObserver: fmt::Debug + Send + Sync {
+    /// Called on each ring thread, with its thread id, before it serves its first request.
+    fn ring_thread_started(self: Arc<Self>, tid: libc::pid_t);
+    /// Called once every ring thread of the session has ended, before `Filesystem::destroy`;
+    /// only for a session that started any.
+    fn rings_stopped(&self);
+}
+
+/// Two observers are equal when they are the same object (`Config` is `Eq`).
+impl PartialEq for dyn RingObserver {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::addr_eq(self, other)
+    }
+}
+
+impl Eq for dyn RingObserver {}
+
 /// Serves `queue` on the current thread, pinned to CPU `qid`, until the queue is stopped or
 /// the connection ends. A failure of the ring ends the whole connection (`connection`, see
-/// `abort_connection`), since the kernel would keep queuing requests to it.
+/// `abort_connection`), since the kernel would keep queuing requests to it. `fail_after`:
+/// `Config::uring_fail_after`, shared by the session's rings.
 pub(crate) fn serve<FS: Filesystem>(
     queue: Arc<Queue>,
     se: SessionEventLoop<FS>,
     connection: Option<u32>,
-    governor: Option<Arc<crate::governor::Governor>>,
+    observer: Option<Arc<dyn RingObserver>>,
+    fail_after: Option<Arc<AtomicU64>>,
 ) -> io::Result<()> {
-    if let Some(g) = governor {
-        g.register();
+    if let Some(observer) = observer {
+        // SAFETY: gettid has no preconditions.
+        observer.ring_thread_started(unsafe { libc::gettid() });
     }
-    let res = serve_queue(queue, se);
+    let res = serve_queue(queue, se, fail_after.as_deref());
     if res.is_err() {
         abort_connection(connection);
     }
     res
 }
 
-/// Test hook: with `IMGFS_TEST_URING_FAIL_AFTER=N` in the environment, the ring that gets the
-/// N+1st request fails as a ring error would (imgfs's `mount_cli` test checks that the
-/// connection then ends instead of leaving callers waiting).
-fn injected_failure() -> bool {
-    static LEFT: std::sync::OnceLock<Option<AtomicU64>> = std::sync::OnceLock::new();
-    LEFT.get_or_init(|| {
-        std::env::var("IMGFS_TEST_URING_FAIL_AFTER")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .map(AtomicU64::new)
-    })
-    .as_ref()
-    .is_some_and(|left| {
+/// The test hook `Config::uring_fail_after`: whether this request is one past the count of
+/// requests left to serve (`left`, counted down).
+fn injected_failure(left: Option<&AtomicU64>) -> bool {
+    left.is_some_and(|left| {
         left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .is_err()
     })
 }
 
-fn serve_queue<FS: Filesystem>(queue: Arc<Queue>, se: SessionEventLoop<FS>) -> io::Result<()> {
+fn serve_queue<FS: Filesystem>(
+    queue: Arc<Queue>,
+    se: SessionEventLoop<FS>,
+    fail_after: Option<&AtomicU64>,
+) -> io::Result<()> {
     let qid = queue.qid as usize;
     let mut cpus = nix::sched::CpuSet::new();
     if cpus.set(qid).is_ok() {
@@ -477,7 +521,7 @@ fn serve_queue<FS: Filesystem>(queue: Arc<Queue>, se: SessionEventLoop<FS>) -> i
                 debug!("ring {qid}: connection ended");
                 return Ok(());
             }
-            if res < 0 || injected_failure() {
+            if res < 0 || injected_failure(fail_after) {
                 let e = io::Error::from_raw_os_error(if res < 0 { -res } else { libc::EIO });
                 error!("ring {qid}: entry {ent} failed: {e}");
                 return Err(e);
@@ -506,5 +550,49 @@ fn serve_queue<FS: Filesystem>(queue: Arc<Queue>, se: SessionEventLoop<FS>) -> i
                 req.dispatch(&se);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape(r"/var/tmp/a\040b"), b"/var/tmp/a b");
+        assert_eq!(unescape(r"/x\134y\011"), b"/x\\y\t");
+        // A backslash not followed by three octal digits stays as it is.
+        assert_eq!(unescape(r"/x\9y\"), br"/x\9y\");
+    }
+
+    #[test]
+    fn connection_id_is_the_kernels_device_encoding() {
+        // fusectl names a connection by the superblock's dev_t: MKDEV(major, minor).
+        assert_eq!(connection_id((0, 52)), 52);
+        assert_eq!(connection_id((1, 2)), (1 << 20) | 2);
+    }
+
+    #[test]
+    fn io_uring_is_asked_for_whenever_the_kernel_offers_it() {
+        // Upstream refuses FUSE_OVER_IO_URING in `add_capabilities`; after a rebase that kept
+        // that refusal, imgfs would silently serve /dev/fuse only. This must fail then.
+        let offered = InitFlags::FUSE_OVER_IO_URING | InitFlags::FUSE_MAX_PAGES;
+        let mut config = KernelConfig::new(offered, 128 * 1024, crate::ll::Version(7, 45));
+        config.set_max_write(1 << 20).unwrap();
+        let payload = negotiate(&mut config).expect("FUSE over io_uring was not asked for");
+        assert!(config.requested.contains(InitFlags::FUSE_OVER_IO_URING));
+        assert_eq!(payload, 1 << 20);
+
+        let mut config = KernelConfig::new(InitFlags::empty(), 128 * 1024, crate::ll::Version(7, 45));
+        assert_eq!(negotiate(&mut config), None);
+        assert!(!config.requested.contains(InitFlags::FUSE_OVER_IO_URING));
+    }
+
+    #[test]
+    fn the_failure_hook_fails_every_request_after_the_nth() {
+        assert!(!injected_failure(None));
+        let left = AtomicU64::new(2);
+        let fails: Vec<bool> = (0..4).map(|_| injected_failure(Some(&left))).collect();
+        assert_eq!(fails, [false, false, true, true]);
     }
 }

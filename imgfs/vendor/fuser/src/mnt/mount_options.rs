@@ -27,9 +27,14 @@ pub struct Config {
     /// instead of the /dev/fuse workers, which keep serving what the rings do not carry. When
     /// the kernel does not offer it, nothing changes.
     pub io_uring: bool,
-    /// (img's patch) Let the ring threads run under SCHED_IDLE while they are busy and the
-    /// CPUs are not, so the scheduler wakes callers on the CPU they wait on (src/governor.rs).
-    pub idle_rings: bool,
+    /// (img's patch) Told the thread id of each ring thread as it starts and when the rings
+    /// have stopped (`RingObserver`), so that the file system can manage their scheduling.
+    pub ring_observer: Option<std::sync::Arc<dyn crate::RingObserver>>,
+    /// (img's patch) Test hook, not for production: with `Some(n)`, the ring that gets the
+    /// n+1st ring request (counted over all rings of the session) fails as a ring error would,
+    /// so that a test can check that the connection then ends instead of leaving callers
+    /// waiting. `None` (the default) injects nothing.
+    pub uring_fail_after: Option<u64>,
 }
 
 /// Mount options accepted by the FUSE filesystem type

@@ -1,15 +1,17 @@
-//! (img's patch) The scheduling policy of the ring threads.
+//! The scheduling policy of the FUSE-over-io_uring ring threads: the `fuser::RingObserver`
+//! that `MountOptions::idle_rings` installs. Owns nothing but those threads' policy; fuser
+//! only tells it their thread ids and when they have stopped.
 //!
 //! A caller blocked on a FUSE request is woken by the ring thread that answers it, on that
-//! thread's CPU (src/uring.rs pins it to the caller's). At that moment the ring thread is still
-//! running, so the scheduler sees the CPU busy and moves the caller to an idle CPU instead: on
-//! a VM whose idle vCPUs halt, every round trip then pays for waking a halted vCPU, and the
-//! caller hops between CPUs request after request. A CPU whose only runnable threads run under
-//! SCHED_IDLE counts as idle for that choice (`sched_idle_cpu`), so with the ring threads under
-//! SCHED_IDLE the caller stays where it was and the CPU switches straight back to it.
-//! 10,000 `open/write/close` of 4 KiB files took 2.9 s with the ring threads under
-//! SCHED_OTHER and 1.5-1.6 s with the governor below here (1.3-1.4 s with SCHED_IDLE always;
-//! docs/benchmarks.md).
+//! thread's CPU (fuser pins each ring thread to the CPU whose requests it carries, the
+//! caller's). At that moment the ring thread is still running, so the scheduler sees the CPU
+//! busy and moves the caller to an idle CPU instead: on a VM whose idle vCPUs halt, every
+//! round trip then pays for waking a halted vCPU, and the caller hops between CPUs request
+//! after request. A CPU whose only runnable threads run under SCHED_IDLE counts as idle for
+//! that choice (`sched_idle_cpu`), so with the ring threads under SCHED_IDLE the caller stays
+//! where it was and the CPU switches straight back to it. 10,000 `open/write/close` of 4 KiB
+//! files took 2.9 s with the ring threads under SCHED_OTHER and 1.5-1.6 s with the governor
+//! below here (1.3-1.4 s with SCHED_IDLE always; docs/benchmarks.md).
 //!
 //! SCHED_IDLE threads get almost no CPU while other threads want it: with two CPU-bound
 //! processes running, the same loop of 300 files took 4.8 s instead of 0.07 s (with the
@@ -23,17 +25,15 @@
 //!   first request after a quiet spell never waits behind other work.
 //!
 //! Leaving SCHED_IDLE needs CAP_SYS_NICE or an RLIMIT_NICE of 20, so an unprivileged process
-//! without them never enters it (`Governor::new` tries first, on a thread of its own).
+//! without them never enters it (`Governor::usable` tries first, on a thread of its own).
+//!
+//! This lived in img's fork of fuser until the fork got a hook for it (`Config::ring_observer`):
+//! the policy is imgfs's, tuned on its VMs, and the fork stays smaller without it.
 
 use std::io;
-use std::sync::Arc;
-use std::time::Duration;
-use std::time::Instant;
-
-use log::debug;
-use log::warn;
-use parking_lot::Condvar;
-use parking_lot::Mutex;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// How often the governor looks while the ring threads serve requests.
 const BUSY_PERIOD: Duration = Duration::from_millis(2);
@@ -62,12 +62,6 @@ fn set_policy(tid: libc::pid_t, policy: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// The calling thread's id.
-pub(crate) fn gettid() -> libc::pid_t {
-    // SAFETY: gettid has no preconditions.
-    unsafe { libc::gettid() }
-}
-
 /// Time thread `tid` of this process has run and has waited to run, in ns (schedstat).
 fn schedstat(tid: libc::pid_t) -> Option<(u64, u64)> {
     let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
@@ -85,38 +79,65 @@ fn can_leave_idle() -> bool {
     .unwrap_or(false)
 }
 
-/// The ring threads' ids, filled in as they start, and the governor's stop flag.
+/// Watches the ring threads of one session: their ids, filled in as they start, the watching
+/// thread, started with the first of them, and its stop flag.
 #[derive(Debug, Default)]
 pub(crate) struct Governor {
+    /// Whether this process can govern at all (`usable`), decided when the first ring starts.
+    usable: OnceLock<bool>,
     tids: Mutex<Vec<libc::pid_t>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
     stop: Mutex<bool>,
     wake: Condvar,
 }
 
+impl fuser::RingObserver for Governor {
+    fn ring_thread_started(self: Arc<Self>, tid: libc::pid_t) {
+        if !*self.usable.get_or_init(Governor::usable) {
+            return;
+        }
+        lock(&self.tids).push(tid);
+        let mut thread = lock(&self.thread);
+        if thread.is_none() {
+            let this = self.clone();
+            match std::thread::Builder::new()
+                .name("imgfs-governor".into())
+                .spawn(move || this.run())
+            {
+                Ok(handle) => *thread = Some(handle),
+                Err(e) => tracing::warn!("cannot start the ring governor: {e}"),
+            }
+        }
+    }
+
+    fn rings_stopped(&self) {
+        *lock(&self.stop) = true;
+        self.wake.notify_all();
+        let thread = lock(&self.thread).take();
+        if thread.is_some_and(|thread| thread.join().is_err()) {
+            tracing::error!("the ring governor panicked");
+        }
+    }
+}
+
+/// A poisoned lock here only means a governor thread panicked; its data stay usable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Governor {
-    /// A governor, or None when this process could not bring a ring thread back from
-    /// SCHED_IDLE or cannot read schedstat.
-    pub(crate) fn new() -> Option<Arc<Governor>> {
-        if schedstat(gettid()).is_none() {
-            debug!("no schedstat: the ring threads stay under SCHED_OTHER");
-            return None;
+    /// Whether this process can read schedstat and bring a thread back from SCHED_IDLE.
+    fn usable() -> bool {
+        // SAFETY: gettid has no preconditions.
+        if schedstat(unsafe { libc::gettid() }).is_none() {
+            tracing::debug!("no schedstat: the ring threads stay under SCHED_OTHER");
+            return false;
         }
         if !can_leave_idle() {
-            debug!("cannot leave SCHED_IDLE: the ring threads stay under SCHED_OTHER");
-            return None;
+            tracing::debug!("cannot leave SCHED_IDLE: the ring threads stay under SCHED_OTHER");
+            return false;
         }
-        Some(Arc::new(Governor::default()))
-    }
-
-    /// Called by each ring thread as it starts.
-    pub(crate) fn register(&self) {
-        self.tids.lock().push(gettid());
-    }
-
-    /// Ends `run` (and puts the ring threads back under SCHED_OTHER).
-    pub(crate) fn stop(&self) {
-        *self.stop.lock() = true;
-        self.wake.notify_all();
+        true
     }
 
     fn set_all(&self, tids: &[libc::pid_t], idle: bool) {
@@ -127,16 +148,19 @@ impl Governor {
         };
         for &tid in tids {
             // A thread that has ended is no error; any other failure is.
-            if let Err(e) = set_policy(tid, policy) {
-                if e.raw_os_error() != Some(libc::ESRCH) {
-                    warn!("cannot set the scheduling policy of ring thread {tid}: {e}");
-                }
+            if let Err(e) = set_policy(tid, policy)
+                && e.raw_os_error() != Some(libc::ESRCH)
+            {
+                tracing::warn!(
+                    tid,
+                    "cannot set the scheduling policy of a ring thread: {e}"
+                );
             }
         }
     }
 
-    /// Watches the ring threads until `stop`.
-    pub(crate) fn run(&self) {
+    /// Watches the ring threads until `rings_stopped`.
+    fn run(&self) {
         let mut idle = false;
         let mut last: Vec<(u64, u64)> = Vec::new();
         let mut last_busy = Instant::now()
@@ -148,28 +172,30 @@ impl Governor {
         let mut period = QUIET_PERIOD;
         loop {
             {
-                let mut stop = self.stop.lock();
+                let mut stop = lock(&self.stop);
                 if !*stop {
-                    self.wake.wait_for(&mut stop, period);
+                    stop = self
+                        .wake
+                        .wait_timeout(stop, period)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
                 }
                 if *stop {
                     break;
                 }
             }
-            let tids = self.tids.lock().clone();
+            let tids = lock(&self.tids).clone();
             let now: Vec<(u64, u64)> = tids
                 .iter()
                 .map(|&tid| schedstat(tid).unwrap_or((0, 0)))
                 .collect();
             let (ran, waited) = if last.len() == now.len() {
-                now.iter()
-                    .zip(&last)
-                    .fold((0, 0), |(ran, waited), (n, l)| {
-                        (
-                            ran + n.0.saturating_sub(l.0),
-                            waited.max(n.1.saturating_sub(l.1)),
-                        )
-                    })
+                now.iter().zip(&last).fold((0, 0), |(ran, waited), (n, l)| {
+                    (
+                        ran + n.0.saturating_sub(l.0),
+                        waited.max(n.1.saturating_sub(l.1)),
+                    )
+                })
             } else {
                 (0, 0)
             };
@@ -180,7 +206,7 @@ impl Governor {
                 last_busy = t;
             }
             if idle && waited > STARVED {
-                debug!("ring threads waited {waited:?} for a CPU: SCHED_OTHER for {hold:?}");
+                tracing::debug!(?waited, ?hold, "ring threads kept from a CPU: SCHED_OTHER");
                 self.set_all(&tids, false);
                 idle = false;
                 hold_until = t + hold;
@@ -203,7 +229,7 @@ impl Governor {
             };
         }
         if idle {
-            let tids = self.tids.lock().clone();
+            let tids = lock(&self.tids).clone();
             self.set_all(&tids, false);
         }
     }
