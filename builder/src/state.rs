@@ -101,6 +101,9 @@ pub type OpenBackend = (BackendKind, Box<dyn Snapshotter>);
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MountRecord {
     pub pid: u32,
+    /// When the process started (`/proc/PID/stat`'s starttime), so a reused pid is not taken
+    /// for it.
+    pub start_time: u64,
     /// Where the tree is mounted (absolute).
     pub dir: PathBuf,
     pub image: String,
@@ -112,15 +115,26 @@ pub struct MountRecord {
 }
 
 impl MountRecord {
-    /// Whether the process that wrote the record still runs (and is an img).
+    /// Whether the process that wrote the record still runs. Read from `/proc/PID/stat`, which
+    /// anyone may read: an ordinary user's img runs each command in a user namespace of its
+    /// own, from which the serving process's other /proc entries are out of reach.
     pub fn alive(&self) -> bool {
-        std::fs::read_link(format!("/proc/{}/exe", self.pid)).is_ok_and(|exe| {
-            std::env::current_exe().is_ok_and(|me| me == exe)
-                || exe
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("img"))
-        })
+        process_start_time(self.pid) == Some(self.start_time)
     }
+}
+
+/// The start time of process `pid` in clock ticks after boot, or `None` if there is no such
+/// process (or it is a zombie, which serves nothing).
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses; the fields after the last
+    // ')' are plain: state is field 3, starttime field 22.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
 }
 
 /// An open state directory, locked for this process.

@@ -161,6 +161,8 @@ pub fn serve(state: State, args: MountArgs) -> Result<()> {
     };
     let record = MountRecord {
         pid,
+        start_time: builder::state::process_start_time(pid)
+            .context("cannot read this process's start time")?,
         dir: dir.clone(),
         image: args.image.clone(),
         backend: args.backend,
