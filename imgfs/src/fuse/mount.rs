@@ -34,8 +34,8 @@ pub struct MountOptions {
     pub uring_fail_after: Option<u64>,
 }
 
-/// The default polling window of a worker before read(2), through img's patch of fuser
-/// (imgfs/vendor/fuser/PATCHED.md). A sleeping worker must be woken for each request, and on
+/// The default polling window of a worker before read(2), through img's poll-before-read patch
+/// of fuser (imgfs/vendor/fuser/PATCHED.md). A sleeping worker must be woken for each request, and on
 /// this project's VMs, whose idle vCPUs halt, that costs more than serving a metadata request:
 /// a GETXATTR round trip took 29 µs with sleeping workers and 17 µs with 30 µs of polling, and
 /// an untar of 11,903 files 5.3 s instead of 9.0 s (docs/benchmarks.md). An idle mount polls
