@@ -754,8 +754,8 @@ fn pull_by_index_digest_stores_the_host_platform_image() {
 
 /// The known gap: the index digest a pull was asked for is not stored, so the same
 /// reference does not resolve afterwards. The image store resolves an index digest to the stored
-/// platform manifest (`ImageStore::resolve`, unit-tested in builder/src/image/tests.rs); what is
-/// missing is `Registry::pull` storing the index blob beside the manifest, in
+/// platform manifest (`ImageStore::resolve`, unit-tested in builder/src/image/tests/store.rs);
+/// what is missing is `Registry::pull` storing the index blob beside the manifest, in
 /// builder/src/registry/pull.rs, which another change owns at the moment.
 #[test]
 fn an_image_pulled_by_index_digest_resolves_and_builds_from_that_digest() {

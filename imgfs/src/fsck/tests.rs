@@ -1,8 +1,11 @@
 //! Unit tests of fsck: damage that only raw metadata writes can cause, and what repair does with it.
 
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use super::*;
+use crate::meta::Batch;
+use crate::records::{ChunkRecord, Dentry, Extent, PackRecord};
 use crate::store::StoreOptions;
 use crate::tree::NewNode;
 
