@@ -1,6 +1,7 @@
 //! Architecture invariants checked by a test instead of by review (after rust-analyzer's
 //! `xtask/src/tidy.rs`): which module may name rocksdb, memmap2, fuser and the network crates,
-//! which files may start processes, and that every source file opens with a `//!` line.
+//! which files may start processes, that every source file opens with a `//!` line, and that
+//! none is over 1,000 lines.
 //!
 //! The rules are data at the top of this file. Paths are relative to the workspace root and
 //! match as module prefixes: `imgfs/src/meta` is `meta.rs` and everything under `meta/`, so a
@@ -150,6 +151,9 @@ const ROOT_FILES: &[&str] = &[
     "Cargo.toml",
     ".cargo/config.toml",
 ];
+
+/// The most lines a source file may have: past that a file has more than one job.
+const MAX_LINES: usize = 1000;
 
 /// The workspace's own sources (relative to the root); `imgfs/vendor` is fuser's, not ours.
 const SOURCE_DIRS: &[&str] = &["imgfs", "builder", "tools", "bench", "tests"];
@@ -373,6 +377,18 @@ fn check_sources(root: &Path, violations: &mut Vec<Violation>) {
                 line: 1,
                 rule: "doc".into(),
                 message: "the file does not open with a `//!` line saying what it owns".into(),
+            });
+        }
+
+        let lines = text.lines().count();
+        if lines > MAX_LINES {
+            violations.push(Violation {
+                path: path.clone(),
+                line: MAX_LINES + 1,
+                rule: "length".into(),
+                message: format!(
+                    "{lines} lines: split the file along its jobs (at most {MAX_LINES} lines a file)"
+                ),
             });
         }
 
