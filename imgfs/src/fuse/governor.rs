@@ -70,13 +70,16 @@ fn schedstat(tid: libc::pid_t) -> Option<(u64, u64)> {
 }
 
 /// Whether this process may move a thread out of SCHED_IDLE again: tried on a thread of its
-/// own, since a thread that cannot is stuck there.
+/// own, since a thread that cannot is stuck there. The thread is named: it starts from a ring
+/// thread, whose name an unnamed one would inherit and be counted as a ring.
 fn can_leave_idle() -> bool {
-    std::thread::spawn(|| {
-        set_policy(0, libc::SCHED_IDLE).is_ok() && set_policy(0, libc::SCHED_OTHER).is_ok()
-    })
-    .join()
-    .unwrap_or(false)
+    std::thread::Builder::new()
+        .name("imgfs-probe".into())
+        .spawn(|| {
+            set_policy(0, libc::SCHED_IDLE).is_ok() && set_policy(0, libc::SCHED_OTHER).is_ok()
+        })
+        .and_then(|t| t.join().map_err(|_| io::Error::other("the probe panicked")))
+        .unwrap_or(false)
 }
 
 /// Watches the ring threads of one session: their ids, filled in as they start, the watching

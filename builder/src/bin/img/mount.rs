@@ -138,6 +138,8 @@ pub fn serve(state: State, args: MountArgs) -> Result<()> {
     let backend = state.backend(args.backend)?;
     builder::build::ensure_image_snapshot(backend.as_ref(), &state.images, &image)?;
     let pid = std::process::id();
+    let start_time =
+        builder::state::process_start_time(pid).context("cannot read this process's start time")?;
     let (backend, key) = if args.writable {
         let key = format!("img-mount-{pid}");
         backend
@@ -161,8 +163,7 @@ pub fn serve(state: State, args: MountArgs) -> Result<()> {
     };
     let record = MountRecord {
         pid,
-        start_time: builder::state::process_start_time(pid)
-            .context("cannot read this process's start time")?,
+        start_time,
         dir: dir.clone(),
         image: args.image.clone(),
         backend: args.backend,
