@@ -206,6 +206,22 @@ conformance!(hostile_layers_are_refused_or_contained, |s| {
         );
     }
 
+    // Whiteouts that name nothing, `.` or `..`, that are directories, or that the image spec
+    // does not define, are refused with the entry's name.
+    for name in [
+        &b".wh."[..],
+        b"etc/.wh..",
+        b".wh...",
+        b".wh..wh.plnk/x",
+        b"etc/.wh..wh.other",
+    ] {
+        let tar = LayerBuilder::new().raw_file(name, 0o644, b"").finish();
+        let err = apply(s, "evil", Some("base"), &tar).expect_err("bad whiteout");
+        let shown = String::from_utf8_lossy(name).into_owned();
+        assert!(err.to_string().contains(&shown), "{shown}: {err}");
+        assert!(matches!(s.stat("evil"), Err(Error::NotFound(_))));
+    }
+
     // Contained: absolute paths land inside the tree, symlinked parents resolve inside it.
     apply(s, "abs", Some("base"), &hostile::absolute_path()).unwrap();
     assert_eq!(paths(&diff(s, "abs")), ["abs/", "abs/x"]);

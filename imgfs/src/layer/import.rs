@@ -359,7 +359,39 @@ pub fn components(path: &[u8], limits: &ImportLimits) -> Result<Vec<Vec<u8>>> {
             c => out.push(c.to_vec()),
         }
     }
+    check_whiteouts(path, &out)?;
     Ok(out)
+}
+
+/// The image spec's whiteout rules: a whiteout is a file, so only the last component may be
+/// one; it names a file (`.wh.`, `.wh..` and `.wh...` name nothing or `.` and `..`); and of the
+/// `.wh..wh.` names only the opaque marker means anything (AUFS's `.wh..wh.plnk` and the like
+/// are refused, not stored).
+fn check_whiteouts(path: &[u8], comps: &[Vec<u8>]) -> Result<()> {
+    let bad = |why: &str| {
+        Err(Error::Invalid(format!(
+            "layer entry {}: {why}",
+            String::from_utf8_lossy(path)
+        )))
+    };
+    for (i, c) in comps.iter().enumerate() {
+        let Some(target) = c.strip_prefix(WHITEOUT_PREFIX) else {
+            continue;
+        };
+        if i + 1 < comps.len() {
+            return bad("a whiteout cannot be a directory");
+        }
+        if c.as_slice() == OPAQUE_MARKER {
+            continue;
+        }
+        if matches!(target, b"" | b"." | b"..") {
+            return bad("the whiteout names no file");
+        }
+        if target.starts_with(WHITEOUT_PREFIX) {
+            return bad("unknown whiteout (only .wh..wh..opq is defined)");
+        }
+    }
+    Ok(())
 }
 
 /// Finds the directory that holds the last component, creating missing parents as `tar -x` does.
