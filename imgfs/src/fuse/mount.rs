@@ -135,6 +135,13 @@ pub fn session(
     mountpoint: &Path,
     opts: &MountOptions,
 ) -> std::io::Result<(fuser::Session<FuseFs>, fuser::SessionUnmounter)> {
+    // The kernel mounts a regular file's tree over a regular file; nobody means that.
+    if !std::fs::metadata(mountpoint)?.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            format!("mount point {} is not a directory", mountpoint.display()),
+        ));
+    }
     let writable = tree.is_writable();
     let mut mount_options = vec![
         MountOption::FSName(format!("imgfs:{}", std::process::id())),

@@ -108,6 +108,30 @@ fn store_with_empty_base() -> (tempfile::TempDir, std::path::PathBuf, std::path:
 }
 
 #[test]
+fn a_mount_point_that_is_not_a_directory_is_refused() {
+    if !fuse_available() {
+        return;
+    }
+    let (dir, store, _mnt) = store_with_empty_base();
+    let file = dir.path().join("hostname");
+    std::fs::write(&file, "kept\n").unwrap();
+    let out = imgfs(&[
+        "mount",
+        "--store",
+        store.to_str().unwrap(),
+        "--snapshot",
+        "base",
+        "-d",
+        file.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not a directory"), "{err}");
+    assert!(!is_mounted(&file));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "kept\n");
+}
+
+#[test]
 fn daemon_mount_umount_and_signals_commit_the_writable_child() {
     if !fuse_available() {
         return;
