@@ -215,12 +215,12 @@ impl<'a> Engine<'a> {
 
     /// The stored image `name`, pulled first if the store lacks it and a puller is set.
     fn image(&self, name: &str) -> Result<crate::image::Image, StepError> {
-        match self.images.resolve(name) {
+        match self.images.resolve_from(name) {
             Ok(image) => Ok(image),
             Err(crate::image::StoreError::NotFound(_)) if self.puller.is_some() => {
                 // One pull at a time: two stages FROM the same image pull it once.
                 let _guard = self.pull_lock.lock().expect("poisoned");
-                if let Ok(image) = self.images.resolve(name) {
+                if let Ok(image) = self.images.resolve_from(name) {
                     return Ok(image);
                 }
                 self.puller
@@ -230,7 +230,7 @@ impl<'a> Engine<'a> {
                         name: name.to_string(),
                         source,
                     })?;
-                Ok(self.images.resolve(name)?)
+                Ok(self.images.resolve_from(name)?)
             }
             Err(e) => Err(StepError::Image(e)),
         }

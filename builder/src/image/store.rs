@@ -477,6 +477,17 @@ impl ImageStore {
     /// platform manifest of it that is stored), or by a prefix of its ID as
     /// `img ls` prints it (`sha256:` optional), in that order, as Docker does.
     pub fn resolve(&self, name: &str) -> Result<Image, StoreError> {
+        self.resolve_as(name, true)
+    }
+
+    /// `resolve` as a Dockerfile's `FROM` reads a name: by ID only when the ID is spelled out
+    /// (64 hex digits, or `sha256:` and at least 12 of them), so that `FROM b` means the image
+    /// named `b` (pulled if missing), never whichever stored image's ID starts with b.
+    pub fn resolve_from(&self, name: &str) -> Result<Image, StoreError> {
+        self.resolve_as(name, false)
+    }
+
+    fn resolve_as(&self, name: &str, short_ids: bool) -> Result<Image, StoreError> {
         let parsed = Reference::parse(name);
         let index = self.read_index()?;
         if let Ok(reference) = &parsed {
@@ -505,7 +516,15 @@ impl ImageStore {
             }
         }
         let prefix = name.strip_prefix("sha256:").unwrap_or(name);
-        if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let spelled_out = if prefix.len() == name.len() {
+            prefix.len() == 64
+        } else {
+            prefix.len() >= 12
+        };
+        if prefix.is_empty()
+            || !prefix.bytes().all(|b| b.is_ascii_hexdigit())
+            || !(short_ids || spelled_out)
+        {
             parsed?;
             return Err(StoreError::NotFound(name.to_string()));
         }

@@ -88,6 +88,28 @@ fn tagged_images_resolve_by_name_digest_and_id_prefix() {
         store.resolve(&format!("sha256:{}", &id[..6])).unwrap().id(),
         image.id()
     );
+    // FROM takes an ID only when it is spelled out; a short hex word is a name.
+    assert!(matches!(
+        store.resolve_from(&id[..1]),
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.resolve_from(&id[..12]),
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.resolve_from(&format!("sha256:{}", &id[..11])),
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        store
+            .resolve_from(&format!("sha256:{}", &id[..12]))
+            .unwrap()
+            .id(),
+        image.id()
+    );
+    assert_eq!(store.resolve_from(&id).unwrap().id(), image.id());
+    assert_eq!(store.resolve_from("busybox").unwrap().id(), image.id());
     let by_digest = store
         .resolve(&format!("busybox@{}", manifest.digest()))
         .unwrap();
