@@ -209,34 +209,39 @@ impl State {
     /// Opens the snapshot backend `kind`, creating its store on first use. The only place that
     /// names a concrete backend.
     pub fn backend(&self, kind: BackendKind) -> Result<Box<dyn Snapshotter>, StateError> {
-        let path = self.dir.join(kind.dir());
-        let err = |source| StateError::Backend {
-            backend: kind,
-            path: path.clone(),
-            source,
-        };
-        Ok(match kind {
-            BackendKind::Fuse => Box::new(FuseSnapshotter::open_or_create(&path).map_err(err)?),
-            BackendKind::Overlayfs => {
-                Box::new(OverlaySnapshotter::open_or_create(&path).map_err(err)?)
-            }
-        })
+        self.open_backend(kind, false)
     }
 
     /// The snapshot backend `kind` for mounting committed snapshots only: no lock is taken, so
     /// builds and other commands can use the backend meanwhile.
     pub fn backend_read_only(&self, kind: BackendKind) -> Result<Box<dyn Snapshotter>, StateError> {
+        self.open_backend(kind, true)
+    }
+
+    fn open_backend(
+        &self,
+        kind: BackendKind,
+        read_only: bool,
+    ) -> Result<Box<dyn Snapshotter>, StateError> {
         let path = self.dir.join(kind.dir());
-        let err = |source| StateError::Backend {
-            backend: kind,
-            path: path.clone(),
-            source,
-        };
-        Ok(match kind {
-            BackendKind::Fuse => Box::new(FuseSnapshotter::open_read_only(&path).map_err(err)?),
-            BackendKind::Overlayfs => {
-                Box::new(OverlaySnapshotter::open_read_only(&path).map_err(err)?)
+        let opened: imgfs::Result<Box<dyn Snapshotter>> = match (kind, read_only) {
+            (BackendKind::Fuse, false) => {
+                FuseSnapshotter::open_or_create(&path).map(|b| Box::new(b) as _)
             }
+            (BackendKind::Fuse, true) => {
+                FuseSnapshotter::open_read_only(&path).map(|b| Box::new(b) as _)
+            }
+            (BackendKind::Overlayfs, false) => {
+                OverlaySnapshotter::open_or_create(&path).map(|b| Box::new(b) as _)
+            }
+            (BackendKind::Overlayfs, true) => {
+                OverlaySnapshotter::open_read_only(&path).map(|b| Box::new(b) as _)
+            }
+        };
+        opened.map_err(|source| StateError::Backend {
+            backend: kind,
+            path,
+            source,
         })
     }
 
