@@ -22,7 +22,10 @@ use super::config::{ContainerConfig, History, ImageConfig, canonical_json};
 use super::platform::host_platform;
 use super::reference::{Reference, ReferenceError};
 use super::store::{Blob, ImageStore, StoreError, descriptor_is_index};
-use super::{Compression, digest_from_hasher, image_manifest, is_manifest};
+use super::{
+    Compression, MAX_MANIFEST_SIZE, check_unambiguous, digest_from_hasher, image_manifest,
+    is_manifest,
+};
 
 /// The annotation containerd, BuildKit and Docker 25+ put the full image name in; the OCI
 /// `ref.name` annotation then holds only the tag, which is what skopeo's `oci-archive:f.tar:tag`
@@ -69,6 +72,21 @@ pub enum ArchiveError {
     NotATar,
     #[error("no manifest in index {0} is stored in the archive")]
     NoPlatform(Digest),
+    /// A `RepoTags` entry that is not `NAME:TAG`; Docker refuses the same with `invalid tag`.
+    #[error("invalid tag {tag:?} in manifest.json: {reason}")]
+    InvalidTag { tag: String, reason: String },
+    #[error("{what} is {size} bytes, over the {} MiB limit", MAX_MANIFEST_SIZE >> 20)]
+    TooLarge { what: String, size: u64 },
+    #[error("blob {digest}: its descriptor says {expected} bytes, the archive holds {actual}")]
+    SizeMismatch {
+        digest: Digest,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("manifest {digest}: {message}")]
+    BadManifest { digest: Digest, message: String },
+    #[error("{path} in the archive: {message}")]
+    Document { path: String, message: String },
 }
 
 /// A layer whose content is not what the image's config says (boxed: errors stay small).
@@ -477,13 +495,27 @@ pub fn load(store: &ImageStore, reader: impl Read) -> Result<Vec<Loaded>, Archiv
 }
 
 fn load_oci(store: &ImageStore, members: &Members) -> Result<Vec<Loaded>, ArchiveError> {
+    if let Some(bytes) = members.bytes("index.json") {
+        check_unambiguous(bytes).map_err(|message| ArchiveError::Document {
+            path: "index.json".to_string(),
+            message,
+        })?;
+    }
     let index: ImageIndex = members.json("index.json")?;
     let mut loaded = Vec::new();
     for entry in index.manifests() {
         let manifest = pick_manifest(store, members, entry)?;
         let image: oci_spec::image::ImageManifest = store.read_json(manifest.digest())?;
         for blob in std::iter::once(image.config()).chain(image.layers()) {
-            members.store_oci_blob(store, blob.digest())?;
+            let stored = members.store_oci_blob(store, blob.digest())?;
+            check_size(blob, &stored)?;
+        }
+        // The config is read whole whenever the image is used, as a manifest is.
+        if image.config().size() > MAX_MANIFEST_SIZE {
+            return Err(ArchiveError::TooLarge {
+                what: format!("image config {}", image.config().digest()),
+                size: image.config().size(),
+            });
         }
         let name = entry.annotations().as_ref().and_then(|a| {
             a.get(ANNOTATION_CONTAINERD_NAME)
@@ -516,10 +548,10 @@ fn pick_manifest(
     entry: &Descriptor,
 ) -> Result<Descriptor, ArchiveError> {
     let blob = members.store_oci_blob(store, entry.digest())?;
+    check_document(store, entry, &blob)?;
     if !descriptor_is_index(entry) {
         let mut d = entry.clone();
         d.set_annotations(None);
-        d.set_size(blob.size);
         return Ok(d);
     }
     let index: ImageIndex = store.read_json(entry.digest())?;
@@ -536,14 +568,73 @@ fn pick_manifest(
     let chosen = host
         .or(candidates.first())
         .ok_or_else(|| ArchiveError::NoPlatform(entry.digest().clone()))?;
+    let blob = members.store_oci_blob(store, chosen.digest())?;
+    check_document(store, chosen, &blob)?;
     let mut d = (*chosen).clone();
     d.set_annotations(None);
     d.set_platform(None);
     Ok(d)
 }
 
+/// Refuses a blob whose size is not what its descriptor says, as a pull does.
+fn check_size(descriptor: &Descriptor, blob: &Blob) -> Result<(), ArchiveError> {
+    if descriptor.size() != blob.size {
+        return Err(ArchiveError::SizeMismatch {
+            digest: descriptor.digest().clone(),
+            expected: descriptor.size(),
+            actual: blob.size,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a manifest or index the archive holds before it is read: its size against its
+/// descriptor and the cap, and that it reads only one way.
+fn check_document(
+    store: &ImageStore,
+    descriptor: &Descriptor,
+    blob: &Blob,
+) -> Result<(), ArchiveError> {
+    check_size(descriptor, blob)?;
+    if blob.size > MAX_MANIFEST_SIZE {
+        return Err(ArchiveError::TooLarge {
+            what: format!("manifest {}", blob.digest),
+            size: blob.size,
+        });
+    }
+    check_unambiguous(&store.read_blob(&blob.digest)?).map_err(|message| {
+        ArchiveError::BadManifest {
+            digest: blob.digest.clone(),
+            message,
+        }
+    })
+}
+
+/// A `RepoTags` entry as the name it tags: `NAME:TAG`, nothing less (Docker's
+/// `reference.NamedTagged`); a bare `latest` would otherwise be read as the repository
+/// `library/latest`.
+fn repo_tag(tag: &str) -> Result<Reference, ArchiveError> {
+    let invalid = |reason: String| ArchiveError::InvalidTag {
+        tag: tag.to_string(),
+        reason,
+    };
+    // `Reference::parse` fills in `latest`, so the tag must be looked for in the text: a colon
+    // after the last slash (before it, a colon is a registry's port).
+    let last = tag.rsplit('/').next().unwrap_or(tag);
+    if !last.contains(':') || tag.contains('@') {
+        return Err(invalid("a RepoTags entry is NAME:TAG".to_string()));
+    }
+    Reference::parse(tag).map_err(|e| invalid(e.to_string()))
+}
+
 fn load_docker(store: &ImageStore, members: &Members) -> Result<Vec<Loaded>, ArchiveError> {
     let entries: Vec<DockerManifestEntry> = members.json("manifest.json")?;
+    // Before anything is tagged, so a bad name leaves no half-loaded archive.
+    for entry in &entries {
+        for tag in &entry.repo_tags {
+            repo_tag(tag)?;
+        }
+    }
     let mut loaded = Vec::new();
     for entry in entries {
         let what = entry
@@ -552,6 +643,12 @@ fn load_docker(store: &ImageStore, members: &Members) -> Result<Vec<Loaded>, Arc
             .cloned()
             .unwrap_or_else(|| entry.config.clone());
         let config_blob = members.store(store, &entry.config, None)?;
+        if config_blob.size > MAX_MANIFEST_SIZE {
+            return Err(ArchiveError::TooLarge {
+                what: format!("image config {}", entry.config),
+                size: config_blob.size,
+            });
+        }
         let config: ImageConfig = store.read_json(&config_blob.digest)?;
         if config.rootfs.diff_ids.len() != entry.layers.len() {
             return Err(ArchiveError::LayerCount {
@@ -592,7 +689,7 @@ fn load_docker(store: &ImageStore, members: &Members) -> Result<Vec<Loaded>, Arc
             entry
                 .repo_tags
                 .iter()
-                .map(|t| Reference::parse(t).map(Some))
+                .map(|t| repo_tag(t).map(Some))
                 .collect::<Result<_, _>>()?
         };
         for name in names {

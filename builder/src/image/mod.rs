@@ -118,6 +118,46 @@ pub fn is_index(media_type: &MediaType) -> bool {
     }
 }
 
+/// The largest manifest, index or image config img reads, pulled or loaded: containerd's
+/// limit. They are read whole into memory, so a registry or archive that sends more is refused
+/// before it is read, not after.
+pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
+
+/// Refuses a manifest or index document that could be read as the other kind: one with both
+/// `manifests` and `config` or `layers` (CVE-2021-41190, where two clients saw two images under
+/// one digest), or whose own `mediaType` says the other kind. `bytes` must be JSON.
+pub fn check_unambiguous(bytes: &[u8]) -> Result<(), String> {
+    #[derive(serde::Deserialize)]
+    struct Shape {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+        manifests: Option<serde_json::Value>,
+        config: Option<serde_json::Value>,
+        layers: Option<serde_json::Value>,
+    }
+    let shape: Shape = serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))?;
+    let index_fields = shape.manifests.is_some();
+    let manifest_fields = shape.config.is_some() || shape.layers.is_some();
+    if index_fields && manifest_fields {
+        return Err(
+            "ambiguous manifest: it has both `manifests` and `config` or `layers` \
+                    (CVE-2021-41190)"
+                .to_string(),
+        );
+    }
+    let declared = shape.media_type.map(|m| MediaType::from(m.as_str()));
+    match declared {
+        Some(m) if is_manifest(&m) && index_fields => Err(format!(
+            "ambiguous manifest: its media type is {m} but it has `manifests` (CVE-2021-41190)"
+        )),
+        Some(m) if is_index(&m) && manifest_fields => Err(format!(
+            "ambiguous manifest: its media type is {m} but it has `config` or `layers` \
+             (CVE-2021-41190)"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// An OCI image manifest for `config` and `layers`, as img writes them.
 pub fn image_manifest(config: Descriptor, layers: Vec<Descriptor>) -> ImageManifest {
     ImageManifestBuilder::default()

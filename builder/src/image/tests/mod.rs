@@ -2,6 +2,7 @@
 
 mod archive;
 mod config;
+mod hostile;
 mod lock;
 mod reference;
 mod store;
