@@ -1,7 +1,8 @@
 //! A local registry for tests (Debian's `docker-registry` on a free loopback port, open, with
 //! htpasswd basic auth, or over TLS with a certificate from a throwaway CA), `FaultProxy`, a
-//! loopback HTTP proxy that answers 5xx or cuts a response short on the requests it is told to,
-//! so clients' retry and resume paths can be tested against the real registry, and
+//! loopback HTTP proxy that answers 5xx or 429, or content of its own, or cuts a response short
+//! on the requests it is told to, so clients' retry and resume paths and their checks of what a
+//! registry sends can be tested against the real registry, and
 //! `TokenAuthProxy`, a bearer-token front (the distribution token flow) for an open registry.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -240,6 +241,13 @@ pub enum Fault {
     DropAfter(usize),
     /// Forwards the request and sets this response header (name, value) on the answer.
     SetHeader(&'static str, String),
+    /// Answers with this status, these headers and this body, without asking the registry: a
+    /// throttling answer (`429` with `Retry-After`), or content the registry would not hold.
+    Answer {
+        status: u16,
+        headers: Vec<(&'static str, String)>,
+        body: Vec<u8>,
+    },
 }
 
 /// Which requests get a fault, and how many times.
@@ -728,8 +736,14 @@ fn serve(
         range: request.header("Range"),
         fault: fault.clone(),
     });
-    if let Some(Fault::Status(code)) = fault {
-        return answer(client, &format!("{code} Injected"), &[], b"");
+    match fault {
+        Some(Fault::Status(code)) => return answer(client, &format!("{code} Injected"), &[], b""),
+        Some(Fault::Answer {
+            status,
+            headers,
+            body,
+        }) => return answer(client, &format!("{status} Injected"), &headers, &body),
+        _ => {}
     }
     forward(client, reader, upstream, &request, fault)
 }

@@ -1,5 +1,6 @@
-//! `Registry`: one tokio runtime and one oci-client `Client` per registry host, with the
-//! credentials, the HTTP/HTTPS choice, and the retry policy every request goes through.
+//! `Registry`: one tokio runtime and one connection per registry host (an HTTP client, the
+//! credentials, the HTTP/HTTPS choice, the bearer challenge and tokens), and the retry policy
+//! every request goes through.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -7,12 +8,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
-use oci_client::secrets::RegistryAuth;
-
 use super::RegistryError;
 use super::auth::{self, Credentials};
+use super::http::{human, status_text};
 use super::progress::Reporter;
 use super::token::{Challenge, Token};
 use crate::image::{Platform, Reference};
@@ -100,14 +98,11 @@ pub struct Registry {
 /// What the operations on one registry host share.
 #[derive(Clone)]
 pub(super) struct Connection {
-    pub client: oci_client::Client,
-    pub auth: RegistryAuth,
     pub registry: String,
-    /// What `auth` was made from, for the token requests img makes itself (token.rs).
+    /// The stored credentials: basic auth, or what token requests are made with (token.rs).
     pub credentials: Option<Credentials>,
-    /// An HTTP client with `client`'s trust, timeouts and user agent, for those requests.
     pub http: reqwest::Client,
-    /// `http://HOST` or `https://HOST`: the scheme and host `client` speaks to.
+    /// `http://HOST` or `https://HOST`: the scheme and host requests go to.
     pub base: String,
     /// The registry's answer to `GET /v2/` once a request needed it: its bearer challenge, or
     /// `None` for a registry that does not use tokens.
@@ -150,29 +145,12 @@ impl Registry {
             return Ok(c.clone());
         }
         let credentials = auth::credentials(&registry)?;
-        let auth = match &credentials {
-            Some(Credentials::Basic { username, password }) => {
-                RegistryAuth::Basic(username.clone(), password.clone())
-            }
-            // An identity token is an OAuth refresh token; registries that issue them accept it
-            // as the password of the token request, which is what oci-client's basic flow sends.
-            Some(Credentials::IdentityToken(token)) => {
-                RegistryAuth::Basic("<token>".to_string(), token.clone())
-            }
-            None => RegistryAuth::Anonymous,
-        };
-        let client = self.new_client(&registry)?;
-        // oci-client's blob calls only authenticate for registries whose credentials it has
-        // stored; only its manifest calls store them.
-        self.block_on(client.store_auth_if_needed(oci_reference_registry(&registry), &auth));
         let scheme = if is_insecure_host(&registry, &self.options.insecure_registries) {
             "http"
         } else {
             "https"
         };
         let connection = Connection {
-            client,
-            auth,
             credentials,
             http: self.http_client()?,
             base: format!("{scheme}://{}", oci_reference_registry(&registry)),
@@ -184,28 +162,8 @@ impl Registry {
         Ok(connection)
     }
 
-    /// A client that uses `auth` instead of the stored credentials (login checks them).
-    pub(super) fn new_client(&self, registry: &str) -> Result<oci_client::Client, RegistryError> {
-        let resolved = oci_reference_registry(registry);
-        let protocol = if is_insecure_host(registry, &self.options.insecure_registries) {
-            ClientProtocol::HttpsExcept(vec![resolved.to_string(), registry.to_string()])
-        } else {
-            ClientProtocol::Https
-        };
-        let config = ClientConfig {
-            protocol,
-            use_monolithic_push: true,
-            connect_timeout: Some(CONNECT_TIMEOUT),
-            read_timeout: Some(READ_TIMEOUT),
-            user_agent: USER_AGENT,
-            ..Default::default()
-        };
-        oci_client::Client::try_from(config).map_err(|e| RegistryError::Http(e.to_string()))
-    }
-
-    /// A reqwest client built as oci-client builds its own from `new_client`'s config (the
-    /// system trust store, the same timeouts and user agent), for the requests img makes
-    /// itself: login, and the token requests and mounts of token.rs.
+    /// The HTTP client of every request img sends: the system trust store (through reqwest's
+    /// rustls-platform-verifier), connect and read timeouts, img's user agent.
     pub(super) fn http_client(&self) -> Result<reqwest::Client, RegistryError> {
         reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
@@ -255,33 +213,61 @@ pub(super) struct Retrier<'a> {
 }
 
 impl Retrier<'_> {
-    /// After a failed try: waits and returns `Ok` if another try is due, else the error.
+    /// After a failed try: waits and returns `Ok` if another try is due, else the error. An
+    /// answer that says how long to wait (`Retry-After`) is waited for, up to
+    /// `MAX_RETRY_AFTER`; otherwise the wait doubles from `options.backoff` up to 8 seconds.
+    /// Each retry is one line on the reporter, naming the attempt about to be made.
     pub(super) async fn failed(&mut self, failure: Failure) -> Result<(), RegistryError> {
         self.attempt += 1;
         let attempts = self.registry.options.max_attempts.max(1);
-        match failure {
-            Failure::Fatal(e) => Err(e),
-            Failure::Transient(message) if self.attempt >= attempts => {
-                Err(RegistryError::Exhausted {
-                    what: self.what.clone(),
-                    attempts,
-                    message,
-                })
+        let (message, asked) = match failure {
+            Failure::Fatal(e) => return Err(e),
+            Failure::Transient(message) => (message, None),
+            Failure::Status {
+                registry,
+                status,
+                retry_after,
+                message,
+            } => {
+                let mut text = format!("registry {registry} answered {}", status_text(status));
+                if !message.is_empty() {
+                    text.push_str(&format!(" ({message})"));
+                }
+                (text, retry_after)
             }
-            Failure::Transient(message) => {
-                tracing::info!(what = %self.what, attempt = self.attempt, %message, "retrying");
-                self.registry
-                    .reporter
-                    .note(&format!("{}: {message}; retrying", self.what));
-                tokio::time::sleep(self.wait).await;
-                self.wait = (self.wait * 2).min(Duration::from_secs(8));
-                Ok(())
-            }
+        };
+        if self.attempt >= attempts {
+            return Err(RegistryError::Exhausted {
+                what: self.what.clone(),
+                attempts,
+                message,
+            });
         }
+        let wait = retry_wait(asked, self.wait);
+        tracing::info!(what = %self.what, attempt = self.attempt, %message, ?wait, "retrying");
+        self.registry.reporter.note(&format!(
+            "{}: {message}; retrying in {} (attempt {} of {attempts})",
+            self.what,
+            human(wait),
+            self.attempt + 1,
+        ));
+        tokio::time::sleep(wait).await;
+        self.wait = (self.wait * 2).min(Duration::from_secs(8));
+        Ok(())
     }
 }
 
-/// The registry host oci-client sends requests to for `registry`.
+/// The wait before the next try: what the registry asked for, capped, else `backoff`.
+pub(super) fn retry_wait(asked: Option<Duration>, backoff: Duration) -> Duration {
+    asked.map_or(backoff, |d| d.min(MAX_RETRY_AFTER))
+}
+
+/// The longest `Retry-After` img waits for before a retry. A registry that asks for more
+/// gets its retry sooner, and another 429 if it meant it; waiting minutes without a word
+/// would look like a hang.
+pub(super) const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// The host img sends `registry`'s requests to: Docker Hub's API is not at `docker.io`.
 fn oci_reference_registry(registry: &str) -> &str {
     if registry == "docker.io" {
         "index.docker.io"
@@ -298,97 +284,24 @@ fn install_crypto_provider() {
 }
 
 /// Whether a failed request is worth another try.
+#[derive(Debug)]
 pub(super) enum Failure {
-    /// Connection errors, timeouts, 5xx and 429 answers, bodies cut short.
+    /// Connection errors, timeouts, bodies cut short.
     Transient(String),
+    /// An answer whose status says to try again (408, 429, 5xx), with the wait the registry
+    /// asked for and what its body said.
+    Status {
+        registry: String,
+        status: reqwest::StatusCode,
+        retry_after: Option<Duration>,
+        message: String,
+    },
     Fatal(RegistryError),
 }
 
 impl From<RegistryError> for Failure {
     fn from(e: RegistryError) -> Self {
         Failure::Fatal(e)
-    }
-}
-
-/// Sorts an oci-client error into retryable or not, naming `what` was asked of `registry`.
-pub(super) fn classify(registry: &str, what: &str, err: OciDistributionError) -> Failure {
-    let unauthorized = || {
-        Failure::Fatal(RegistryError::Unauthorized {
-            registry: registry.to_string(),
-            what: what.to_string(),
-        })
-    };
-    let not_found = || {
-        Failure::Fatal(RegistryError::NotFound {
-            registry: registry.to_string(),
-            what: what.to_string(),
-        })
-    };
-    let fatal = |message: String| {
-        Failure::Fatal(RegistryError::Request {
-            what: what.to_string(),
-            message,
-        })
-    };
-    match err {
-        OciDistributionError::UnauthorizedError { .. }
-        | OciDistributionError::AuthenticationFailure(_) => unauthorized(),
-        OciDistributionError::ServerError { code, message, .. } => match code {
-            401 | 403 => unauthorized(),
-            404 => not_found(),
-            408 | 429 | 500..=599 => Failure::Transient(format!("HTTP {code} {}", message.trim())),
-            _ => fatal(format!("HTTP {code} {}", message.trim())),
-        },
-        OciDistributionError::RegistryError { envelope, .. } => {
-            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-            if codes
-                .iter()
-                .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
-            {
-                unauthorized()
-            } else if codes.iter().any(|c| {
-                matches!(
-                    c,
-                    OciErrorCode::ManifestUnknown
-                        | OciErrorCode::NameUnknown
-                        | OciErrorCode::BlobUnknown
-                        | OciErrorCode::NotFound
-                )
-            }) {
-                not_found()
-            } else if codes.contains(&&OciErrorCode::Toomanyrequests) {
-                Failure::Transient(envelope.to_string())
-            } else {
-                fatal(envelope.to_string())
-            }
-        }
-        OciDistributionError::RequestError(e) => match tls_failure(registry, &e) {
-            Some(tls) => Failure::Fatal(tls),
-            None => request_failure(&e, unauthorized, fatal),
-        },
-        OciDistributionError::IoError(e) => io_failure(e, what),
-        OciDistributionError::DigestError(DigestError::VerificationError { expected, actual }) => {
-            Failure::Fatal(RegistryError::DigestMismatch {
-                digest: expected,
-                actual,
-            })
-        }
-        other => fatal(other.to_string()),
-    }
-}
-
-fn request_failure(
-    e: &reqwest::Error,
-    unauthorized: impl FnOnce() -> Failure,
-    fatal: impl FnOnce(String) -> Failure,
-) -> Failure {
-    match e.status().map(|s| s.as_u16()) {
-        Some(401 | 403) => unauthorized(),
-        Some(code) if (400..500).contains(&code) && code != 408 && code != 429 => {
-            fatal(error_chain(e))
-        }
-        _ if e.is_builder() => fatal(error_chain(e)),
-        _ => Failure::Transient(error_chain(e)),
     }
 }
 
@@ -429,21 +342,6 @@ pub(super) fn tls_failure(
     None
 }
 
-/// Errors from a blob stream: oci-client wraps transport errors and its digest check in
-/// `io::Error`.
-pub(super) fn io_failure(e: std::io::Error, what: &str) -> Failure {
-    if let Some(DigestError::VerificationError { expected, actual }) =
-        e.get_ref().and_then(|i| i.downcast_ref::<DigestError>())
-    {
-        return Failure::Fatal(RegistryError::DigestMismatch {
-            digest: expected.clone(),
-            actual: actual.clone(),
-        });
-    }
-    let _ = what;
-    Failure::Transient(error_chain(&e))
-}
-
 /// An error and its sources on one line: reqwest's own message is only "error sending request".
 pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -457,26 +355,4 @@ pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     s
-}
-
-/// The oci-client reference for `r`.
-pub(super) fn oci_reference(r: &Reference) -> oci_client::Reference {
-    match (r.tag(), r.digest()) {
-        (Some(tag), Some(d)) => oci_client::Reference::with_tag_and_digest(
-            r.registry().to_string(),
-            r.repository().to_string(),
-            tag.to_string(),
-            d.to_string(),
-        ),
-        (_, Some(d)) => oci_client::Reference::with_digest(
-            r.registry().to_string(),
-            r.repository().to_string(),
-            d.to_string(),
-        ),
-        (tag, None) => oci_client::Reference::with_tag(
-            r.registry().to_string(),
-            r.repository().to_string(),
-            tag.unwrap_or("latest").to_string(),
-        ),
-    }
 }

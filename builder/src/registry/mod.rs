@@ -1,13 +1,14 @@
 //! The registry client: `img pull`, `img push`, `img login` and `img logout` against OCI
 //! distribution registries. This is the only module that talks to the network.
 //!
-//! oci-client speaks the protocol (manifests, blob streams, uploads, cross-repository mounts, the
-//! bearer-token dance); this module adds what it lacks: mount tokens that grant the source
-//! repository and the token server's text when it refuses credentials (`token`), streaming
-//! blobs into the [`ImageStore`](crate::image::ImageStore) with digest and size checks,
-//! resuming an interrupted download with a Range request, bounded retries with backoff, Docker's credentials
-//! (`~/.docker/config.json`), plain HTTP for loopback and `--insecure-registry` hosts, the
-//! platform choice in image indexes, and progress output. HTTPS is verified by reqwest's
+//! It speaks the distribution protocol itself over reqwest (`http`: manifests, blob streams,
+//! uploads, cross-repository mounts, with basic auth or bearer tokens from `token`), and adds
+//! streaming blobs into the [`ImageStore`](crate::image::ImageStore) with digest and size
+//! checks, manifests and configs capped at 4 MiB and refused when they read two ways,
+//! resuming an interrupted download with a Range request, bounded retries (429 and 5xx by
+//! status, waiting as `Retry-After` asks, up to a minute; backoff otherwise), Docker's
+//! credentials (`~/.docker/config.json`), plain HTTP for loopback and `--insecure-registry`
+//! hosts, the platform choice in image indexes, and progress output. HTTPS is verified by reqwest's
 //! rustls-platform-verifier, which on Linux reads rustls-native-certs: the system store, or
 //! `SSL_CERT_FILE`/`SSL_CERT_DIR` instead when set; a TLS failure is reported at once, not
 //! retried. It runs its own tokio runtime, so the rest of img stays synchronous.
@@ -22,6 +23,7 @@
 mod apply;
 mod auth;
 mod client;
+mod http;
 mod progress;
 mod pull;
 mod push;

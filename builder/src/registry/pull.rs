@@ -9,18 +9,22 @@
 use std::io::Write;
 
 use futures_util::{StreamExt, TryStreamExt};
-use oci_client::client::BlobResponse;
 use oci_spec::image::{Descriptor, Digest, ImageIndex, ImageManifest};
+use reqwest::{Method, StatusCode};
 
 use super::RegistryError;
 use super::apply::{Arrival, apply_as_they_come, remove_created};
-use super::client::{Connection, Failure, Registry, classify, io_failure, oci_reference};
+use super::client::{Connection, Failure, Registry, error_chain};
+use super::http::{Access, ReadError, Request, read_capped, transport_failure};
 use super::progress::BlobEvent;
 use super::sources::BlobSources;
 use crate::image::{
-    BlobWriter, Compression, Image, ImageConfig, ImageStore, Platform, Reference,
-    docker_media_type, is_index, is_manifest, sha256_digest,
+    BlobWriter, Compression, Image, ImageConfig, ImageStore, MAX_MANIFEST_SIZE, Platform,
+    Reference, check_unambiguous, docker_media_type, is_index, is_manifest, sha256_digest,
 };
+
+/// The header a registry names a manifest's or blob's digest in.
+const CONTENT_DIGEST: &str = "Docker-Content-Digest";
 use imgfs::Snapshotter;
 
 /// The media types img accepts for a manifest, most preferred first.
@@ -74,13 +78,20 @@ impl Registry {
     ) -> Result<Pulled, RegistryError> {
         let reference = Reference::parse(name)?;
         let conn = self.connection(&reference)?;
-        let (manifest_bytes, manifest_digest, manifest, index) = self.block_on(async {
-            match self.pull_manifest(&conn, &reference).await {
-                Err(e) => Err(self.explain(&conn, reference.repository(), "pull", e).await),
-                fetched => fetched,
-            }
-        })?;
+        let (manifest_bytes, manifest_digest, manifest, index) =
+            self.block_on(self.pull_manifest(&conn, &reference))?;
 
+        // The config is read whole, as a manifest is: the same cap, before it is downloaded.
+        if manifest.config().size() > MAX_MANIFEST_SIZE {
+            return Err(RegistryError::BadManifest {
+                reference: reference.to_string(),
+                message: format!(
+                    "its config is {} bytes, over the {} MiB limit",
+                    manifest.config().size(),
+                    MAX_MANIFEST_SIZE >> 20
+                ),
+            });
+        }
         let mut wanted: Vec<&Descriptor> = vec![manifest.config()];
         for layer in manifest.layers() {
             match Compression::of_layer(layer.media_type()) {
@@ -250,10 +261,13 @@ impl Registry {
         conn: &Connection,
         reference: &Reference,
     ) -> Result<(Vec<u8>, Digest, ImageManifest, Option<(Vec<u8>, Digest)>), RegistryError> {
-        let oref = oci_reference(reference);
         let what = format!("manifest of {reference}");
+        let target = match (reference.digest(), reference.tag()) {
+            (Some(d), _) => d.to_string(),
+            (None, tag) => tag.unwrap_or("latest").to_string(),
+        };
         let (bytes, digest) = self
-            .fetch_manifest(conn, &oref, &what, reference.digest())
+            .fetch_manifest(conn, reference, &target, &what, reference.digest(), None)
             .await?;
         let media_type = crate::image::manifest_media_type(&bytes);
         let mut fetched_index = None;
@@ -270,10 +284,16 @@ impl Registry {
                     platform: platform.to_string(),
                     available: available_platforms(&index),
                 })?;
-            let child = oref.clone_with_digest(chosen.digest().to_string());
             let what = format!("manifest of {reference} for {platform}");
             let chosen = self
-                .fetch_manifest(conn, &child, &what, Some(chosen.digest().clone()))
+                .fetch_manifest(
+                    conn,
+                    reference,
+                    chosen.digest().as_ref(),
+                    &what,
+                    Some(chosen.digest().clone()),
+                    Some(chosen.size()),
+                )
                 .await?;
             fetched_index = Some((bytes, digest));
             chosen
@@ -294,28 +314,63 @@ impl Registry {
         Ok((bytes, digest, manifest, fetched_index))
     }
 
-    /// One manifest by tag or digest, its digest checked against its bytes and `expected`.
+    /// One manifest of `reference`'s repository by tag or digest (`target`), its digest
+    /// checked against its bytes, the registry's header and `expected`, its size against the
+    /// cap and `expected_size` (an index's word for it), and refused when it reads two ways.
     async fn fetch_manifest(
         &self,
         conn: &Connection,
-        oref: &oci_client::Reference,
+        reference: &Reference,
+        target: &str,
         what: &str,
         expected: Option<Digest>,
+        expected_size: Option<u64>,
     ) -> Result<(Vec<u8>, Digest), RegistryError> {
+        let shown = match target.contains(':') {
+            true => format!("{}@{target}", reference.name()),
+            false => format!("{}:{target}", reference.name()),
+        };
+        let bad = |message: String| RegistryError::BadManifest {
+            reference: shown.clone(),
+            message,
+        };
+        let url = format!(
+            "{}/v2/{}/manifests/{target}",
+            conn.base,
+            reference.repository()
+        );
+        let request = Request {
+            conn,
+            what,
+            repository: reference.repository(),
+            access: Access::Pull,
+        };
         let (bytes, header) = self
             .retry(what, || async {
-                conn.client
-                    .pull_manifest_raw(oref, &conn.auth, &ACCEPTED_MANIFESTS)
-                    .await
-                    .map_err(|e| classify(&conn.registry, what, e))
+                let response = self
+                    .send(&request, Method::GET, &url, |b| {
+                        b.header(reqwest::header::ACCEPT, ACCEPTED_MANIFESTS.join(", "))
+                    })
+                    .await?;
+                let header = response
+                    .headers()
+                    .get(CONTENT_DIGEST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string);
+                match read_capped(response, MAX_MANIFEST_SIZE).await {
+                    Ok(bytes) => Ok((bytes, header)),
+                    Err(ReadError::TooLong(n)) => Err(Failure::Fatal(bad(format!(
+                        "it is {n} bytes or more, over the {} MiB limit",
+                        MAX_MANIFEST_SIZE >> 20
+                    )))),
+                    Err(ReadError::Transport(e)) => Err(transport_failure(&conn.registry, &e)),
+                }
             })
             .await?;
         let actual = sha256_digest(&bytes);
-        let bad = |message: String| RegistryError::BadManifest {
-            reference: oref.whole(),
-            message,
-        };
-        if header != actual.to_string() {
+        if let Some(header) = header
+            && header != actual.to_string()
+        {
             return Err(bad(format!(
                 "the registry says its digest is {header}, but it hashes to {actual}"
             )));
@@ -325,7 +380,16 @@ impl Registry {
         {
             return Err(bad(format!("expected digest {expected}, got {actual}")));
         }
-        Ok((bytes.to_vec(), actual))
+        if let Some(size) = expected_size
+            && size != bytes.len() as u64
+        {
+            return Err(bad(format!(
+                "the index says it is {size} bytes, the registry sent {}",
+                bytes.len()
+            )));
+        }
+        check_unambiguous(&bytes).map_err(bad)?;
+        Ok((bytes, actual))
     }
 
     /// Streams one blob into the store, resuming with a Range request after a dropped
@@ -341,7 +405,6 @@ impl Registry {
         let digest = desc.digest().to_string();
         let what = format!("blob {digest} of {}", reference.name());
         let progress = self.reporter.blob(&digest, desc.size());
-        let oref = oci_reference(reference);
         let mut download = Download {
             writer: store.blob_writer()?,
             written: 0,
@@ -353,7 +416,7 @@ impl Registry {
         loop {
             let before = download.received;
             match self
-                .transfer(conn, &oref, store, desc, &mut download, &progress)
+                .transfer(conn, reference, store, desc, &mut download, &progress)
                 .await
             {
                 Ok(()) => break,
@@ -395,7 +458,7 @@ impl Registry {
     async fn transfer(
         &self,
         conn: &Connection,
-        oref: &oci_client::Reference,
+        reference: &Reference,
         store: &ImageStore,
         desc: &Descriptor,
         download: &mut Download<'_>,
@@ -403,33 +466,45 @@ impl Registry {
     ) -> Result<(), Failure> {
         let digest = desc.digest().to_string();
         let what = format!("blob {digest}");
-        let response = conn
-            .client
-            .pull_blob_stream_partial(oref, digest.as_str(), download.written, None)
-            .await
-            .map_err(|e| classify(&conn.registry, &what, e))?;
-        let mut stream = match response {
-            BlobResponse::Partial(s) => s,
-            BlobResponse::Full(s) => {
-                // The registry ignored the Range header: start over.
-                if download.written > 0 {
-                    download.writer = store.blob_writer().map_err(RegistryError::from)?;
-                    download.written = 0;
-                    download.restarted();
-                    progress.set_position(0);
-                }
-                s
-            }
+        // Every byte came before the connection broke: nothing is left to ask for.
+        if download.written > 0 && download.written == desc.size() {
+            return Ok(());
+        }
+        let url = format!("{}/v2/{}/blobs/{digest}", conn.base, reference.repository());
+        let request = Request {
+            conn,
+            what: &what,
+            repository: reference.repository(),
+            access: Access::Pull,
         };
-        // oci-client reports the header only when it differs from the descriptor's digest.
-        if let Some(header) = stream.digest_header_value.take() {
+        let from = download.written;
+        let response = self
+            .send(&request, Method::GET, &url, |b| match from {
+                0 => b,
+                n => b.header(reqwest::header::RANGE, format!("bytes={n}-")),
+            })
+            .await?;
+        if response.status() != StatusCode::PARTIAL_CONTENT && download.written > 0 {
+            // The registry ignored the Range header: start over.
+            download.writer = store.blob_writer().map_err(RegistryError::from)?;
+            download.written = 0;
+            download.restarted();
+            progress.set_position(0);
+        }
+        if let Some(header) = response
+            .headers()
+            .get(CONTENT_DIGEST)
+            .and_then(|h| h.to_str().ok())
+            && header != digest
+        {
             return Err(Failure::Fatal(RegistryError::HeaderDigestMismatch {
                 digest,
-                header,
+                header: header.to_string(),
             }));
         }
+        let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| io_failure(e, &what))?;
+            let chunk = chunk.map_err(|e| Failure::Transient(error_chain(&e)))?;
             let len = chunk.len() as u64;
             if download.written + len > desc.size() {
                 return Err(Failure::Fatal(RegistryError::SizeMismatch {

@@ -4,13 +4,13 @@
 //! exact bytes img stored, so the pushed digest is the local one.
 
 use futures_util::{StreamExt, TryStreamExt};
-use oci_client::errors::OciDistributionError;
 use oci_spec::image::{Descriptor, Digest};
+use reqwest::Method;
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 
 use super::RegistryError;
-use super::client::{
-    Connection, Failure, Registry, classify, error_chain, oci_reference, tls_failure,
-};
+use super::client::{Connection, Failure, Registry, error_chain, tls_failure};
+use super::http::{Access, Request, status_failure};
 use super::progress::BlobEvent;
 use super::sources::BlobSources;
 use super::token::Challenge;
@@ -58,37 +58,36 @@ impl Registry {
                 blobs.push(d);
             }
         }
-        let oref = oci_reference(&reference);
-        let results: Vec<(Digest, BlobEvent, u64)> = self.block_on(async {
-            let pushed = futures_util::stream::iter(
+        let results: Vec<(Digest, BlobEvent, u64)> = self.block_on(
+            futures_util::stream::iter(
                 blobs
                     .iter()
-                    .map(|d| self.push_blob(&conn, &reference, &oref, store, &sources, d)),
+                    .map(|d| self.push_blob(&conn, &reference, store, &sources, d)),
             )
             .buffer_unordered(self.options.concurrency.max(1))
-            .try_collect()
-            .await;
-            match pushed {
-                Ok(results) => Ok(results),
-                Err(e) => Err(self
-                    .explain(&conn, reference.repository(), "pull,push", e)
-                    .await),
-            }
-        })?;
+            .try_collect(),
+        )?;
 
         let content_type = image.manifest_descriptor.media_type().to_string();
         let what = format!("manifest of {reference}");
+        let url = format!(
+            "{}/v2/{}/manifests/{}",
+            conn.base,
+            reference.repository(),
+            reference.tag().expect("checked above")
+        );
+        let request = Request {
+            conn: &conn,
+            what: &what,
+            repository: reference.repository(),
+            access: Access::Push,
+        };
         self.block_on(self.retry(&what, || async {
-            let header = reqwest::header::HeaderValue::from_str(&content_type).map_err(|e| {
-                RegistryError::Request {
-                    what: what.clone(),
-                    message: format!("media type {content_type:?}: {e}"),
-                }
-            })?;
-            conn.client
-                .push_manifest_raw(&oref, manifest_bytes.clone(), header)
-                .await
-                .map_err(|e| classify(&conn.registry, &what, e))
+            self.send(&request, Method::PUT, &url, |b| {
+                b.header(CONTENT_TYPE, &content_type)
+                    .body(manifest_bytes.clone())
+            })
+            .await
         }))?;
 
         let mut sources = sources;
@@ -114,7 +113,6 @@ impl Registry {
         &self,
         conn: &Connection,
         reference: &Reference,
-        oref: &oci_client::Reference,
         store: &ImageStore,
         sources: &BlobSources,
         desc: &Descriptor,
@@ -124,12 +122,20 @@ impl Registry {
         let progress = self.reporter.blob(&digest, desc.size());
         let done = |event: BlobEvent, sent: u64| Ok((desc.digest().clone(), event, sent));
 
+        let request = Request {
+            conn,
+            what: &what,
+            repository: reference.repository(),
+            access: Access::Push,
+        };
+        let blob_url = format!("{}/v2/{}/blobs/{digest}", conn.base, reference.repository());
         let exists = self
             .retry(&what, || async {
-                conn.client
-                    .blob_exists(oref, &digest)
-                    .await
-                    .map_err(|e| classify(&conn.registry, &what, e))
+                match self.send(&request, Method::HEAD, &blob_url, |b| b).await {
+                    Ok(_) => Ok(true),
+                    Err(Failure::Fatal(RegistryError::NotFound { .. })) => Ok(false),
+                    Err(failure) => Err(failure),
+                }
             })
             .await?;
         if exists {
@@ -140,7 +146,7 @@ impl Registry {
         for repo in sources.candidates(reference.registry(), reference.repository(), &digest) {
             // A refused mount (202, or the blob gone from that repository) costs a request or
             // two; the upload below follows.
-            match self.mount(conn, reference, oref, &repo, &digest).await {
+            match self.mount(conn, reference, &repo, &digest).await {
                 Ok(true) => {
                     let event = BlobEvent::Mounted {
                         from: format!("{}/{repo}", reference.registry()),
@@ -155,8 +161,31 @@ impl Registry {
 
         let path = store.blob_path(desc.digest())?;
         let size = desc.size();
+        let uploads = format!("{}/v2/{}/blobs/uploads/", conn.base, reference.repository());
         self.retry(&what, || async {
             progress.set_position(0);
+            // A monolithic upload: POST for a session, then PUT the whole blob to it.
+            let started = self
+                .send(&request, Method::POST, &uploads, |b| {
+                    b.header(CONTENT_LENGTH, "0")
+                })
+                .await?;
+            let location = started
+                .headers()
+                .get(LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .ok_or_else(|| RegistryError::Request {
+                    what: what.clone(),
+                    message: "the registry started an upload without a Location".to_string(),
+                })?;
+            // A relative Location is relative to the registry.
+            let mut url = reqwest::Url::parse(&conn.base)
+                .and_then(|base| base.join(location))
+                .map_err(|e| RegistryError::Request {
+                    what: what.clone(),
+                    message: format!("upload Location {location:?}: {e}"),
+                })?;
+            url.query_pairs_mut().append_pair("digest", &digest);
             let file = tokio::fs::File::open(&path)
                 .await
                 .map_err(|source| RegistryError::Io {
@@ -164,17 +193,18 @@ impl Registry {
                     source,
                 })?;
             let count = progress.counter();
-            let body = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
-                .inspect(move |chunk| {
+            let body =
+                tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).inspect(move |chunk| {
                     if let Ok(c) = chunk {
                         count(c.len() as u64);
                     }
-                })
-                .map_err(OciDistributionError::IoError);
-            conn.client
-                .push_blob_stream(oref, body, &digest, Some(size))
-                .await
-                .map_err(|e| classify(&conn.registry, &what, e))
+                });
+            self.send(&request, Method::PUT, url.as_str(), |b| {
+                b.header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_LENGTH, size)
+                    .body(reqwest::Body::wrap_stream(body))
+            })
+            .await
         })
         .await?;
         progress.finish(&BlobEvent::Pushed);
@@ -182,45 +212,48 @@ impl Registry {
     }
 
     /// Mounts `digest` from `repo` into `reference`'s repository; `Ok(false)` when the registry
-    /// declined. oci-client's mount request goes first: it is all an open or basic-auth
-    /// registry needs, so a mount there is that one request, as before. Its token grants only
-    /// the target repository, though, and a token registry answers it with a plain upload
-    /// (which is left to expire), so once a mount is refused the registry's challenge is asked
-    /// for (`GET /v2/`, once per push); on a token registry this and every later mount of the
-    /// push is sent with a token that also grants pull on the source, as Docker asks for.
-    /// Asking for the challenge first instead would cost open and basic-auth registries a
-    /// request on every push that can mount.
+    /// declined. On a token registry the mount is sent with a token that also grants pull on
+    /// the source, as Docker asks for: a token for the target alone gets a plain upload
+    /// instead (which is left to expire). Elsewhere it is one request with the credentials
+    /// every request carries. The registry's challenge is known by now: the HEAD before it
+    /// asked for it.
     async fn mount(
         &self,
         conn: &Connection,
         reference: &Reference,
-        oref: &oci_client::Reference,
         repo: &str,
         digest: &str,
     ) -> Result<bool, RegistryError> {
-        let challenge = match conn.bearer.get().cloned() {
-            Some(Some(challenge)) => challenge,
-            known => {
-                let source = oci_client::Reference::with_tag(
-                    reference.registry().to_string(),
-                    repo.to_string(),
-                    "latest".to_string(),
-                );
-                match conn.client.mount_blob(oref, &source, digest).await {
-                    Ok(()) => return Ok(true),
-                    Err(e) => tracing::debug!(%digest, from = %repo, "mount refused: {e}"),
-                }
-                if known.is_some() {
-                    return Ok(false);
-                }
-                match self.bearer_challenge(conn).await? {
-                    Some(challenge) => challenge,
-                    None => return Ok(false),
-                }
-            }
+        if let Some(challenge) = self.bearer_challenge(conn).await? {
+            return self
+                .mount_with_token(conn, &challenge, reference, repo, digest)
+                .await;
+        }
+        let what = format!(
+            "mount of blob {digest} from {repo} into {}",
+            reference.name()
+        );
+        let url = format!("{}/v2/{}/blobs/uploads/", conn.base, reference.repository());
+        let request = Request {
+            conn,
+            what: &what,
+            repository: reference.repository(),
+            access: Access::Push,
         };
-        self.mount_with_token(conn, &challenge, reference, repo, digest)
-            .await
+        let mounted = self
+            .send(&request, Method::POST, &url, |b| {
+                b.query(&[("mount", digest), ("from", repo)])
+                    .header(CONTENT_LENGTH, "0")
+            })
+            .await;
+        match mounted {
+            Ok(response) => Ok(response.status() == reqwest::StatusCode::CREATED),
+            // The upload that follows reports what is wrong, if anything.
+            Err(failure) => {
+                tracing::debug!(%digest, from = %repo, ?failure, "mount refused");
+                Ok(false)
+            }
+        }
     }
 
     /// The mount request with a token for both repositories, retried like every request.
@@ -258,9 +291,7 @@ impl Registry {
                 })?;
             match response.status().as_u16() {
                 201 => Ok(true),
-                408 | 429 | 500..=599 => {
-                    Err(Failure::Transient(format!("HTTP {}", response.status())))
-                }
+                408 | 429 | 500..=599 => Err(status_failure(&conn.registry, &what, response).await),
                 // 202: the registry started a plain upload instead (the token did not grant
                 // the source, or the blob is not there); it is left to expire. 401, 403, 404:
                 // the upload that follows reports what is wrong, if anything.

@@ -2,12 +2,13 @@
 //! index selection, blob sources, bearer challenges, the config file and retry decisions.
 
 use std::str::FromStr;
+use std::time::Duration;
 
-use oci_client::errors::{OciDistributionError, OciEnvelope, OciError, OciErrorCode};
 use oci_spec::image::{ImageIndex, ImageIndexBuilder};
 
 use super::auth::{challenge_param, read_config, write_config};
-use super::client::{Failure, classify};
+use super::client::{Failure, MAX_RETRY_AFTER, retry_wait};
+use super::http::{human, retry_after, status_failure};
 use super::*;
 
 #[test]
@@ -150,74 +151,135 @@ fn config_file_keeps_other_fields_and_is_private() {
 fn fatal(f: Failure) -> RegistryError {
     match f {
         Failure::Fatal(e) => e,
-        Failure::Transient(m) => panic!("expected a fatal error, got transient {m}"),
+        other => panic!("expected a fatal error, got {other:?}"),
     }
 }
 
-#[test]
-fn server_errors_are_retried_and_client_errors_are_not() {
-    let server = |code| OciDistributionError::ServerError {
-        code,
-        url: "http://r/v2/".into(),
-        message: "boom".into(),
-    };
-    for code in [500, 502, 503, 429, 408] {
-        assert!(
-            matches!(classify("r", "x", server(code)), Failure::Transient(_)),
-            "{code}"
-        );
-    }
-    assert!(matches!(
-        fatal(classify("r", "x", server(401))),
-        RegistryError::Unauthorized { .. }
-    ));
-    assert!(matches!(
-        fatal(classify("r", "x", server(404))),
-        RegistryError::NotFound { .. }
-    ));
-    assert!(matches!(
-        fatal(classify("r", "x", server(400))),
-        RegistryError::Request { .. }
-    ));
-    let envelope = |code| OciDistributionError::RegistryError {
-        envelope: OciEnvelope {
-            errors: vec![OciError {
-                code,
-                message: String::new(),
-                detail: serde_json::Value::Null,
-            }],
-        },
-        url: "http://r/v2/".into(),
-    };
-    assert!(matches!(
-        fatal(classify("r", "x", envelope(OciErrorCode::ManifestUnknown))),
-        RegistryError::NotFound { .. }
-    ));
-    assert!(matches!(
-        fatal(classify("r", "x", envelope(OciErrorCode::Denied))),
-        RegistryError::Unauthorized { .. }
-    ));
-    assert!(matches!(
-        classify("r", "x", envelope(OciErrorCode::Toomanyrequests)),
-        Failure::Transient(_)
-    ));
-}
-
-#[test]
-fn a_cut_stream_is_retried_but_a_digest_mismatch_is_not() {
-    let cut = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed");
-    assert!(matches!(
-        super::client::io_failure(cut, "x"),
-        Failure::Transient(_)
-    ));
-    let bad = std::io::Error::other(oci_client::errors::DigestError::VerificationError {
-        expected: "sha256:1".into(),
-        actual: "sha256:2".into(),
+/// How `status_failure` sorts the answer `one_request_with` gives.
+fn failure_of(status: &'static str, headers: &'static str, body: &'static str) -> Failure {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (addr, server) = one_request_with(status, headers, body);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let failure = runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .get(format!("http://{addr}/v2/a/manifests/1"))
+            .send()
+            .await
+            .unwrap();
+        status_failure("reg.example", "manifest of a:1", response).await
     });
+    server.join().unwrap();
+    failure
+}
+
+#[test]
+fn throttled_and_failing_answers_are_retried_by_status_whatever_the_body_says() {
+    // Before, only a body with the code TOOMANYREQUESTS made a 429 worth another try.
+    let denied = r#"{"errors":[{"code":"DENIED","message":"slow down"}]}"#;
+    match failure_of("429 Too Many Requests", "Retry-After: 3\r\n", denied) {
+        Failure::Status {
+            status,
+            retry_after,
+            message,
+            ..
+        } => {
+            assert_eq!(status.as_u16(), 429);
+            assert_eq!(retry_after, Some(Duration::from_secs(3)));
+            assert_eq!(message, "denied: slow down");
+        }
+        other => panic!("429 is not retried: {other:?}"),
+    }
+    for status in [
+        "503 Service Unavailable",
+        "500 Internal Server Error",
+        "408 Request Timeout",
+    ] {
+        match failure_of(status, "", "") {
+            Failure::Status { retry_after, .. } => assert_eq!(retry_after, None, "{status}"),
+            other => panic!("{status} is not retried: {other:?}"),
+        }
+    }
     assert!(matches!(
-        fatal(super::client::io_failure(bad, "x")),
-        RegistryError::DigestMismatch { .. }
+        fatal(failure_of("401 Unauthorized", "", "")),
+        RegistryError::Unauthorized { .. }
     ));
+    assert!(matches!(
+        fatal(failure_of("404 Not Found", "", "")),
+        RegistryError::NotFound { .. }
+    ));
+    let bad = fatal(failure_of("400 Bad Request", "", denied));
+    assert!(matches!(bad, RegistryError::Request { .. }), "{bad}");
+    assert!(bad.to_string().contains("denied: slow down"), "{bad}");
+}
+
+#[test]
+fn retry_after_is_read_as_seconds_or_an_http_date_and_capped() {
+    let headers = |value: &str| {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(reqwest::header::RETRY_AFTER, value.parse().unwrap());
+        h
+    };
+    // 1_000_000_000 is Sun, 09 Sep 2001 01:46:40 GMT.
+    let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    assert_eq!(
+        retry_after(&headers("120"), now),
+        Some(Duration::from_secs(120))
+    );
+    assert_eq!(
+        retry_after(&headers("Sun, 09 Sep 2001 01:47:10 GMT"), now),
+        Some(Duration::from_secs(30))
+    );
+    assert_eq!(
+        retry_after(&headers("Sun, 09 Sep 2001 01:00:00 GMT"), now),
+        Some(Duration::ZERO)
+    );
+    assert_eq!(retry_after(&headers("soon"), now), None);
+    assert_eq!(retry_after(&reqwest::header::HeaderMap::new(), now), None);
+
+    let backoff = Duration::from_millis(250);
+    assert_eq!(retry_wait(None, backoff), backoff);
+    assert_eq!(
+        retry_wait(Some(Duration::from_secs(2)), backoff),
+        Duration::from_secs(2)
+    );
+    assert_eq!(
+        retry_wait(Some(Duration::from_secs(3600)), backoff),
+        MAX_RETRY_AFTER
+    );
+    assert_eq!(human(Duration::from_millis(250)), "250ms");
+    assert_eq!(human(Duration::from_secs(1)), "1s");
+    assert_eq!(human(Duration::from_millis(1500)), "1.5s");
+}
+
+#[test]
+fn retries_are_bounded_and_the_last_error_names_the_status_and_the_attempts() {
+    let options = Options {
+        max_attempts: 3,
+        backoff: Duration::from_millis(1),
+        ..Options::default()
+    };
+    let registry = Registry::new(options, Reporter::Quiet).unwrap();
+    let tries = std::sync::atomic::AtomicU32::new(0);
+    let result: Result<(), RegistryError> =
+        registry.block_on(registry.retry("manifest of a:1", || async {
+            tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(Failure::Status {
+                registry: "127.0.0.1:5000".into(),
+                status: reqwest::StatusCode::TOO_MANY_REQUESTS,
+                retry_after: Some(Duration::ZERO),
+                message: String::new(),
+            })
+        }));
+    assert_eq!(tries.into_inner(), 3);
+    let err = result.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "manifest of a:1: gave up after 3 attempts: registry 127.0.0.1:5000 answered 429 Too \
+         Many Requests"
+    );
 }
 
 #[test]
@@ -433,6 +495,15 @@ fn one_request(
     status: &'static str,
     body: &'static str,
 ) -> (String, std::thread::JoinHandle<String>) {
+    one_request_with(status, "", body)
+}
+
+/// `one_request` with more header lines (each ending in CRLF) in the answer.
+fn one_request_with(
+    status: &'static str,
+    headers: &'static str,
+    body: &'static str,
+) -> (String, std::thread::JoinHandle<String>) {
     use std::io::{BufRead, BufReader, Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -459,7 +530,7 @@ fn one_request(
         request.push_str(&String::from_utf8(content).unwrap());
         write!(
             conn,
-            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\n\
              Connection: close\r\n\r\n{body}",
             body.len()
         )

@@ -1,14 +1,14 @@
-//! Bearer tokens img asks a registry's token server for itself, beside oci-client's own flow:
-//! a token for a cross-repository mount, which must grant pull on the source repository as well
-//! as pull,push on the target (oci-client asks for the target's scope only, so a token registry
-//! answers its mount with a plain upload), and the token server's own words when it refuses the
-//! credentials, which oci-client drops before failing with a bare 401.
+//! Bearer tokens from a registry's token server (distribution's token flow, as Docker asks for
+//! them): one per set of scopes, cached while fresh, for every request to a registry whose
+//! `GET /v2/` challenge names a token server; a cross-repository mount's token also grants pull
+//! on the source repository. A refusal is reported in the token server's own words.
 
 use std::time::{Duration, Instant};
 
 use super::RegistryError;
 use super::auth::{Credentials, challenge_param};
 use super::client::{Connection, Failure, Registry, error_chain, tls_failure};
+use super::http::{retry_after, status_failure};
 
 /// Docker's OAuth2 client id for the refresh-token grant.
 const CLIENT_ID: &str = "docker";
@@ -55,8 +55,9 @@ impl Registry {
                                 None => Failure::Transient(error_chain(&e)),
                             }
                         })?;
-                    if response.status().is_server_error() {
-                        return Err(Failure::Transient(format!("HTTP {}", response.status())));
+                    // A throttled or failing registry says nothing about its challenge yet.
+                    if matches!(response.status().as_u16(), 408 | 429 | 500..=599) {
+                        return Err(status_failure(&conn.registry, &what, response).await);
                     }
                     Ok(response
                         .headers()
@@ -94,48 +95,6 @@ impl Registry {
         let value = token.value.clone();
         conn.tokens.lock().expect("poisoned").insert(key, token);
         Ok(value)
-    }
-
-    /// `err`, or, when it is `Unauthorized` from a token registry whose token server refuses
-    /// the stored credentials, that refusal in the server's words. oci-client drops the token
-    /// server's answer and sends the request without a token, so the token server is asked
-    /// once more here, for `repository`'s `actions` (`pull` or `pull,push`).
-    pub(super) async fn explain(
-        &self,
-        conn: &Connection,
-        repository: &str,
-        actions: &str,
-        err: RegistryError,
-    ) -> RegistryError {
-        let RegistryError::Unauthorized { registry, what } = &err else {
-            return err;
-        };
-        // Without credentials there is nothing to refuse: `img login` is the advice.
-        if conn.credentials.is_none() {
-            return err;
-        }
-        let Ok(Some(challenge)) = self.bearer_challenge(conn).await else {
-            return err;
-        };
-        let scopes = [format!("repository:{repository}:{actions}")];
-        let fetched = fetch(
-            &conn.http,
-            &conn.registry,
-            &challenge,
-            &scopes,
-            conn.credentials.as_ref(),
-        )
-        .await;
-        match fetched {
-            Err(Failure::Fatal(RegistryError::TokenRefused { message, .. })) => {
-                RegistryError::TokenRefused {
-                    registry: registry.clone(),
-                    what: what.clone(),
-                    message,
-                }
-            }
-            _ => err,
-        }
     }
 }
 
@@ -208,6 +167,7 @@ pub(super) async fn fetch(
     };
     let response = request.send().await.map_err(transient)?;
     let status = response.status();
+    let retry_after = retry_after(response.headers(), std::time::SystemTime::now());
     let body = response.text().await.map_err(transient)?;
     let what = format!("a token for {}", scopes.join(" "));
     match status.as_u16() {
@@ -219,7 +179,14 @@ pub(super) async fn fetch(
                 message: refusal_text(status, &body),
             }));
         }
-        408 | 429 | 500..=599 => return Err(Failure::Transient(format!("{what}: HTTP {status}"))),
+        408 | 429 | 500..=599 => {
+            return Err(Failure::Status {
+                registry: registry.to_string(),
+                status,
+                retry_after,
+                message: format!("to {what}: {}", refusal_text(status, &body)),
+            });
+        }
         _ => {
             return Err(Failure::Fatal(RegistryError::Request {
                 what: format!("{what} from {}", challenge.realm),

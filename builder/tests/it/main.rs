@@ -17,6 +17,7 @@ mod errors;
 mod mount;
 mod registry;
 mod registry_auth;
+mod registry_limits;
 mod unprivileged;
 
 use std::collections::BTreeMap;
