@@ -63,6 +63,51 @@ fn saved_archives_load_in_skopeo_and_back() {
     }
 }
 
+/// Docker refuses a docker-archive whose RepoTags entry has no tag (`invalid tag "latest"`);
+/// img did report "Loaded image ID" for it, with nothing it could use by that ID.
+#[test]
+fn loading_an_archive_whose_repo_tag_is_only_latest_fails_naming_it() {
+    if !can_run() {
+        return;
+    }
+    let rig = Rig::create();
+    let saved = rig.dir.path().join("saved.tar");
+    rig.img_ok(&[
+        "save",
+        "--format",
+        "docker-archive",
+        "-o",
+        saved.to_str().unwrap(),
+        "busybox",
+    ]);
+    let mut out = tar::Builder::new(Vec::new());
+    let mut archive = tar::Archive::new(std::fs::File::open(&saved).unwrap());
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+        if name == "manifest.json" {
+            let mut manifest: serde_json::Value = serde_json::from_slice(&data).unwrap();
+            manifest[0]["RepoTags"] = serde_json::json!(["latest"]);
+            data = serde_json::to_vec(&manifest).unwrap();
+        }
+        let mut header = entry.header().clone();
+        header.set_size(data.len() as u64);
+        out.append_data(&mut header, &name, &data[..]).unwrap();
+    }
+    let lying = rig.dir.path().join("latest.tar");
+    std::fs::write(&lying, out.into_inner().unwrap()).unwrap();
+
+    let other = Rig::create();
+    let loaded = other.img(&["load", "-i", lying.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&loaded.stderr);
+    assert!(!loaded.status.success(), "{said}");
+    assert!(said.contains("invalid tag \"latest\""), "{said}");
+    let ls = other.img_ok(&["ls"]);
+    assert!(!ls.lines().any(|l| l.starts_with("latest")), "{ls}");
+}
+
 #[test]
 fn import_then_unpack_gives_the_tree_back() {
     if !can_run() {

@@ -157,8 +157,9 @@ fn endless_503s_give_up_after_five_attempts_naming_the_status() {
 }
 
 /// Pulls `test/busybox:1` through a proxy that answers its manifest GET with `manifest`, and
-/// returns the failed pull's output after checking nothing was stored.
-fn pull_with_manifest(manifest: &Value) -> String {
+/// returns the failed pull's output and the blob requests it made, after checking nothing was
+/// stored.
+fn pull_with_manifest(manifest: &Value) -> (String, Vec<String>) {
     let (registry, _rig) = registry_with_busybox();
     let proxy = FaultProxy::start(
         registry.host(),
@@ -184,7 +185,13 @@ fn pull_with_manifest(manifest: &Value) -> String {
     assert!(!out.status.success(), "{output}");
     let ls = ok(img_in(other.path(), &[], None, &["ls"]), "img ls");
     assert!(!ls.contains("busybox"), "{ls}");
-    output
+    let blobs = proxy
+        .seen()
+        .into_iter()
+        .filter(|s| s.target.contains("/blobs/"))
+        .map(|s| s.target)
+        .collect();
+    (output, blobs)
 }
 
 /// busybox's manifest as the local store has it.
@@ -200,7 +207,7 @@ fn a_pull_refuses_a_manifest_with_both_manifests_and_layers() {
     }
     let mut manifest = busybox_manifest();
     manifest["manifests"] = json!([]);
-    let output = pull_with_manifest(&manifest);
+    let (output, _) = pull_with_manifest(&manifest);
     assert!(output.contains("CVE-2021-41190"), "{output}");
 }
 
@@ -211,7 +218,7 @@ fn a_pull_refuses_a_manifest_over_4_mib() {
     }
     let mut manifest = busybox_manifest();
     manifest["annotations"] = json!({ "padding": "x".repeat(5 << 20) });
-    let output = pull_with_manifest(&manifest);
+    let (output, _) = pull_with_manifest(&manifest);
     assert!(output.contains("over the 4 MiB limit"), "{output}");
 }
 
@@ -222,9 +229,10 @@ fn a_pull_refuses_a_config_over_4_mib_before_downloading_it() {
     }
     let mut manifest = busybox_manifest();
     manifest["config"]["size"] = json!(5 << 20);
-    let output = pull_with_manifest(&manifest);
+    let (output, blobs) = pull_with_manifest(&manifest);
     assert!(
         output.contains("its config is 5242880 bytes, over the 4 MiB limit"),
         "{output}"
     );
+    assert_eq!(blobs, Vec::<String>::new());
 }
