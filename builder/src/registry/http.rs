@@ -216,7 +216,9 @@ pub(super) enum ReadError {
 
 /// A duration as a person reads it in a retry line: `250ms`, `1s`, `1.5s`.
 pub(super) fn human(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
+    if d.is_zero() {
+        "0s".to_string()
+    } else if d < Duration::from_secs(1) {
         format!("{}ms", d.as_millis())
     } else if d.subsec_millis() == 0 {
         format!("{}s", d.as_secs())

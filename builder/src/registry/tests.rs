@@ -249,6 +249,7 @@ fn retry_after_is_read_as_seconds_or_an_http_date_and_capped() {
         retry_wait(Some(Duration::from_secs(3600)), backoff),
         MAX_RETRY_AFTER
     );
+    assert_eq!(human(Duration::ZERO), "0s");
     assert_eq!(human(Duration::from_millis(250)), "250ms");
     assert_eq!(human(Duration::from_secs(1)), "1s");
     assert_eq!(human(Duration::from_millis(1500)), "1.5s");
@@ -631,5 +632,40 @@ fn a_refused_token_request_is_token_refused_with_the_servers_text() {
             assert_eq!(message, "unauthorized: incorrect username or password");
         }
         other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn a_throttled_token_server_is_retried_as_it_asks_and_named() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (addr, server) = one_request_with("429 Too Many Requests", "Retry-After: 2\r\n", "");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let challenge = super::token::Challenge {
+        realm: format!("http://{addr}/token"),
+        service: None,
+    };
+    let fetched = runtime.block_on(super::token::fetch(
+        &reqwest::Client::new(),
+        "reg.example",
+        &challenge,
+        &["repository:a/b:pull".to_string()],
+        None,
+    ));
+    server.join().unwrap();
+    match fetched {
+        Err(Failure::Status {
+            registry,
+            status,
+            retry_after,
+            ..
+        }) => {
+            assert_eq!(registry, addr);
+            assert_eq!(status.as_u16(), 429);
+            assert_eq!(retry_after, Some(Duration::from_secs(2)));
+        }
+        other => panic!("a 429 from the token server is not retried: {other:?}"),
     }
 }

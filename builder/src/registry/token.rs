@@ -180,8 +180,19 @@ pub(super) async fn fetch(
             }));
         }
         408 | 429 | 500..=599 => {
+            // The token server answered, which may be another host than the registry's.
+            let server = reqwest::Url::parse(&challenge.realm)
+                .ok()
+                .and_then(|u| {
+                    let host = u.host_str()?.to_string();
+                    Some(match u.port() {
+                        Some(port) => format!("{host}:{port}"),
+                        None => host,
+                    })
+                })
+                .unwrap_or_else(|| registry.to_string());
             return Err(Failure::Status {
-                registry: registry.to_string(),
+                registry: server,
                 status,
                 retry_after,
                 message: format!("to {what}: {}", refusal_text(status, &body)),
