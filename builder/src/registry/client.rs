@@ -24,7 +24,8 @@ pub struct Options {
     pub platform: Option<Platform>,
     /// Tries per request (blob, upload, manifest) before giving up; at least 1.
     pub max_attempts: u32,
-    /// The first wait between tries; it doubles each time, up to 8 seconds.
+    /// The first wait between tries; it doubles each time, up to 8 seconds. An answer with
+    /// `Retry-After` is waited for as it asks instead, up to `MAX_RETRY_AFTER`.
     pub backoff: Duration,
     /// Blobs transferred at once.
     pub concurrency: usize,
