@@ -34,6 +34,8 @@ const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
 /// Archive members up to this size are kept in memory until the archive's manifest says what
 /// they are; larger ones (layers) go straight into the blob store.
 const SMALL_FILE: u64 = 4 << 20;
+// `load` reads an index.json or manifest.json among the stored members as over the cap.
+const _: () = assert!(SMALL_FILE >= MAX_MANIFEST_SIZE);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -485,6 +487,16 @@ impl Members {
 /// once); any such member no manifest names stays until the next prune. Hold the state lock.
 pub fn load(store: &ImageStore, reader: impl Read) -> Result<Vec<Loaded>, ArchiveError> {
     let members = Members::read(store, reader)?;
+    // Members over SMALL_FILE (the manifest cap too) went to the blob store unread; an index
+    // that large is refused by name rather than reported missing.
+    for path in ["index.json", "manifest.json"] {
+        if let Some(blob) = members.stored.get(members.resolve_link(path)) {
+            return Err(ArchiveError::TooLarge {
+                what: path.to_string(),
+                size: blob.size,
+            });
+        }
+    }
     if members.bytes("index.json").is_some() && members.bytes("oci-layout").is_some() {
         load_oci(store, &members)
     } else if members.bytes("manifest.json").is_some() {

@@ -199,3 +199,14 @@ fn ambiguity_is_judged_on_the_document_and_its_declared_type() {
         );
     }
 }
+
+#[test]
+fn an_archive_index_over_4_mib_is_refused_by_name() {
+    let (_dir, store) = state();
+    let padding = five_mib();
+    let manifest = json!([{"Config": "c.json", "RepoTags": ["a:1"], "Layers": [], "Pad": padding}]);
+    let archive = tar_of(&[("manifest.json", manifest.to_string().as_bytes())]);
+    let err = load(&store, &archive[..]).unwrap_err();
+    assert!(matches!(err, ArchiveError::TooLarge { .. }), "{err}");
+    assert!(err.to_string().starts_with("manifest.json is "), "{err}");
+}
