@@ -345,7 +345,10 @@ impl State {
                         id: l.digest().to_string(),
                         reclaimable: false,
                         size: l.size(),
-                        description: format!("layer of {}", image.name.familiar()),
+                        description: match &image.name {
+                            Some(name) => format!("layer of {}", name.familiar()),
+                            None => format!("layer of image {}", image.id()),
+                        },
                     });
                 }
             }

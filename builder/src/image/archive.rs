@@ -113,8 +113,8 @@ pub enum ArchiveFormat {
 /// One image `load` or `import_rootfs` stored.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Loaded {
-    /// The name it was tagged with; `None` for an image the archive gives no name, which is
-    /// stored but reachable only by `manifest` until the next prune.
+    /// The name it was tagged with; `None` for an image the archive gives no name, which the
+    /// store keeps without one (`ImageStore::keep_untagged`).
     pub name: Option<Reference>,
     pub manifest: Descriptor,
     /// The image ID (config digest).
@@ -198,7 +198,11 @@ fn save_docker<W: Write>(
 ) -> Result<(), ArchiveError> {
     let mut entries: Vec<(Digest, DockerManifestEntry)> = Vec::new();
     for image in images {
-        let repo_tag = image.name.tag().map(|_| image.name.familiar());
+        let repo_tag = image
+            .name
+            .as_ref()
+            .filter(|n| n.tag().is_some())
+            .map(Reference::familiar);
         if let Some((_, entry)) = entries
             .iter_mut()
             .find(|(d, _)| *d == image.manifest_digest)
@@ -212,7 +216,7 @@ fn save_docker<W: Write>(
         let diff_ids = &image.config.rootfs.diff_ids;
         if diff_ids.len() != image.manifest.layers().len() {
             return Err(ArchiveError::LayerCount {
-                image: image.name.to_string(),
+                image: image.display_name(),
                 layers: image.manifest.layers().len(),
                 diff_ids: diff_ids.len(),
             });
@@ -230,7 +234,7 @@ fn save_docker<W: Write>(
                 let actual = uncompressed_digest(store, layer, &mut tmp)?;
                 if actual != *diff_id {
                     return Err(ArchiveError::DiffIdMismatch(Box::new(DiffIdMismatch {
-                        image: image.name.to_string(),
+                        image: image.display_name(),
                         layer: layer.digest().to_string(),
                         expected: diff_id.clone(),
                         actual,
@@ -328,12 +332,11 @@ fn save_oci<W: Write>(
         }
         let mut descriptor = image.manifest_descriptor.clone();
         let mut annotations = HashMap::new();
-        if let Some(tag) = image.name.tag() {
+        if let Some(name) = &image.name
+            && let Some(tag) = name.tag()
+        {
             annotations.insert(ANNOTATION_REF_NAME.to_string(), tag.to_string());
-            annotations.insert(
-                ANNOTATION_CONTAINERD_NAME.to_string(),
-                image.name.to_string(),
-            );
+            annotations.insert(ANNOTATION_CONTAINERD_NAME.to_string(), name.to_string());
         }
         if !annotations.is_empty() {
             descriptor.set_annotations(Some(annotations));
@@ -540,8 +543,9 @@ fn load_oci(store: &ImageStore, members: &Members) -> Result<Vec<Loaded>, Archiv
             Some(n) if n.contains('/') || n.contains(':') => Some(Reference::parse(&n)?),
             _ => None,
         };
-        if let Some(name) = &name {
-            store.tag(name, &manifest)?;
+        match &name {
+            Some(name) => store.tag(name, &manifest)?,
+            None => store.keep_untagged(&manifest)?,
         }
         loaded.push(Loaded {
             name,
@@ -705,8 +709,9 @@ fn load_docker(store: &ImageStore, members: &Members) -> Result<Vec<Loaded>, Arc
                 .collect::<Result<_, _>>()?
         };
         for name in names {
-            if let Some(name) = &name {
-                store.tag(name, &manifest)?;
+            match &name {
+                Some(name) => store.tag(name, &manifest)?,
+                None => store.keep_untagged(&manifest)?,
             }
             loaded.push(Loaded {
                 name,

@@ -1,5 +1,6 @@
 //! `ImageStore`: content-addressed blobs under `<state>/blobs/sha256`, the names index
-//! `<state>/images.json`, and garbage collection of blobs no name reaches.
+//! `<state>/images.json` (names, and the images kept without one), and garbage collection of
+//! blobs no image reaches.
 //!
 //! Crash safety: every file reaches its final name by rename(2) of a complete, fsynced temporary
 //! file in the same directory, followed by an fsync of the directory. A killed process therefore
@@ -93,7 +94,9 @@ impl Blob {
 /// An image as a name resolves to it.
 #[derive(Clone, Debug)]
 pub struct Image {
-    pub name: Reference,
+    /// `None` for an image kept without a name (`<none>` in `img ls`, as Docker's dangling
+    /// images), which only its ID reaches.
+    pub name: Option<Reference>,
     pub manifest_descriptor: Descriptor,
     pub manifest_digest: Digest,
     pub manifest: ImageManifest,
@@ -108,6 +111,13 @@ impl Image {
     /// The image ID as Docker shows it: the config digest.
     pub fn id(&self) -> &Digest {
         self.manifest.config().digest()
+    }
+
+    /// The name as `img ls` shows it: familiar, or `<none>`.
+    pub fn display_name(&self) -> String {
+        self.name
+            .as_ref()
+            .map_or_else(|| "<none>".to_string(), Reference::familiar)
     }
 
     /// Bytes of the manifest, config and layers as stored (compressed), shared layers counted.
@@ -138,6 +148,10 @@ pub struct Usage {
 struct NamesIndex {
     version: u32,
     images: BTreeMap<String, NameEntry>,
+    /// Images kept without a name (an archive that names none), by manifest digest. A name
+    /// given to one of them takes it out of here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    untagged: BTreeMap<String, NameEntry>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -396,7 +410,7 @@ impl ImageStore {
                 .map_err(|source| StoreError::BadIndex { path, source }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(NamesIndex {
                 version: INDEX_VERSION,
-                images: BTreeMap::new(),
+                ..NamesIndex::default()
             }),
             Err(e) => Err(io_err("read", &path)(e)),
         }
@@ -431,6 +445,34 @@ impl ImageStore {
                 updated: now,
             },
         );
+        index.untagged.remove(&manifest.digest().to_string());
+        self.write_index(&index)
+    }
+
+    /// Keeps the image manifest `manifest` as an image without a name (Docker's dangling
+    /// image), unless a name already points at it: `img ls` lists it as `<none>`, its ID
+    /// resolves to it, `img rm ID` removes it, and `img tag ID NAME` names it.
+    pub fn keep_untagged(&self, manifest: &Descriptor) -> Result<(), StoreError> {
+        self.read_manifest(manifest)?;
+        let mut index = self.read_index()?;
+        if index
+            .images
+            .values()
+            .any(|e| e.manifest.digest() == manifest.digest())
+        {
+            return Ok(());
+        }
+        let now = Utc::now();
+        let key = manifest.digest().to_string();
+        let created = index.untagged.get(&key).map_or(now, |e| e.created);
+        index.untagged.insert(
+            key,
+            NameEntry {
+                manifest: manifest.clone(),
+                created,
+                updated: now,
+            },
+        );
         self.write_index(&index)
     }
 
@@ -454,7 +496,7 @@ impl ImageStore {
 
     fn load_image(
         &self,
-        name: Reference,
+        name: Option<Reference>,
         manifest_descriptor: Descriptor,
         created: DateTime<Utc>,
         updated: DateTime<Utc>,
@@ -504,11 +546,11 @@ impl ImageStore {
                     Descriptor::new(media_type, size, digest)
                 };
                 let now = Utc::now();
-                return self.load_image(reference.clone(), descriptor, now, now);
+                return self.load_image(Some(reference.clone()), descriptor, now, now);
             }
             if let Some(entry) = index.images.get(&reference.to_string()) {
                 return self.load_image(
-                    reference.clone(),
+                    Some(reference.clone()),
                     entry.manifest.clone(),
                     entry.created,
                     entry.updated,
@@ -529,13 +571,8 @@ impl ImageStore {
             return Err(StoreError::NotFound(name.to_string()));
         }
         let mut found: Option<Image> = None;
-        for (key, entry) in &index.images {
-            let image = self.load_image(
-                Reference::parse(key)?,
-                entry.manifest.clone(),
-                entry.created,
-                entry.updated,
-            )?;
+        for image in self.images_of(index) {
+            let image = image?;
             if image.id().digest().starts_with(prefix) {
                 match &found {
                     Some(other) if other.id() != image.id() => {
@@ -586,34 +623,70 @@ impl ImageStore {
             .map(|d| (*d).clone()))
     }
 
-    /// Every named image, sorted by name.
+    /// Every image: the named ones sorted by name, then those without a name.
     pub fn list(&self) -> Result<Vec<Image>, StoreError> {
-        let index = self.read_index()?;
-        index
-            .images
-            .into_iter()
-            .map(|(key, entry)| {
-                self.load_image(
-                    Reference::parse(&key)?,
-                    entry.manifest,
-                    entry.created,
-                    entry.updated,
-                )
-            })
-            .collect()
+        self.images_of(self.read_index()?).collect()
     }
 
-    /// Removes the name `name`; the image's blobs stay until `remove` or `prune`. Returns the
+    fn images_of(&self, index: NamesIndex) -> impl Iterator<Item = Result<Image, StoreError>> {
+        let named = index.images.into_iter().map(|(key, entry)| {
+            self.load_image(
+                Some(Reference::parse(&key)?),
+                entry.manifest,
+                entry.created,
+                entry.updated,
+            )
+        });
+        let untagged = index
+            .untagged
+            .into_values()
+            .map(|entry| self.load_image(None, entry.manifest, entry.created, entry.updated));
+        named.chain(untagged)
+    }
+
+    /// Removes the name `name`, or the image without a name whose ID `name` is (a prefix of,
+    /// as `img ls` prints IDs); the image's blobs stay until `remove` or `prune`. Returns the
     /// manifest the name pointed at.
     pub fn untag(&self, name: &str) -> Result<Descriptor, StoreError> {
-        let reference = Reference::parse(name)?;
+        let reference = Reference::parse(name);
         let mut index = self.read_index()?;
-        let entry = index
-            .images
-            .remove(&reference.to_string())
-            .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
+        let entry = match reference
+            .as_ref()
+            .ok()
+            .and_then(|r| index.images.remove(&r.to_string()))
+        {
+            Some(entry) => entry,
+            None => {
+                let key = self
+                    .untagged_by_id(&index, name)?
+                    .ok_or_else(|| match reference {
+                        Err(e) => StoreError::Reference(e),
+                        Ok(_) => StoreError::NotFound(name.to_string()),
+                    })?;
+                index.untagged.remove(&key).expect("the key was just found")
+            }
+        };
         self.write_index(&index)?;
         Ok(entry.manifest)
+    }
+
+    /// The key of the one image without a name whose ID starts with `id` (`sha256:` optional).
+    fn untagged_by_id(&self, index: &NamesIndex, id: &str) -> Result<Option<String>, StoreError> {
+        let prefix = id.strip_prefix("sha256:").unwrap_or(id);
+        if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(None);
+        }
+        let mut found = None;
+        for (key, entry) in &index.untagged {
+            let manifest: ImageManifest = self.read_json(entry.manifest.digest())?;
+            if manifest.config().digest().digest().starts_with(prefix) {
+                if found.is_some() {
+                    return Err(StoreError::Ambiguous(id.to_string()));
+                }
+                found = Some(key.clone());
+            }
+        }
+        Ok(found)
     }
 
     /// Untags `name` and deletes the image's blobs that no other name and none of `extra_roots`
@@ -651,6 +724,7 @@ impl ImageStore {
         let mut stack: Vec<Digest> = index
             .images
             .values()
+            .chain(index.untagged.values())
             .map(|e| e.manifest.digest().clone())
             .chain(extra_roots.iter().cloned())
             .collect();

@@ -39,7 +39,13 @@ impl Registry {
         let image = store.resolve(local)?;
         let reference = match target {
             Some(t) => Reference::parse(t)?,
-            None => image.name.clone(),
+            None => image.name.clone().ok_or_else(|| RegistryError::Request {
+                what: format!("push {local}"),
+                message: format!(
+                    "image {} has no name: give the name to push it as (img push {local} NAME:TAG)",
+                    image.id()
+                ),
+            })?,
         };
         if reference.tag().is_none() {
             return Err(RegistryError::Request {

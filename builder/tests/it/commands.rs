@@ -63,14 +63,9 @@ fn saved_archives_load_in_skopeo_and_back() {
     }
 }
 
-/// Docker refuses a docker-archive whose RepoTags entry has no tag (`invalid tag "latest"`);
-/// img did report "Loaded image ID" for it, with nothing it could use by that ID.
-#[test]
-fn loading_an_archive_whose_repo_tag_is_only_latest_fails_naming_it() {
-    if !can_run() {
-        return;
-    }
-    let rig = Rig::create();
+/// Saves busybox from `rig` as a docker-archive whose manifest.json has `repo_tags` as its
+/// RepoTags, and returns the archive's path.
+fn archive_with_repo_tags(rig: &Rig, repo_tags: serde_json::Value) -> std::path::PathBuf {
     let saved = rig.dir.path().join("saved.tar");
     rig.img_ok(&[
         "save",
@@ -89,15 +84,26 @@ fn loading_an_archive_whose_repo_tag_is_only_latest_fails_naming_it() {
         std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
         if name == "manifest.json" {
             let mut manifest: serde_json::Value = serde_json::from_slice(&data).unwrap();
-            manifest[0]["RepoTags"] = serde_json::json!(["latest"]);
+            manifest[0]["RepoTags"] = repo_tags.clone();
             data = serde_json::to_vec(&manifest).unwrap();
         }
         let mut header = entry.header().clone();
         header.set_size(data.len() as u64);
         out.append_data(&mut header, &name, &data[..]).unwrap();
     }
-    let lying = rig.dir.path().join("latest.tar");
-    std::fs::write(&lying, out.into_inner().unwrap()).unwrap();
+    let rewritten = rig.dir.path().join("rewritten.tar");
+    std::fs::write(&rewritten, out.into_inner().unwrap()).unwrap();
+    rewritten
+}
+
+/// Docker refuses a docker-archive whose RepoTags entry has no tag (`invalid tag "latest"`).
+#[test]
+fn loading_an_archive_whose_repo_tag_is_only_latest_fails_naming_it() {
+    if !can_run() {
+        return;
+    }
+    let rig = Rig::create();
+    let lying = archive_with_repo_tags(&rig, serde_json::json!(["latest"]));
 
     let other = Rig::create();
     let loaded = other.img(&["load", "-i", lying.to_str().unwrap()]);
@@ -106,6 +112,52 @@ fn loading_an_archive_whose_repo_tag_is_only_latest_fails_naming_it() {
     assert!(said.contains("invalid tag \"latest\""), "{said}");
     let ls = other.img_ok(&["ls"]);
     assert!(!ls.lines().any(|l| l.starts_with("latest")), "{ls}");
+}
+
+/// An archive that names no image loads as Docker's dangling images do: listed as `<none>`,
+/// usable by the ID `img load` prints until it is named or removed, kept by prune.
+#[test]
+fn an_image_an_archive_does_not_name_is_kept_and_usable_by_its_id() {
+    if !can_run() {
+        return;
+    }
+    let rig = Rig::create();
+    let unnamed = archive_with_repo_tags(&rig, serde_json::json!([]));
+
+    let other = Rig::create();
+    other.img_ok(&["rm", "busybox"]);
+    other.img_ok(&["prune"]);
+    let said = other.img_ok(&["load", "-i", unnamed.to_str().unwrap()]);
+    let id = said
+        .trim()
+        .strip_prefix("Loaded image ID: sha256:")
+        .unwrap_or_else(|| panic!("{said}"))
+        .to_string();
+    let ls = other.img_ok(&["ls"]);
+    assert!(ls.lines().any(|l| l.starts_with("<none>")), "{ls}");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&other.img_ok(&["inspect", &id[..12]])).unwrap();
+    assert_eq!(inspect[0]["Id"], format!("sha256:{id}"));
+    assert_eq!(inspect[0]["RepoTags"], serde_json::json!([]));
+    other.img_ok(&["prune"]);
+    other.img_ok(&[
+        "unpack",
+        &id[..12],
+        other.dir.path().join("tree").to_str().unwrap(),
+    ]);
+    assert!(other.dir.path().join("tree/bin/busybox").exists());
+
+    other.img_ok(&["tag", &id[..12], "named:1"]);
+    let ls = other.img_ok(&["ls"]);
+    assert!(!ls.lines().any(|l| l.starts_with("<none>")), "{ls}");
+    assert!(ls.lines().any(|l| l.starts_with("named:1")), "{ls}");
+
+    // Loaded again, then removed by ID: only the name is left.
+    other.img_ok(&["rm", "named:1"]);
+    other.img_ok(&["load", "-i", unnamed.to_str().unwrap()]);
+    other.img_ok(&["rm", &id[..12]]);
+    let ls = other.img_ok(&["ls"]);
+    assert_eq!(ls.lines().count(), 1, "only the header is left: {ls}");
 }
 
 #[test]

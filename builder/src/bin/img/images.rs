@@ -63,7 +63,7 @@ pub fn ls(state: &State) -> Result<()> {
     let mut rows = Vec::new();
     for img in state.images.list()? {
         rows.push(vec![
-            img.name.familiar(),
+            img.display_name(),
             human_size(img.size()),
             ago(img.created),
             ago(img.updated),
@@ -140,8 +140,8 @@ pub fn inspect(state: &State, names: &[String]) -> Result<()> {
         let img = state.images.resolve(name)?;
         out.push(serde_json::json!({
             "Id": img.id().to_string(),
-            "RepoTags": [img.name.familiar()],
-            "Name": img.name.to_string(),
+            "RepoTags": img.name.iter().map(|n| n.familiar()).collect::<Vec<_>>(),
+            "Name": img.name.as_ref().map(|n| n.to_string()),
             "Digest": img.manifest_digest.to_string(),
             "Created": img.config.created,
             "Architecture": img.config.architecture,

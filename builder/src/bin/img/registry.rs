@@ -98,15 +98,19 @@ pub fn pull(state: &State, args: PullArgs) -> Result<()> {
 pub fn push(state: &State, args: PushArgs) -> Result<()> {
     let registry = Registry::new(args.flags.options(None)?, Reporter::for_stderr())?;
     let image = state.images.resolve(&args.name)?;
-    let target = args.target.as_deref().unwrap_or(&args.name);
-    let shown = builder::image::Reference::parse(target)?;
+    let target = match (&args.target, &image.name) {
+        (Some(target), _) => builder::image::Reference::parse(target)?,
+        (None, Some(name)) => name.clone(),
+        (None, None) => bail!(
+            "image {} has no name: give the name to push it as (img push {} NAME:TAG)",
+            image.id(),
+            args.name
+        ),
+    };
+    let shown = target.to_string();
     println!("Pushing {shown}...");
     let pushed = registry
-        .push(
-            &state.images,
-            &image.name.to_string(),
-            args.target.as_deref(),
-        )
+        .push(&state.images, &args.name, Some(&shown))
         .with_context(|| format!("failed to push {shown}"))?;
     println!("Successfully pushed {}", pushed.reference);
     println!("Digest: {}", pushed.digest);

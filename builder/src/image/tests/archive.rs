@@ -166,10 +166,15 @@ fn archives_skopeo_writes_load() {
     let loaded = load_from(&other, &oci);
     assert_eq!(loaded[0].name.as_ref().unwrap().familiar(), "baz:2");
     assert_eq!(loaded[0].manifest.digest(), &image.manifest_digest);
-    // A bare tag names no repository: the image is stored, unnamed.
+    // A bare tag names no repository: the image is kept without a name, found by its ID.
     let loaded = load_from(&other, &bare);
     assert_eq!(loaded[0].name, None);
     assert!(other.has_blob(loaded[0].manifest.digest()).unwrap());
+    let (_dir3, third) = state();
+    load_from(&third, &bare);
+    let unnamed = third.resolve(loaded[0].id.as_ref()).unwrap();
+    assert_eq!(unnamed.name, None);
+    assert_eq!(third.list().unwrap().len(), 1);
     assert_eq!(
         other
             .resolve("foo/bar:1")

@@ -103,7 +103,10 @@ fn a_repo_tag_without_a_tag_is_refused_and_named() {
     let archive = docker_archive_tagged(json!(["latest:1"]), &mut ImageConfig::for_host());
     let loaded = load(&store, &archive[..]).unwrap();
     let image = store.resolve(loaded[0].id.digest()).unwrap();
-    assert_eq!(image.name.to_string(), "docker.io/library/latest:1");
+    assert_eq!(
+        image.name.as_ref().unwrap().to_string(),
+        "docker.io/library/latest:1"
+    );
 }
 
 #[test]

@@ -70,7 +70,10 @@ fn tagged_images_resolve_by_name_digest_and_id_prefix() {
     let (dir, store) = state();
     let manifest = make_image(&store, "busybox", &[&[("a", "1")]]);
     let image = store.resolve("busybox").unwrap();
-    assert_eq!(image.name.to_string(), "docker.io/library/busybox:latest");
+    assert_eq!(
+        image.name.as_ref().unwrap().to_string(),
+        "docker.io/library/busybox:latest"
+    );
     assert_eq!(image.manifest_digest, *manifest.digest());
     assert_eq!(image.manifest.layers().len(), 1);
     assert_eq!(
@@ -125,7 +128,7 @@ fn tagged_images_resolve_by_name_digest_and_id_prefix() {
         .list()
         .unwrap()
         .iter()
-        .map(|i| i.name.familiar())
+        .map(|i| i.display_name())
         .collect();
     assert_eq!(names, ["busybox:latest"]);
 }
@@ -220,7 +223,10 @@ fn an_index_digest_resolves_to_its_stored_host_manifest() {
     let index = put_index(&store, &[(&other, "linux/s390x"), (&ours, &host())]);
     let image = store.resolve(&format!("x/y@{index}")).unwrap();
     assert_eq!(image.manifest_digest, *ours.digest());
-    assert_eq!(image.name.to_string(), format!("docker.io/x/y@{index}"));
+    assert_eq!(
+        image.name.as_ref().unwrap().to_string(),
+        format!("docker.io/x/y@{index}")
+    );
 }
 
 #[test]
@@ -282,6 +288,60 @@ fn id_prefix_shared_by_two_images_is_ambiguous() {
             Err(StoreError::Ambiguous(_))
         ));
     }
+}
+
+#[test]
+fn an_image_kept_without_a_name_lists_resolves_by_id_and_survives_prune_until_named_or_removed() {
+    let (_dir, store) = state();
+    let manifest = make_image(&store, "x", &[&[("a", "1")]]);
+    let id = store.resolve("x").unwrap().id().digest().to_string();
+    // A name already points at it: nothing to keep.
+    store.keep_untagged(&manifest).unwrap();
+    assert_eq!(store.list().unwrap().len(), 1);
+
+    store.untag("x").unwrap();
+    store.keep_untagged(&manifest).unwrap();
+    let listed = store.list().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].name, None);
+    assert_eq!(listed[0].display_name(), "<none>");
+    assert_eq!(store.resolve(&id[..8]).unwrap().name, None);
+    assert!(matches!(
+        store.resolve_from(&id[..8]),
+        Err(StoreError::NotFound(_))
+    ));
+    store.prune(&[]).unwrap();
+    assert!(
+        store.resolve(&id).is_ok(),
+        "prune keeps an image without a name whole"
+    );
+
+    // A name takes it out of the images without one.
+    store
+        .tag(&Reference::parse("y:1").unwrap(), &manifest)
+        .unwrap();
+    let listed = store.list().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].display_name(), "y:1");
+
+    store.untag("y:1").unwrap();
+    store.keep_untagged(&manifest).unwrap();
+    let not_its_id = if id.starts_with('0') { "1" } else { "0" };
+    assert!(matches!(
+        store.untag(not_its_id),
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        store.untag(&format!("sha256:{}", &id[..12])).unwrap(),
+        manifest
+    );
+    assert!(store.list().unwrap().is_empty());
+    store.prune(&[]).unwrap();
+    assert_eq!(
+        store.usage().unwrap().blobs,
+        0,
+        "removed, its blobs are garbage"
+    );
 }
 
 #[test]
