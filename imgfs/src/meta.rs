@@ -300,10 +300,15 @@ fn wal_bytes(path: &Path) -> u64 {
         .sum()
 }
 
+/// How long `MetaDb::check_space` trusts its last listing of the write-ahead logs.
+const LOGS_RECHECK: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The metadata database of one store.
 pub struct MetaDb {
     db: DB,
     path: std::path::PathBuf,
+    /// When the write-ahead logs were last measured, and their bytes then.
+    logs: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
     read_only: bool,
     /// The free space of the database's file system: every write checks it first
     /// (`crate::space`).
@@ -386,6 +391,7 @@ impl MetaDb {
         Ok(MetaDb {
             db: DB::open(&opts, path).map_err(db_err)?,
             path: path.to_path_buf(),
+            logs: Default::default(),
             read_only: false,
             space,
         })
@@ -418,6 +424,7 @@ impl MetaDb {
         Ok(MetaDb {
             db: db.map_err(db_err)?,
             path: path.to_path_buf(),
+            logs: Default::default(),
             read_only,
             space,
         })
@@ -435,27 +442,19 @@ impl MetaDb {
     /// Fails with `Error::NoSpace` unless `bytes` more of write-ahead log and as much again
     /// for the table a flush makes of them, the next flush of what the logs hold already,
     /// `META_SLACK` and `keep` fit on the file system: rocksdb must never start a write that
-    /// cannot finish (`crate::space`). The logs are only measured when space is short; their
-    /// size, not the memtables' (whose arena blocks count megabytes for a few records), is what
-    /// a flush writes.
+    /// cannot finish (`crate::space`). The logs' size, not the memtables' (whose arena blocks
+    /// count megabytes for a few records), is what a flush writes; it is read again every
+    /// `LOGS_RECHECK`, and what grows meanwhile is the batches counted here.
     fn check_space(&self, bytes: u64, keep: u64, doing: impl FnOnce() -> String) -> Result<()> {
-        const GENEROUS: u64 = 1 << 30;
-        let need = bytes.saturating_mul(2);
-        if self
-            .space
-            .take(need, keep + META_SLACK + GENEROUS, String::new)
-            .is_ok()
-        {
-            return Ok(());
-        }
-        let logs = wal_bytes(&self.path);
-        tracing::debug!(
-            need,
-            keep,
-            logs,
-            "metadata write on a nearly full file system"
-        );
-        self.space.take(need, keep + logs + META_SLACK, doing)
+        let logs = {
+            let mut logs = self.logs.lock().expect("poisoned");
+            if logs.0.is_none_or(|at| at.elapsed() >= LOGS_RECHECK) {
+                *logs = (Some(std::time::Instant::now()), wal_bytes(&self.path));
+            }
+            logs.1
+        };
+        self.space
+            .take(bytes.saturating_mul(2), keep + logs + META_SLACK, doing)
     }
 
     /// Applies a batch atomically. With `sync`, the write-ahead log is fsynced before returning:
