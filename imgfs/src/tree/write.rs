@@ -138,6 +138,11 @@ impl Tree {
             .ok_or_else(|| Error::Invalid("offset".into()))?;
         let mut txn = self.txn();
         if !buf.is_empty() {
+            // All of it before any of it is written: a write that fails for space leaves the
+            // file as it was (only the chunks it copies up are checked on their own).
+            self.store
+                .packs()
+                .take_space(buf.len(), || format!("writing inode {ino}"))?;
             let (data, fresh) = match inode.data {
                 Some(d) => (d, false),
                 None => {
@@ -171,9 +176,6 @@ impl Tree {
             let flush = |run: &mut Option<(u64, std::ops::Range<usize>)>| -> Result<()> {
                 if let Some((at, bytes)) = run.take() {
                     let len = bytes.len() as u64;
-                    self.store
-                        .packs()
-                        .take_space(bytes.len(), || format!("writing inode {ino}"))?;
                     f.write_all_at(&buf[bytes], at)
                         .ctx(|| format!("write inode {ino}"))?;
                     let (lo, hi) = written.get().unwrap_or((at, at + len));
