@@ -1,7 +1,8 @@
 //! Free space: the store never lets its metadata database meet a full file system.
 //!
-//! Debian's librocksdb 7.8 aborts the process (an assertion in `WritableFileWriter`) when it syncs
-//! or closes a file whose earlier append failed, and every later open of the database repeats the
+//! Debian's librocksdb 7.8 aborts the process (an assertion in `WritableFileWriter`, added by
+//! facebook/rocksdb#10489 and kept in Debian's build) when it appends to, syncs or closes a file
+//! whose earlier append failed, and every later open of the database repeats the
 //! write that fails, so one ENOSPC inside rocksdb used to make the store unusable, `rm` included.
 //! Catching rocksdb's error is not enough (the abort comes first) and a newer rocksdb is not an
 //! option (ARCHITECTURE.md, "Dependencies"), so imgfs makes sure rocksdb never starts a write that
