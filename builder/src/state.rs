@@ -173,6 +173,11 @@ impl State {
             source,
         })?;
         let lock = StateLock::acquire(dir, true, on_wait)?;
+        // Room for `img rm` and `prune` to rewrite the image index on a disk that something
+        // else filled (imgfs::space): released here when the disk is full, written again when
+        // there is room.
+        imgfs::space::release_reserve_if_full(dir);
+        imgfs::space::refill_reserve(dir);
         let images = ImageStore::open(dir)?;
         let cache = Cache::open(&dir.join("cache")).map_err(StateError::Cache)?;
         let state = State {

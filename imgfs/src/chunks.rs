@@ -23,6 +23,7 @@ use crate::ids::{ChunkDigest, PackId};
 use crate::meta::key::Key;
 use crate::meta::{Batch, MetaDb, key};
 use crate::records::{ChunkRecord, PackRecord};
+use crate::space::{DATA_HEADROOM, Space};
 
 /// The largest a pack grows before appends move to a new one.
 pub const PACK_MAX: u64 = 1 << 30;
@@ -88,6 +89,8 @@ pub struct PackStore {
     dirty: Mutex<HashSet<PackId>>,
     /// Object packs: one file's content each, at the file's offsets (`begin_object`).
     objects: Mutex<HashSet<PackId>>,
+    /// The free space of the packs' file system: appends leave `DATA_HEADROOM` of it.
+    space: Space,
 }
 
 /// A chunk's bytes, borrowed from the pack's memory map.
@@ -130,6 +133,7 @@ impl PackStore {
                     .map(|(id, _)| *id)
                     .collect(),
             ),
+            space: Space::new(dir),
         };
         if read_only {
             return Ok(store);
@@ -235,6 +239,7 @@ impl PackStore {
             };
         }
         let pack = self.pack(w.id)?;
+        self.take_space(data.len(), || format!("appending to pack {}", w.id.0))?;
         pack.file
             .write_all_at(data, w.len)
             .ctx(|| format!("append to pack {}", w.id.0))?;
@@ -246,6 +251,12 @@ impl PackStore {
         }
         self.dirty.lock().expect("poisoned").insert(w.id);
         Ok(at)
+    }
+
+    /// Fails with `Error::NoSpace` unless `len` more bytes of data leave `DATA_HEADROOM` free
+    /// for the metadata that records them (`crate::space`).
+    pub(crate) fn take_space(&self, len: usize, doing: impl FnOnce() -> String) -> Result<()> {
+        self.space.take(len as u64, DATA_HEADROOM, doing)
     }
 
     /// Starts an object pack: a new pack that will hold one file's content at the file's own
@@ -270,6 +281,7 @@ impl PackStore {
     /// Writes a chunk of an object pack at `offset`. Not durable until `sync`.
     pub fn write_object(&self, id: PackId, offset: u64, data: &[u8]) -> Result<()> {
         let pack = self.pack(id)?;
+        self.take_space(data.len(), || format!("writing object pack {}", id.0))?;
         pack.file
             .write_all_at(data, offset)
             .ctx(|| format!("write object pack {}", id.0))?;
@@ -532,7 +544,7 @@ impl ChunkStore {
             if rec.live_bytes == 0 && self.packs.remove_pack(pack)? {
                 let mut b = Batch::default();
                 b.delete(&key::pack(pack));
-                self.meta.write(b, false)?;
+                self.meta.write_to_free(b, false)?;
             }
         }
         Ok(())

@@ -51,6 +51,10 @@ pub enum Error {
     },
     #[error("metadata database: {0}")]
     Db(String),
+    /// The file system is full, or would be too full for the metadata database after the write
+    /// (`space`); nothing was written. Holds what was being done, in the "-ing" form.
+    #[error("no space left on device while {0}")]
+    NoSpace(String),
 }
 
 impl Error {
@@ -71,6 +75,7 @@ impl Error {
             Error::Stale(_) => libc::ESTALE,
             Error::Busy(_) => libc::ETXTBSY,
             Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            Error::NoSpace(_) => libc::ENOSPC,
             Error::Locked { .. }
             | Error::Layer(_)
             | Error::Limit(_)
@@ -79,11 +84,14 @@ impl Error {
         }
     }
 
+    /// An I/O error with what was being done (`"write pack 3"`). ENOSPC and EDQUOT become
+    /// `NoSpace`, whose message says what was being done in the "-ing" form.
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Error {
-        Error::Io {
-            context: context.into(),
-            source,
+        let context = context.into();
+        if crate::space::is_no_space(&source) {
+            return Error::NoSpace(crate::space::doing(&context));
         }
+        Error::Io { context, source }
     }
 }
 
@@ -95,5 +103,31 @@ pub(crate) trait IoContext<T> {
 impl<T> IoContext<T> for std::io::Result<T> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|e| Error::io(context(), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enospc_reads_no_space_left_while_doing_what() {
+        let e = Error::io(
+            "write object pack 3",
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        );
+        assert_eq!(
+            e.to_string(),
+            "no space left on device while writing object pack 3"
+        );
+        assert_eq!(e.errno(), libc::ENOSPC);
+        let e = Error::io(
+            "copy up a chunk",
+            std::io::Error::from_raw_os_error(libc::EDQUOT),
+        );
+        assert_eq!(
+            e.to_string(),
+            "no space left on device while copying up a chunk"
+        );
     }
 }

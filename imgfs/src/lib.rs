@@ -19,6 +19,7 @@ pub(crate) mod meta;
 pub mod overlay;
 pub mod records;
 pub mod snapshot;
+pub mod space;
 pub mod store;
 pub mod tree;
 

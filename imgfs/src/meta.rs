@@ -11,6 +11,7 @@ use rocksdb::{DB, DBRawIteratorWithThreadMode, Options, ReadOptions, WriteBatch,
 
 use crate::error::{Error, Result};
 use crate::ids::{ChunkDigest, DataId, Ino, PackId, SnapshotId};
+use crate::space::{FREEING_ROOM, META_SLACK, Space};
 
 /// Builders for every key the store writes, and `Key::parse`, which decodes them.
 pub mod key {
@@ -279,13 +280,39 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 }
 
 fn db_err(e: rocksdb::Error) -> Error {
-    Error::Db(e.into_string())
+    let msg = e.into_string();
+    if msg.contains("No space left on device") || msg.contains("NoSpace") {
+        return Error::NoSpace(format!("writing the metadata database ({msg})"));
+    }
+    Error::Db(msg)
 }
+
+/// The bytes of the write-ahead logs in the database directory `path`: what the next flush
+/// (or the next open, which replays them into a table) writes.
+fn wal_bytes(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// How long `MetaDb::check_space` trusts its last listing of the write-ahead logs.
+const LOGS_RECHECK: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The metadata database of one store.
 pub struct MetaDb {
     db: DB,
+    path: std::path::PathBuf,
+    /// When the write-ahead logs were last measured, and their bytes then.
+    logs: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
     read_only: bool,
+    /// The free space of the database's file system: every write checks it first
+    /// (`crate::space`).
+    space: Space,
 }
 
 /// A group of writes applied atomically.
@@ -335,6 +362,18 @@ impl MetaDb {
         // (commit, remove) still reach the disk before they return. A killed process loses
         // its last unsynced batches, which only ever belong to active or importing snapshots.
         opts.set_manual_wal_flush(true);
+        // Every open starts a new info log and keeps the old one; the default of 1000 old logs
+        // (~25 KB each) would be a store's largest metadata on a small file system.
+        opts.set_keep_log_file_num(4);
+        // rocksdb 7.8 aborts when it appends to its info log after an append to it failed
+        // (`EnvLogger`, the same assertion as its other files), and the info log is the one file
+        // it writes on its own, at any time (closing, flushing, compacting). At the error
+        // level it writes only the header at open (which `space_to_open` makes room for) and
+        // errors, so a disk that something else filled cannot abort an idle store.
+        opts.set_log_level(rocksdb::LogLevel::Error);
+        // Each open starts a manifest and fallocates 4 MiB for it by default: on a full disk,
+        // the room that `rm` needs to record what it frees. A manifest holds a few KiB.
+        opts.set_manifest_preallocation_size(64 << 10);
         let mut table = rocksdb::BlockBasedOptions::default();
         table.set_bloom_filter(10.0, false);
         table.set_block_cache(&rocksdb::Cache::new_lru_cache(256 << 20));
@@ -348,23 +387,47 @@ impl MetaDb {
         let mut opts = Self::options();
         opts.create_if_missing(true);
         opts.set_error_if_exists(true);
+        let space = Self::space_to_open(path, "creating")?;
         Ok(MetaDb {
             db: DB::open(&opts, path).map_err(db_err)?,
+            path: path.to_path_buf(),
+            logs: Default::default(),
             read_only: false,
+            space,
         })
+    }
+
+    /// A writer's open writes a manifest, an options file, a log and the recovered write-ahead
+    /// log's table: refused on a file system without `META_SLACK` free, as rocksdb would abort.
+    fn space_to_open(path: &Path, doing: &str) -> Result<Space> {
+        let dir = path
+            .ancestors()
+            .find(|p| p.is_dir())
+            .unwrap_or(Path::new("/"));
+        let space = Space::new(dir);
+        space.take(wal_bytes(path), META_SLACK, || {
+            format!("{doing} the metadata database {}", path.display())
+        })?;
+        Ok(space)
     }
 
     /// Opens an existing database. A read-only open sees the state as of the open and does not
     /// need the writer's lock, so it works while a writer is running.
     pub fn open(path: &Path, read_only: bool) -> Result<MetaDb> {
         let opts = Self::options();
-        let db = if read_only {
-            DB::open_for_read_only(&opts, path, false)
+        let (db, space) = if read_only {
+            (DB::open_for_read_only(&opts, path, false), Space::new(path))
         } else {
-            DB::open(&opts, path)
-        }
-        .map_err(db_err)?;
-        Ok(MetaDb { db, read_only })
+            let space = Self::space_to_open(path, "opening")?;
+            (DB::open(&opts, path), space)
+        };
+        Ok(MetaDb {
+            db: db.map_err(db_err)?,
+            path: path.to_path_buf(),
+            logs: Default::default(),
+            read_only,
+            space,
+        })
     }
 
     pub fn is_read_only(&self) -> bool {
@@ -376,14 +439,51 @@ impl MetaDb {
         Ok(self.db.get_pinned(key).map_err(db_err)?.map(|v| v.to_vec()))
     }
 
+    /// Fails with `Error::NoSpace` unless `bytes` more of write-ahead log and as much again
+    /// for the table a flush makes of them, the next flush of what the logs hold already,
+    /// `META_SLACK` and `keep` fit on the file system: rocksdb must never start a write that
+    /// cannot finish (`crate::space`). The logs' size, not the memtables' (whose arena blocks
+    /// count megabytes for a few records), is what a flush writes; it is read again every
+    /// `LOGS_RECHECK`, and what grows meanwhile is the batches counted here.
+    fn check_space(&self, bytes: u64, keep: u64, doing: impl FnOnce() -> String) -> Result<()> {
+        let logs = {
+            let mut logs = self.logs.lock().expect("poisoned");
+            if logs.0.is_none_or(|at| at.elapsed() >= LOGS_RECHECK) {
+                *logs = (Some(std::time::Instant::now()), wal_bytes(&self.path));
+            }
+            logs.1
+        };
+        self.space
+            .take(bytes.saturating_mul(2), keep + logs + META_SLACK, doing)
+    }
+
     /// Applies a batch atomically. With `sync`, the write-ahead log is fsynced before returning:
     /// the batch survives power loss. Without, it survives a killed process (the log is written
     /// to the page cache) but not a crash of the machine.
+    ///
+    /// It fails with `Error::NoSpace`, writing nothing, unless `FREEING_ROOM` stays free after
+    /// it for the writes that free space (`write_to_free`).
     pub fn write(&self, batch: Batch, sync: bool) -> Result<()> {
+        self.write_keeping(batch, sync, FREEING_ROOM)
+    }
+
+    /// `write` for a batch that lets space be freed (removing a snapshot, rolling an import
+    /// back, fsck's repairs): it may use the `FREEING_ROOM` that other writes leave.
+    pub fn write_to_free(&self, batch: Batch, sync: bool) -> Result<()> {
+        self.write_keeping(batch, sync, 0)
+    }
+
+    fn write_keeping(&self, batch: Batch, sync: bool, keep: u64) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly("store opened read-only".into()));
         }
         no_perf_counts();
+        // An empty batch only syncs the log (what is in it has been counted already).
+        if !batch.is_empty() {
+            self.check_space(batch.inner.size_in_bytes() as u64, keep, || {
+                format!("writing {} metadata records", batch.len())
+            })?;
+        }
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
         self.db.write_opt(batch.inner, &wo).map_err(db_err)

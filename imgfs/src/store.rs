@@ -116,7 +116,9 @@ impl Store {
         let lock = if read_only {
             None
         } else {
-            Some(crate::lock::lock_dir(root)?)
+            let lock = crate::lock::lock_dir(root)?;
+            crate::space::release_reserve_if_full(root);
+            Some(lock)
         };
         let meta = MetaDb::open(&root.join("meta"), read_only)?;
         let read_u64 = |name: &str| -> Result<u64> {
@@ -152,6 +154,7 @@ impl Store {
         };
         if !read_only {
             store.recover()?;
+            crate::space::refill_reserve(root);
         }
         Ok(store)
     }
@@ -435,9 +438,10 @@ impl Store {
         {
             b.delete(&key::name(&rec.name));
         }
-        meta.write(b, true)?;
+        meta.write_to_free(b, true)?;
         self.inner.chunks.release_chunks(&freed)?;
         let _ = std::fs::remove_file(self.scratch_path(rec.id));
+        crate::space::refill_reserve(&self.inner.root);
         Ok(())
     }
 

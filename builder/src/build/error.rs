@@ -88,11 +88,20 @@ pub enum StepError {
         snapshot: String,
         source: imgfs::Error,
     },
-    #[error("failed to unpack into {}: {source}", dir.display())]
+    #[error("{}", imgfs::space::io_message("unpack into", &dir.display(), source))]
     Unpack { dir: PathBuf, source: io::Error },
-    /// An I/O error; the path says where, the message is the error's own.
-    #[error("{source}")]
+    /// An I/O error; the path says where, the message is the error's own (or, when the disk is
+    /// full, says what was being written).
+    #[error("{}", io_text(path, source))]
     Io { path: PathBuf, source: io::Error },
+}
+
+fn io_text(path: &std::path::Path, source: &io::Error) -> String {
+    if imgfs::space::is_no_space(source) {
+        imgfs::space::io_message("write", &path.display(), source)
+    } else {
+        source.to_string()
+    }
 }
 
 impl StepError {

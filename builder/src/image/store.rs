@@ -36,7 +36,7 @@ const MAX_JSON_BLOB: u64 = 4 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("failed to {op} {path}: {source}")]
+    #[error("{}", imgfs::space::io_message(op, &path.display(), source))]
     Io {
         op: &'static str,
         path: PathBuf,

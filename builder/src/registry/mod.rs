@@ -108,10 +108,19 @@ pub enum RegistryError {
     Reference(#[from] crate::image::ReferenceError),
     #[error("failed to apply the pulled layers of {reference}: {message}")]
     Apply { reference: String, message: String },
-    #[error("i/o error on {path}: {source}")]
+    #[error("{}", io_text(path, source))]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// `RegistryError::Io`'s message: what was being written when the disk is full.
+fn io_text(path: &std::path::Path, source: &std::io::Error) -> String {
+    if imgfs::space::is_no_space(source) {
+        imgfs::space::io_message("write", &path.display(), source)
+    } else {
+        format!("i/o error on {}: {source}", path.display())
+    }
 }

@@ -515,7 +515,7 @@ impl Registry {
             }
             download.writer.write_all(&chunk).map_err(|source| {
                 Failure::Fatal(RegistryError::Io {
-                    path: store.state_dir().join("blobs"),
+                    path: store.state_dir().join("blobs").join(&digest),
                     source,
                 })
             })?;

@@ -14,6 +14,7 @@ mod cache;
 mod cli;
 mod commands;
 mod errors;
+mod full_disk;
 mod mount;
 mod registry;
 mod registry_auth;

@@ -62,7 +62,7 @@ impl Checker<'_> {
         }
         if !batch.is_empty() {
             tracing::warn!(writes = batch.len(), "fsck: repairing metadata");
-            store.meta().write(batch, true)?;
+            store.meta().write_to_free(batch, true)?;
         }
         store.chunks().release_chunks(&release)?;
         for (problem, fix) in self.found {

@@ -111,6 +111,11 @@ impl Tree {
         }
     }
 
+    /// Whether deleted files wait for `punch_forgotten` to free their space.
+    pub(super) fn has_forgotten(&self) -> bool {
+        !self.orphans.lock().expect("poisoned").forgotten.is_empty()
+    }
+
     /// How many forgotten orphans `forget` lets gather before it frees their space itself.
     const PUNCH_BATCH: usize = 4096;
 

@@ -91,6 +91,9 @@ impl Tree {
         {
             let (_, bytes) = self.store.chunks().chunk(&digest)?;
             let n = ((keep_upto - cstart) as usize).min(bytes.len());
+            self.store
+                .packs()
+                .take_space(n, || format!("copying up chunk {index} of data {}", data.0))?;
             self.scratch()?
                 .write_all_at(&bytes[..n], slot * cs)
                 .ctx(|| "copy up a chunk".into())?;
@@ -108,6 +111,19 @@ impl Tree {
     /// `write`, also clearing setuid/setgid when `kill_suid` (the caller lacks CAP_FSETID and the
     /// kernel asked, as FUSE_WRITE_KILL_SUIDGID does).
     pub fn write_as(&self, ino: Ino, offset: u64, buf: &[u8], kill_suid: bool) -> Result<usize> {
+        match self.write_once(ino, offset, buf, kill_suid) {
+            // The space of deleted files is freed lazily (`punch_forgotten`); a full disk is the
+            // moment to free it, so that deleting files makes room for the next write at once.
+            // A failed attempt recorded nothing, so it can be made again.
+            Err(Error::NoSpace(_)) if self.has_forgotten() => {
+                self.punch_forgotten()?;
+                self.write_once(ino, offset, buf, kill_suid)
+            }
+            r => r,
+        }
+    }
+
+    fn write_once(&self, ino: Ino, offset: u64, buf: &[u8], kill_suid: bool) -> Result<usize> {
         let _g = self.writer()?;
         let mut inode = self.inode(ino)?;
         if inode.kind != FileKind::File {
@@ -122,6 +138,11 @@ impl Tree {
             .ok_or_else(|| Error::Invalid("offset".into()))?;
         let mut txn = self.txn();
         if !buf.is_empty() {
+            // All of it before any of it is written: a write that fails for space leaves the
+            // file as it was (only the chunks it copies up are checked on their own).
+            self.store
+                .packs()
+                .take_space(buf.len(), || format!("writing inode {ino}"))?;
             let (data, fresh) = match inode.data {
                 Some(d) => (d, false),
                 None => {

@@ -276,11 +276,40 @@ pub fn unpack(state: &State, name: &str, dir: &Path) -> Result<()> {
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
         bail!("{} exists and is not empty", dir.display());
     }
+    let created = !dir.exists();
     std::fs::create_dir_all(dir)?;
-    let backend = state.backend(BackendKind::Fuse)?;
-    let snapshot = builder::build::ensure_image_snapshot(backend.as_ref(), &state.images, &img)?;
-    if let Some(snapshot) = snapshot {
-        builder::build::unpack_snapshot(backend.as_ref(), &snapshot, dir)?;
+    let unpacked = (|| -> Result<()> {
+        // Read-only when the image's snapshot is there: the store is then not open for writing
+        // while the unpack may fill the disk, and other commands can write meanwhile.
+        let backend = match state.backend_read_only(BackendKind::Fuse) {
+            Ok(ro)
+                if builder::build::ensure_image_snapshot(ro.as_ref(), &state.images, &img)
+                    .is_ok() =>
+            {
+                ro
+            }
+            _ => state.backend(BackendKind::Fuse)?,
+        };
+        let snapshot =
+            builder::build::ensure_image_snapshot(backend.as_ref(), &state.images, &img)?;
+        if let Some(snapshot) = snapshot {
+            builder::build::unpack_snapshot(backend.as_ref(), &snapshot, dir)?;
+        }
+        Ok(())
+    })();
+    if unpacked.is_err() {
+        // A failed unpack (a full disk, say) leaves no partial tree: everything in `dir` is
+        // ours, since it was empty or missing.
+        let _ = if created {
+            std::fs::remove_dir_all(dir)
+        } else {
+            std::fs::read_dir(dir).and_then(|entries| {
+                entries.flatten().try_for_each(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => std::fs::remove_dir_all(e.path()),
+                    _ => std::fs::remove_file(e.path()),
+                })
+            })
+        };
     }
-    Ok(())
+    unpacked
 }
