@@ -13,14 +13,14 @@ use nix::unistd::Pid;
 use crate::{BACKENDS, Rig, can_run, context};
 
 /// A `sleep` no other test runs, so that finding its process finds this build's.
-fn unique_sleep() -> String {
+pub(crate) fn unique_sleep() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = 100_000 + (std::process::id() % 50_000) * 20 + NEXT.fetch_add(1, Ordering::Relaxed);
     n.to_string()
 }
 
 /// The pids of the processes whose command line is `sleep SECONDS`.
-fn sleeping(seconds: &str) -> Vec<i32> {
+pub(crate) fn sleeping(seconds: &str) -> Vec<i32> {
     let want = format!("sleep\0{seconds}\0").into_bytes();
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -68,7 +68,7 @@ fn build_log(rig: &Rig, seconds: &str) -> String {
 }
 
 /// Waits (at most a minute) for `child` to exit and returns its exit code.
-fn exit_code(child: &mut Child) -> Option<i32> {
+pub(crate) fn exit_code(child: &mut Child) -> Option<i32> {
     let end = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
