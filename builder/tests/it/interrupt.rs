@@ -1,6 +1,7 @@
 //! A build stopped by a signal: SIGINT (to img alone or to its process group, as Ctrl-C sends
 //! it) and SIGTERM stop the running step's container and leave nothing behind, on both
-//! backends; after a SIGKILL the next img command removes what the build left and says so.
+//! backends; after a SIGKILL the next img command removes what the build left and says so. A
+//! signal before the build has started (waiting for the state lock) ends img at once.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -217,4 +218,38 @@ fn the_next_img_command_removes_what_a_killed_build_left() {
             ctx.path().to_str().unwrap(),
         ]);
     }
+}
+
+#[test]
+fn a_signal_while_waiting_for_the_state_lock_ends_img_at_once() {
+    if !can_run() {
+        return;
+    }
+    let rig = Rig::create();
+    let lock = std::fs::File::open(rig.state.join("lock")).unwrap();
+    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let ctx = context("FROM busybox\nRUN true\n", &[]);
+    let log_path = rig.dir.path().join("waiting.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_img"))
+        .arg("-s")
+        .arg(&rig.state)
+        .args(["build", "-t", "never"])
+        .arg(ctx.path())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log_path)
+        .unwrap()
+        .contains("waiting for the lock")
+    {
+        assert!(Instant::now() < end, "img never waited for the lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    // Nothing has started that needs cleaning up, so nothing waits for the lock's holder.
+    assert_eq!(exit_code(&mut child), Some(143));
 }
