@@ -155,16 +155,23 @@ impl RuncExecutor {
         };
         for e in entries.flatten() {
             let name = e.file_name();
-            let Some(owner) = name.to_str().and_then(container_owner) else {
+            let Some(name) = name.to_str() else {
+                continue;
+            };
+            let Some(owner) = container_owner(name) else {
                 continue;
             };
             if !gone(owner) {
                 continue;
             }
-            tracing::info!(container = ?name, owner, "removing a container left by a dead img");
-            self.runc_quietly(&[OsStr::new("kill"), &name, OsStr::new("KILL")]);
-            self.runc_quietly(&[OsStr::new("delete"), OsStr::new("--force"), &name]);
-            let _ = fs::remove_dir_all(self.state.join("bundles").join(&name));
+            tracing::info!(
+                container = name,
+                owner,
+                "removing a container left by a dead img"
+            );
+            runc_quietly(&self.runc, &self.state, &["kill", name, "KILL"]);
+            runc_quietly(&self.runc, &self.state, &["delete", "--force", name]);
+            let _ = fs::remove_dir_all(self.state.join("bundles").join(name));
             removed.push(owner);
         }
         if let Ok(bundles) = fs::read_dir(self.state.join("bundles")) {
@@ -176,19 +183,6 @@ impl RuncExecutor {
             }
         }
         removed
-    }
-
-    /// Runs `runc --root STATE args...`, ignoring its output; whether it succeeded.
-    fn runc_quietly(&self, args: &[&OsStr]) -> bool {
-        Command::new(&self.runc)
-            .arg("--root")
-            .arg(&self.state)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
     }
 
     fn spec(&self, rootfs: &Path, req: &RunRequest, bundle: &Path) -> Result<Spec, ExecError> {
@@ -351,7 +345,7 @@ impl Executor for RuncExecutor {
                 source,
             })?;
 
-        let result = self.run_runc(&bundle, &id, log);
+        let result = run_runc(&self.runc, &self.state, &bundle, &id, log, &self.interrupt);
         // Whatever happened, the container is gone once `runc run` returns; clean up its
         // traces in the snapshot and the bundle before reporting.
         let cleaned = stubs.remove_created();
@@ -362,80 +356,96 @@ impl Executor for RuncExecutor {
     }
 }
 
-impl RuncExecutor {
-    fn run_runc(&self, bundle: &Path, id: &str, log: &mut dyn Write) -> Result<i32, ExecError> {
-        let (runc, state) = (&self.runc, &self.state);
-        let (reader, writer) = io::pipe().map_err(|source| ExecError::Spawn {
+fn run_runc(
+    runc: &Path,
+    state: &Path,
+    bundle: &Path,
+    id: &str,
+    log: &mut dyn Write,
+    interrupt: &Interrupt,
+) -> Result<i32, ExecError> {
+    let (reader, writer) = io::pipe().map_err(|source| ExecError::Spawn {
+        runc: runc.to_owned(),
+        source,
+    })?;
+    let writer2 = writer.try_clone().map_err(|source| ExecError::Spawn {
+        runc: runc.to_owned(),
+        source,
+    })?;
+    let mut child = Command::new(runc)
+        .arg("--root")
+        .arg(state)
+        .args(["run", "--bundle"])
+        .arg(bundle)
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(writer2)
+        .spawn()
+        .map_err(|source| ExecError::Spawn {
             runc: runc.to_owned(),
             source,
         })?;
-        let writer2 = writer.try_clone().map_err(|source| ExecError::Spawn {
-            runc: runc.to_owned(),
-            source,
-        })?;
-        let mut child = Command::new(runc)
-            .arg("--root")
-            .arg(state)
-            .args(["run", "--bundle"])
-            .arg(bundle)
-            .arg(id)
-            .stdin(Stdio::null())
-            .stdout(writer)
-            .stderr(writer2)
-            .spawn()
-            .map_err(|source| ExecError::Spawn {
-                runc: runc.to_owned(),
-                source,
-            })?;
-        // Our copies of the write end are gone with the Command, so EOF comes when the
-        // container's last process exits.
-        self.copy_output(reader, id, log);
-        let status = child.wait().map_err(|source| ExecError::Spawn {
-            runc: runc.to_owned(),
-            source,
-        })?;
-        // Whatever the step's own exit (a Ctrl-C to the process group reaches `runc run` too,
-        // which passes it on to the container), an interrupted step fails the same way.
-        if let Some(interrupted) = self.interrupt.signal() {
-            self.runc_quietly(&[OsStr::new("delete"), OsStr::new("--force"), OsStr::new(id)]);
-            return Err(ExecError::Interrupted(interrupted));
+    // Our copies of the write end are gone with the Command, so EOF comes when the container's
+    // last process exits. Until `runc run` has created the container there is nothing to kill,
+    // and runc says so: the kill is tried again at the next look.
+    let mut killed = false;
+    copy_output(reader, log, &mut || {
+        if !killed && interrupt.signal().is_some() {
+            killed = runc_quietly(runc, state, &["kill", id, "KILL"]);
         }
-        match status.code() {
-            Some(code) => Ok(code),
-            None => Err(ExecError::Killed),
-        }
+    });
+    let status = child.wait().map_err(|source| ExecError::Spawn {
+        runc: runc.to_owned(),
+        source,
+    })?;
+    // Whatever the step's own exit (a Ctrl-C to the process group reaches `runc run` too, which
+    // passes it on to the container), an interrupted step fails the same way.
+    if let Some(interrupted) = interrupt.signal() {
+        runc_quietly(runc, state, &["delete", "--force", id]);
+        return Err(ExecError::Interrupted(interrupted));
     }
+    match status.code() {
+        Some(code) => Ok(code),
+        None => Err(ExecError::Killed),
+    }
+}
 
-    /// Copies the container's output to `log` as it arrives, until the container's last process
-    /// has gone. A failing log (a closed terminal) must not block the container, so the pipe is
-    /// drained either way. Between reads it looks at the interrupt flag, and once raised kills
-    /// container `id`: the pipe then ends with the container's processes.
-    fn copy_output(&self, mut reader: io::PipeReader, id: &str, log: &mut dyn Write) {
-        let mut buf = [0u8; 16 * 1024];
-        let mut log_ok = true;
-        let mut killed = false;
-        loop {
-            // Until `runc run` has created the container there is nothing to kill, and runc
-            // says so: try again at the next look.
-            if !killed && self.interrupt.signal().is_some() {
-                killed =
-                    self.runc_quietly(&[OsStr::new("kill"), OsStr::new(id), OsStr::new("KILL")]);
-            }
-            if !readable(&reader, INTERRUPT_POLL) {
-                continue;
-            }
-            match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if log_ok {
-                        log_ok = log.write_all(&buf[..n]).and_then(|_| log.flush()).is_ok();
-                    }
+/// Copies the container's output to `log` as it arrives. A failing log (a closed terminal) must
+/// not block the container, so the pipe is drained either way. `between` runs before each read
+/// and at least every `INTERRUPT_POLL` (it looks at the interrupt flag).
+fn copy_output(mut reader: io::PipeReader, log: &mut dyn Write, between: &mut dyn FnMut()) {
+    let mut buf = [0u8; 16 * 1024];
+    let mut log_ok = true;
+    loop {
+        between();
+        if !readable(&reader, INTERRUPT_POLL) {
+            continue;
+        }
+        match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if log_ok {
+                    log_ok = log.write_all(&buf[..n]).and_then(|_| log.flush()).is_ok();
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
             }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
         }
     }
+}
+
+/// Runs `runc --root STATE args...`, ignoring its output; whether it succeeded.
+fn runc_quietly(runc: &Path, state: &Path, args: &[&str]) -> bool {
+    Command::new(runc)
+        .arg("--root")
+        .arg(state)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Waits up to `timeout` for `reader` to have data or EOF; false on a timeout (or EINTR).
