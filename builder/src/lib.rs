@@ -6,6 +6,8 @@ pub mod dockerfile;
 pub mod dockerignore;
 pub mod doctor;
 pub mod image;
+pub mod interrupt;
+pub mod leftovers;
 pub mod registry;
 pub mod runc;
 pub mod state;

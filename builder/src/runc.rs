@@ -9,6 +9,11 @@
 //! ipc and uts namespaces. Mount points runc has to create in the root file system (`/proc` on an
 //! image without one, an empty `/etc/hosts`) are removed again after the step, with their parent's
 //! times restored, so they never end up in the layer; BuildKit does the same.
+//!
+//! A raised [`Interrupt`] stops the running step: `runc kill KILL`, then `runc delete --force`,
+//! and the step fails with [`ExecError::Interrupted`]. Containers are named `img-PID-N` after the
+//! img process that runs them, so that the next img can tell which ones a dead img left
+//! (`remove_containers`).
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -17,6 +22,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::{UtimensatFlags, fstatat, utimensat};
@@ -27,6 +33,8 @@ use oci_spec::runtime::{
     PosixRlimitType, ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 use thiserror::Error;
+
+use crate::interrupt::{Interrupt, Interrupted};
 
 /// What to run, and as whom.
 #[derive(Clone, Debug, Default)]
@@ -57,6 +65,8 @@ pub enum ExecError {
     Rootfs { path: String, source: io::Error },
     #[error("runc was killed by a signal")]
     Killed,
+    #[error("{0}")]
+    Interrupted(Interrupted),
 }
 
 /// Runs commands in a root file system. The builder holds one as `&dyn Executor`, so tests can
@@ -100,7 +110,11 @@ pub struct RuncExecutor {
     /// runc's `--root`; also holds the bundles.
     state: PathBuf,
     next_id: AtomicU64,
+    interrupt: Interrupt,
 }
+
+/// How often a running step looks at the interrupt flag.
+const INTERRUPT_POLL: Duration = Duration::from_millis(100);
 
 impl RuncExecutor {
     /// An executor keeping its state under `state` (created if missing). `runc` is looked up on
@@ -113,41 +127,62 @@ impl RuncExecutor {
         let runc = std::env::var_os("IMG_RUNC")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("runc"));
-        let exec = RuncExecutor {
+        Ok(RuncExecutor {
             runc,
             state: state.to_owned(),
             next_id: AtomicU64::new(0),
-        };
-        exec.remove_leftovers();
-        Ok(exec)
+            interrupt: Interrupt::default(),
+        })
     }
 
-    /// Deletes containers and bundles a killed img left behind. The caller holds the state
-    /// lock, so no other img is running steps here: every container in our runc root is stale.
-    fn remove_leftovers(&self) {
+    /// Makes steps stop when `interrupt` is raised.
+    pub fn interruptible(mut self, interrupt: Interrupt) -> RuncExecutor {
+        self.interrupt = interrupt;
+        self
+    }
+
+    /// Kills and deletes the containers in our runc root whose img process is gone (`gone`
+    /// says so of an owner pid), with their bundles, and returns the owner of each one
+    /// removed. A container whose id names no owner is not one of ours and is left alone.
+    ///
+    /// `runc delete --force` alone would do for a container that still runs (it kills it
+    /// first), but `runc kill` first makes the container's processes go even if the delete
+    /// then fails on the state a killed `runc run` left half written.
+    pub fn remove_containers(&self, gone: &dyn Fn(u32) -> bool) -> Vec<u32> {
+        let mut removed = Vec::new();
         let Ok(entries) = fs::read_dir(&self.state) else {
-            return;
+            return removed;
         };
         for e in entries.flatten() {
             let name = e.file_name();
-            if name == "bundles" {
+            let Some(name) = name.to_str() else {
+                continue;
+            };
+            let Some(owner) = container_owner(name) else {
+                continue;
+            };
+            if !gone(owner) {
                 continue;
             }
-            tracing::info!(container = ?name, "removing a container left by a killed img");
-            let _ = Command::new(&self.runc)
-                .arg("--root")
-                .arg(&self.state)
-                .args(["delete", "--force"])
-                .arg(&name)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            tracing::info!(
+                container = name,
+                owner,
+                "removing a container left by a dead img"
+            );
+            runc_quietly(&self.runc, &self.state, &["kill", name, "KILL"]);
+            runc_quietly(&self.runc, &self.state, &["delete", "--force", name]);
+            let _ = fs::remove_dir_all(self.state.join("bundles").join(name));
+            removed.push(owner);
         }
         if let Ok(bundles) = fs::read_dir(self.state.join("bundles")) {
             for b in bundles.flatten() {
-                let _ = fs::remove_dir_all(b.path());
+                let owner = b.file_name().to_str().and_then(container_owner);
+                if owner.is_some_and(gone) {
+                    let _ = fs::remove_dir_all(b.path());
+                }
             }
         }
+        removed
     }
 
     fn spec(&self, rootfs: &Path, req: &RunRequest, bundle: &Path) -> Result<Spec, ExecError> {
@@ -310,7 +345,7 @@ impl Executor for RuncExecutor {
                 source,
             })?;
 
-        let result = run_runc(&self.runc, &self.state, &bundle, &id, log);
+        let result = run_runc(&self.runc, &self.state, &bundle, &id, log, &self.interrupt);
         // Whatever happened, the container is gone once `runc run` returns; clean up its
         // traces in the snapshot and the bundle before reporting.
         let cleaned = stubs.remove_created();
@@ -327,6 +362,7 @@ fn run_runc(
     bundle: &Path,
     id: &str,
     log: &mut dyn Write,
+    interrupt: &Interrupt,
 ) -> Result<i32, ExecError> {
     let (reader, writer) = io::pipe().map_err(|source| ExecError::Spawn {
         runc: runc.to_owned(),
@@ -351,12 +387,24 @@ fn run_runc(
             source,
         })?;
     // Our copies of the write end are gone with the Command, so EOF comes when the container's
-    // last process exits.
-    copy_output(reader, log);
+    // last process exits. Until `runc run` has created the container there is nothing to kill,
+    // and runc says so: the kill is tried again at the next look.
+    let mut killed = false;
+    copy_output(reader, log, &mut || {
+        if !killed && interrupt.signal().is_some() {
+            killed = runc_quietly(runc, state, &["kill", id, "KILL"]);
+        }
+    });
     let status = child.wait().map_err(|source| ExecError::Spawn {
         runc: runc.to_owned(),
         source,
     })?;
+    // Whatever the step's own exit (a Ctrl-C to the process group reaches `runc run` too, which
+    // passes it on to the container), an interrupted step fails the same way.
+    if let Some(interrupted) = interrupt.signal() {
+        runc_quietly(runc, state, &["delete", "--force", id]);
+        return Err(ExecError::Interrupted(interrupted));
+    }
     match status.code() {
         Some(code) => Ok(code),
         None => Err(ExecError::Killed),
@@ -364,11 +412,16 @@ fn run_runc(
 }
 
 /// Copies the container's output to `log` as it arrives. A failing log (a closed terminal) must
-/// not block the container, so the pipe is drained either way.
-fn copy_output(mut reader: io::PipeReader, log: &mut dyn Write) {
+/// not block the container, so the pipe is drained either way. `between` runs before each read
+/// and at least every `INTERRUPT_POLL` (it looks at the interrupt flag).
+fn copy_output(mut reader: io::PipeReader, log: &mut dyn Write, between: &mut dyn FnMut()) {
     let mut buf = [0u8; 16 * 1024];
     let mut log_ok = true;
     loop {
+        between();
+        if !readable(&reader, INTERRUPT_POLL) {
+            continue;
+        }
         match reader.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
@@ -380,6 +433,41 @@ fn copy_output(mut reader: io::PipeReader, log: &mut dyn Write) {
             Err(_) => break,
         }
     }
+}
+
+/// Runs `runc --root STATE args...`, ignoring its output; whether it succeeded.
+fn runc_quietly(runc: &Path, state: &Path, args: &[&str]) -> bool {
+    Command::new(runc)
+        .arg("--root")
+        .arg(state)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Waits up to `timeout` for `reader` to have data or EOF; false on a timeout (or EINTR).
+fn readable(reader: &io::PipeReader, timeout: Duration) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: reader.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd that lives across the call, for a descriptor `reader` keeps open.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+    // An error other than EINTR (there is none for one valid descriptor) lets the read report it.
+    n != 0 && !(n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted)
+}
+
+/// The pid of the img process that started container `id` (`img-PID-N`).
+pub fn container_owner(id: &str) -> Option<u32> {
+    let rest = id.strip_prefix("img-")?;
+    let (pid, n) = rest.split_once('-')?;
+    n.parse::<u64>().ok()?;
+    pid.parse().ok()
 }
 
 /// Which mount points existed in the root file system before runc ran, so the ones it created

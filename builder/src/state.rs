@@ -10,6 +10,7 @@
 //! <state>/runc/           runc's state and the bundles of running steps
 //! <state>/tmp/            mount points and temporary files of running builds
 //! <state>/mounts/<pid>.json  what each `img mount` process serves (`MountRecord`)
+//! <state>/owners/<pid>.json  each build, for the removal of what it leaves if killed (`leftovers`)
 //! ```
 
 use std::collections::{BTreeSet, HashSet};
@@ -278,6 +279,11 @@ impl State {
         }
         out.sort_by_key(|r| r.pid);
         out
+    }
+
+    /// Whether backend `kind` has been used in this state dir.
+    pub fn backend_exists(&self, kind: BackendKind) -> bool {
+        self.dir.join(kind.dir()).exists()
     }
 
     /// The backends that exist in this state dir (used ones), for du and prune.

@@ -179,7 +179,33 @@ pub fn reexec(extra_env: &[(&str, OsString)]) -> Result<ExitStatus, UsernsError>
     }
     to_child.write_all(&[1]).map_err(UsernsError::Spawn)?;
     drop(to_child);
+    forward_signals(child.id());
     child.wait().map_err(UsernsError::Spawn)
+}
+
+/// Passes SIGINT, SIGTERM and SIGHUP on to the img inside the namespace, which handles them (an
+/// interrupted build cleans up and exits 128 + the signal, which `wait` then returns): the
+/// user's `kill` names this process. Best effort: without it the signal ends this process only.
+fn forward_signals(child: u32) {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, pthread_sigmask};
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    if pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).is_err() {
+        return;
+    }
+    let pid = nix::unistd::Pid::from_raw(child as i32);
+    let spawned = std::thread::Builder::new()
+        .name("forward-signals".to_owned())
+        .spawn(move || {
+            while let Ok(sig) = set.wait() {
+                let _ = kill(pid, sig);
+            }
+        });
+    if spawned.is_err() {
+        let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
+    }
 }
 
 /// The child's side of `reexec`, first thing in `main`: unshare the user namespace, wait for

@@ -8,6 +8,27 @@ use std::path::Path;
 
 use crate::error::{Error, IoContext, Result};
 
+/// The pid written in the lock of the store in `root` if a live process holds it ("unknown"
+/// if it holds it without having written it), `None` if nobody does. Takes nothing and writes
+/// nothing, but holds a shared lock for the moment of the probe, during which a writer opening
+/// the store would fail as locked: ask only when the answer matters.
+pub(crate) fn holder(root: &Path) -> Option<String> {
+    let path = root.join("LOCK");
+    let f = std::fs::File::open(&path).ok()?;
+    // SAFETY: flock on an fd we own; no memory is involved.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+        // Closing `f` drops the probe's lock at once.
+        return None;
+    }
+    let pid = std::fs::read_to_string(&path).unwrap_or_default();
+    let pid = pid.trim();
+    Some(if pid.is_empty() {
+        "unknown".into()
+    } else {
+        pid.into()
+    })
+}
+
 /// Takes the lock of the store in `root`, or fails with `Error::Locked` naming the holder's pid.
 /// The kernel drops the lock when its holder dies, however it dies.
 pub(crate) fn lock_dir(root: &Path) -> Result<File> {

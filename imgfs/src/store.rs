@@ -103,6 +103,12 @@ impl Store {
         Store::open_inner(root, false)
     }
 
+    /// The pid of the process that has the store in `root` open for writing, if one has
+    /// ("unknown" when it has not written its pid yet).
+    pub fn writer(root: &Path) -> Option<String> {
+        crate::lock::holder(root)
+    }
+
     /// Opens a store for reading, without the writer's lock: it sees the store as it was when
     /// opened, even while a writer changes it.
     pub fn open_read_only(root: &Path) -> Result<Store> {

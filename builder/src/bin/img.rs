@@ -115,14 +115,21 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<builder::interrupt::Interrupted>() {
+                Some(i) => ExitCode::from(i.exit_code()),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
 
 fn open_state(dir: Option<PathBuf>) -> Result<State> {
     let dir = dir.unwrap_or_else(state::default_dir);
-    Ok(State::open(&dir, |c| eprintln!("{}", c.waiting_message()))?)
+    let state = State::open(&dir, |c| eprintln!("{}", c.waiting_message()))?;
+    for removed in builder::leftovers::remove(&state) {
+        eprintln!("img: {removed}");
+    }
+    Ok(state)
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -151,9 +158,14 @@ fn run(cli: Cli) -> Result<()> {
         }
         other => other,
     };
+    // Before anything starts a thread (opening a store does), which would inherit no mask.
+    let signals = match &command {
+        Command::Build(_) => Some(build::Signals::block()?),
+        _ => None,
+    };
     let state = open_state(cli.state)?;
     match command {
-        Command::Build(args) => build::build(&state, args),
+        Command::Build(args) => build::build(&state, args, signals.expect("blocked above")),
         Command::Ls => images::ls(&state),
         Command::Du => images::du(&state),
         Command::Rm { names } => images::rm(&state, &names),

@@ -28,6 +28,7 @@ use thiserror::Error;
 use crate::context::Context;
 use crate::dockerfile::{ArgScope, Dockerfile, ParseError};
 use crate::image::{ImageConfig, ImageStore};
+use crate::interrupt::{Interrupt, Interrupted};
 use crate::runc::Executor;
 use cache::{Cache, CacheKey};
 pub use error::StepError;
@@ -79,6 +80,9 @@ pub enum BuildError {
     /// A failure outside any one step: storing the image, applying or unpacking its layers.
     #[error("{0}")]
     Failed(Box<StepError>),
+    /// The engine's interrupt was raised: the build stopped before its next step.
+    #[error("{0}")]
+    Interrupted(Interrupted),
 }
 
 impl From<StepError> for BuildError {
@@ -188,6 +192,8 @@ pub struct Engine<'a> {
     pull_lock: Mutex<()>,
     /// Pulls images the store lacks; `None`: a missing image is an error.
     pub puller: Option<&'a dyn Puller>,
+    /// Raised, it stops the build before its next step (the executor stops the running one).
+    pub interrupt: Interrupt,
 }
 
 impl<'a> Engine<'a> {
@@ -210,6 +216,7 @@ impl<'a> Engine<'a> {
             apply_lock: Mutex::new(()),
             pull_lock: Mutex::new(()),
             puller: None,
+            interrupt: Interrupt::default(),
         }
     }
 
@@ -324,6 +331,7 @@ impl<'a> Engine<'a> {
             ));
         }
 
+        self.check_interrupt()?;
         let mut state = outcome.state;
         for (k, v) in &req.labels {
             state.config.config.labels.insert(k.clone(), v.clone());
@@ -336,6 +344,14 @@ impl<'a> Engine<'a> {
             .and_then(|h| h.created.clone())
             .or_else(|| state.config.created.clone());
         self.store_image(state)
+    }
+
+    /// Fails if the interrupt was raised.
+    fn check_interrupt(&self) -> Result<(), BuildError> {
+        match self.interrupt.signal() {
+            Some(i) => Err(BuildError::Interrupted(i)),
+            None => Ok(()),
+        }
     }
 
     /// Writes the config and manifest of `state` to the image store.

@@ -15,6 +15,7 @@ mod cli;
 mod commands;
 mod errors;
 mod full_disk;
+mod interrupt;
 mod mount;
 mod registry;
 mod registry_auth;

@@ -1,6 +1,7 @@
 //! img as an ordinary user: it enters a user namespace of its own (newuidmap/newgidmap with the
 //! user's subordinate ranges), mounts imgfs (or overlayfs with userxattr) there and runs runc
 //! inside, and the image it builds is the one root builds, owners included, on both backends.
+//! A SIGINT to the img the user started stops the build inside, as it stops root's.
 //!
 //! Runs as the users tools/setup creates: `tests`, with /etc/subuid and /etc/subgid ranges, and
 //! `tests-nosub`, without, for whom img maps only the user's own id. /dev/fuse is made usable by
@@ -289,5 +290,84 @@ fn doctor_passes_for_a_ready_user_and_prints_fixes_for_one_without_ranges() {
                 );
             }
         }
+    }
+}
+
+/// The user's `kill` names the img outside the namespaces, which passes the signal on to the
+/// img inside: the build stops as root's does, with its step's processes.
+#[test]
+fn sigint_to_an_ordinary_users_img_stops_the_build_inside_its_namespace() {
+    use crate::interrupt::{exit_code, sleeping, unique_sleep};
+    if !can_run() || !tests::can_run(true, &["setpriv", "newuidmap", "newgidmap"]) {
+        return;
+    }
+    std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666)).unwrap();
+    let home = tempfile::tempdir_in("/var/tmp").unwrap();
+    let user = nix::unistd::User::from_name(USER)
+        .unwrap()
+        .expect("user tests (tools/setup)");
+    nix::unistd::chown(home.path(), Some(user.uid), Some(user.gid)).unwrap();
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let archive = home.path().join("busybox.tar");
+    std::fs::copy(&base().docker_archive, &archive).unwrap();
+    std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let state = home.path().join("state");
+    ok(as_user(
+        &state,
+        home.path(),
+        &["load", "-i", archive.to_str().unwrap()],
+    ));
+    for backend in crate::BACKENDS {
+        let seconds = unique_sleep();
+        let ctx = context(&format!("FROM busybox\nRUN sleep {seconds}\n"), &[]);
+        let log = std::fs::File::create(home.path().join(format!("{backend}.log"))).unwrap();
+        // setpriv execs img: the child is the img outside the namespaces.
+        let mut child = Command::new("setpriv")
+            .args([
+                &format!("--reuid={USER}"),
+                &format!("--regid={USER}"),
+                "--init-groups",
+            ])
+            .arg(env!("CARGO_BIN_EXE_img"))
+            .arg("-s")
+            .arg(&state)
+            .args(["build", "--backend", backend, "-t", "stopped"])
+            .arg(ctx.path())
+            .env("HOME", home.path())
+            .env_remove("XDG_DATA_HOME")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while sleeping(&seconds).is_empty() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{backend}: the build ended before its step ran"
+            );
+            assert!(
+                start.elapsed().as_secs() < 120,
+                "{backend}: the step never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+        let code = exit_code(&mut child);
+        let log = std::fs::read_to_string(home.path().join(format!("{backend}.log"))).unwrap();
+        assert_eq!(code, Some(130), "{backend}:\n{log}");
+        assert_eq!(
+            sleeping(&seconds),
+            Vec::<i32>::new(),
+            "{backend}: the step still runs"
+        );
+        let ls = as_user(&state, home.path(), &["ls"]);
+        let stderr = String::from_utf8_lossy(&ls.stderr);
+        assert!(!stderr.contains("removed"), "{backend}: {stderr}");
+        assert!(
+            !ok(ls).contains("stopped"),
+            "{backend}: an image was tagged"
+        );
     }
 }

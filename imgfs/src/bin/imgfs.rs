@@ -90,7 +90,9 @@ enum Command {
         snapshots: Vec<String>,
     },
     /// Check every reference and chunk digest of a store; with --repair, fix reference counts
-    /// and remove orphans (never data a snapshot refers to). Exits 1 if problems remain.
+    /// and remove orphans (never data a snapshot refers to). Exits 1 if problems remain, and 2
+    /// if all of them are what a killed writer left: opening the store for writing (any
+    /// writing command, or --repair) recovers it.
     Fsck {
         store: PathBuf,
         #[arg(long)]
@@ -124,10 +126,19 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("imgfs: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<NeedsRecovery>() {
+                Some(_) => ExitCode::from(2),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
+
+/// `fsck` of a store whose writer was killed half-way, which the next open for writing
+/// recovers: not damage, so it has an exit status of its own.
+#[derive(Debug, thiserror::Error)]
+#[error("store {} needs recovery: open it for writing or run fsck --repair", .0.display())]
+struct NeedsRecovery(PathBuf);
 
 fn open(s: &StoreArg) -> Result<Store> {
     Store::open(&s.store).with_context(|| format!("cannot open store {}", s.store.display()))
@@ -263,6 +274,9 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Fsck { store, repair } => {
+            // Asked before the open: a writer that starts later changes nothing that a
+            // read-only open sees.
+            let writer = if repair { None } else { Store::writer(&store) };
             let s = if repair {
                 Store::open(&store)
             } else {
@@ -271,6 +285,17 @@ fn run(cli: Cli) -> Result<()> {
             .with_context(|| format!("cannot open store {}", store.display()))?;
             let report = imgfs::fsck::check(&s, repair)?;
             println!("{report}");
+            if let Some(pid) = writer.filter(|_| !report.is_clean()) {
+                // Its work in progress looks like what a killed writer leaves, or worse.
+                anyhow::bail!(
+                    "{} problem(s) in store {}, which process {pid} has open for writing: its work in progress shows as problems; check again once it is done",
+                    report.problems.len(),
+                    store.display()
+                );
+            }
+            if report.needs_recovery() {
+                return Err(NeedsRecovery(store).into());
+            }
             if !report.is_clean() {
                 anyhow::bail!(
                     "{} problem(s) in store {}",

@@ -47,6 +47,12 @@ impl Report {
     pub fn is_clean(&self) -> bool {
         self.problems.is_empty()
     }
+
+    /// True if something is wrong and all of it is what a killed writer leaves, which opening
+    /// the store for writing puts right (`Problem::needs_recovery`).
+    pub fn needs_recovery(&self) -> bool {
+        !self.problems.is_empty() && self.problems.iter().all(Problem::needs_recovery)
+    }
 }
 
 impl fmt::Display for Report {
@@ -284,6 +290,20 @@ pub enum Problem {
         snapshot: String,
         kind: SnapshotKind,
     },
+}
+
+impl Problem {
+    /// Whether this is what a writer killed half-way leaves and the recovery at
+    /// `Store::open` undoes: an import that never finished, a pack file it started whose record
+    /// was never written. A store opened read-only (fsck without repair) sees them as they are.
+    pub fn needs_recovery(&self) -> bool {
+        matches!(
+            self,
+            Problem::UnfinishedImport { .. }
+                | Problem::MissingPackRecord { .. }
+                | Problem::OrphanPack { .. }
+        )
+    }
 }
 
 /// Checks `store` and, with `repair`, fixes what can be fixed without touching data a snapshot

@@ -1,5 +1,7 @@
 //! Kill -9 at any moment of an import or a removal: the store reopens, fsck finds nothing wrong,
 //! every committed snapshot reads as before, and the interrupted work is either whole or absent.
+//! Before that reopening, `imgfs fsck` says the store needs recovery (exit 2), not that it is
+//! damaged.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -132,4 +134,79 @@ fn kill_during_import_and_remove_leaves_a_consistent_store() {
         assert_clean(&s);
         assert_eq!(full_export(&s, "base"), base_export);
     }
+}
+
+/// `imgfs fsck`, its exit code and standard error.
+fn fsck_cli(root: &std::path::Path, repair: bool) -> (Option<i32>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imgfs"));
+    cmd.arg("fsck").arg(root);
+    if repair {
+        cmd.arg("--repair");
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn fsck_says_a_store_whose_writer_was_killed_needs_recovery_until_it_is_recovered() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    drop(Store::create(&root, StoreOptions::default()).unwrap());
+    // An import that reads its layer from a pipe stays half done for as long as the pipe
+    // stays open: its writer is alive, then killed, at moments the test chooses.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imgfs"))
+        .args(["import", "--store"])
+        .arg(&root)
+        .args(["--name", "half", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let layer = big_layer(3);
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&layer[..layer.len() / 2]).unwrap();
+    stdin.flush().unwrap();
+    let start = Instant::now();
+    loop {
+        let s = Store::open_read_only(&root).unwrap();
+        if s.stat("half")
+            .is_ok_and(|r| r.kind == imgfs::SnapshotKind::Importing)
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the import never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // While the writer lives, its work in progress is not something to recover.
+    let (code, err) = fsck_cli(&root, false);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "which process {} has open for writing",
+            child.id()
+        )),
+        "{err}"
+    );
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(stdin);
+    let (code, err) = fsck_cli(&root, false);
+    assert!(
+        err.contains("needs recovery: open it for writing or run fsck --repair"),
+        "{err}"
+    );
+    assert_eq!(code, Some(2), "{err}");
+
+    let (code, err) = fsck_cli(&root, true);
+    assert_eq!(code, Some(0), "fsck --repair: {err}");
+    let (code, err) = fsck_cli(&root, false);
+    assert_eq!(code, Some(0), "fsck after the recovery: {err}");
 }

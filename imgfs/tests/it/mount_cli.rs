@@ -528,3 +528,60 @@ fn a_failing_ring_ends_the_connection_instead_of_leaving_callers_waiting() {
     let info = imgfs(&["info", "--store", s, "one"]);
     assert!(!info.status.success(), "nothing is committed");
 }
+
+#[test]
+fn imgfs_umount_returns_while_the_mount_process_is_an_unreaped_child() {
+    if !fuse_available() {
+        return;
+    }
+    let (_dir, store, mnt) = store_with_empty_base();
+    let s = store.to_str().unwrap();
+    // This test's child, which it reaps only after `imgfs umount` has returned: until then the
+    // process stays a zombie once it has exited.
+    let child = foreground_mount(
+        &[
+            "--store",
+            s,
+            "--snapshot",
+            "base",
+            "--writable",
+            "--commit",
+            "after",
+        ],
+        &mnt,
+        &[],
+    );
+    let _unmount = Unmount(&mnt);
+    std::fs::write(mnt.join("f"), "kept\n").unwrap();
+    let mut umount = Command::new(env!("CARGO_BIN_EXE_imgfs"))
+        .arg("umount")
+        .arg(&mnt)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = umount.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed().as_secs() > 60 {
+            let _ = umount.kill();
+            panic!("imgfs umount has not returned after a minute");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "imgfs umount failed");
+    // It returned after the commit, as it does for a process it does not share with anyone.
+    let info = imgfs(&["info", "--store", s, "after"]);
+    assert!(
+        info.status.success(),
+        "{}",
+        String::from_utf8_lossy(&info.stderr)
+    );
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

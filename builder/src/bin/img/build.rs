@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use builder::build::{BuildRequest, Engine, Progress};
@@ -11,7 +14,9 @@ use builder::context::Context;
 use builder::dockerfile;
 use builder::dockerignore::Matcher;
 use builder::image::{self, Reference};
+use builder::interrupt::Interrupt;
 use builder::state::{BackendKind, State};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -104,7 +109,89 @@ fn stdin_is_archive(head: &[u8]) -> bool {
     head.starts_with(&[0x1f, 0x8b]) || (head.len() >= 262 && &head[257..262] == b"ustar")
 }
 
-pub fn build(state: &State, args: Args) -> Result<()> {
+/// SIGINT, SIGTERM and SIGHUP during a build: the first raises the build's interrupt, and the
+/// build stops its container, unmounts, drops its snapshots and fails with `Interrupted`, which
+/// `main` turns into exit status 128 + the signal. Before the build has started (waiting for
+/// the state lock, say) there is nothing to clean up, and the signal ends img at once, as does
+/// a second signal or a build still running `FORCE_AFTER` after the first (a pull does not look
+/// at the flag): the next img removes what that leaves (`builder::leftovers`).
+pub struct Signals {
+    interrupt: Interrupt,
+    started: Arc<AtomicBool>,
+}
+
+/// How long an interrupted build may take to stop before img exits without it.
+const FORCE_AFTER: Duration = Duration::from_secs(30);
+
+/// A signal this soon after the first is taken for the same one.
+const REPEAT: Duration = Duration::from_secs(1);
+
+impl Signals {
+    /// Blocks the signals in this thread, and so in every thread started after, and starts the
+    /// one thread that waits for them.
+    pub fn block() -> Result<Signals> {
+        let mut set = SigSet::empty();
+        for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+            set.add(s);
+        }
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).context("cannot block signals")?;
+        let signals = Signals {
+            interrupt: Interrupt::default(),
+            started: Arc::new(AtomicBool::new(false)),
+        };
+        let (interrupt, started) = (signals.interrupt.clone(), signals.started.clone());
+        std::thread::Builder::new()
+            .name("signals".to_owned())
+            .spawn(move || {
+                let Ok(first) = set.wait() else { return };
+                if started.load(Ordering::SeqCst) {
+                    eprintln!("img: {first}: stopping the build");
+                    interrupt.raise(first as i32);
+                    let at = std::time::Instant::now();
+                    loop {
+                        let left = FORCE_AFTER.saturating_sub(at.elapsed());
+                        match wait_timeout(&set, left) {
+                            // One Ctrl-C can come twice: from the terminal, and passed on by
+                            // the img outside an ordinary user's namespace.
+                            Some(_) if at.elapsed() < REPEAT => continue,
+                            Some(second) => {
+                                eprintln!("img: {second}: exiting without cleaning up");
+                            }
+                            None => {
+                                eprintln!(
+                                    "img: the build did not stop; exiting without cleaning up"
+                                );
+                            }
+                        }
+                        break;
+                    }
+                }
+                std::process::exit(128 + first as i32);
+            })
+            .context("cannot start the thread that handles signals")?;
+        Ok(signals)
+    }
+}
+
+/// The next of the signals in `set` within `timeout`, if one comes.
+fn wait_timeout(set: &SigSet, timeout: Duration) -> Option<Signal> {
+    let end = std::time::Instant::now() + timeout;
+    loop {
+        let left = end.checked_duration_since(std::time::Instant::now())?;
+        let ts = libc::timespec {
+            tv_sec: left.as_secs() as libc::time_t,
+            tv_nsec: left.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: both pointers are to live values of the types sigtimedwait takes.
+        let n = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
+        if n > 0 {
+            return Signal::try_from(n).ok();
+        }
+        // EINTR: wait for the rest; EAGAIN: the time is up (caught by the check above).
+    }
+}
+
+pub fn build(state: &State, args: Args, signals: Signals) -> Result<()> {
     let outputs: Vec<Output> = args
         .outputs
         .iter()
@@ -173,7 +260,11 @@ pub fn build(state: &State, args: Args) -> Result<()> {
     };
 
     let progress = Progress::stderr();
-    let executor = state.executor()?;
+    let _owner = builder::leftovers::Owner::register(state, args.backend)
+        .with_context(|| format!("failed to record this build in {}", state.dir().display()))?;
+    signals.started.store(true, Ordering::SeqCst);
+    let interrupt = signals.interrupt.clone();
+    let executor = state.executor()?.interruptible(interrupt.clone());
     let cache = &state.cache;
     let scratch = state.scratch();
     // A store can be open once per process: the build and its outputs share the backend.
@@ -188,7 +279,17 @@ pub fn build(state: &State, args: Args) -> Result<()> {
     );
     let puller = super::registry::BuildPuller::new(&state.images, &args.registry)?;
     engine.puller = Some(&puller);
-    let built = engine.build(&req)?;
+    engine.interrupt = interrupt.clone();
+    let built = engine.build(&req);
+    // However the build ended (a step that exits on the signal, a stage that failed on it), an
+    // interrupted build is reported as such, and tags nothing.
+    if let Some(interrupted) = interrupt.signal() {
+        if let Err(e) = built {
+            tracing::debug!("the interrupted build ended with: {e}");
+        }
+        return Err(interrupted.into());
+    }
+    let built = built?;
     let id = image::sha256_digest(&built.config.to_json());
 
     for tag in &tags {

@@ -327,13 +327,57 @@ pub fn umount(mountpoint: &Path) -> Result<()> {
     let Some(pid) = server_pid(mountpoint)? else {
         bail!("{} is not mounted", mountpoint.display());
     };
+    // Opened before the unmount, so that it names that process whatever happens to the pid.
+    let exited = ProcessExit::open(pid)?;
     unmount_path(mountpoint)?;
-    let start = Instant::now();
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        if start.elapsed() > Duration::from_secs(600) {
-            bail!("imgfs process {pid} is still running 10 minutes after the unmount");
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    if !exited.wait(Duration::from_secs(600))? {
+        bail!("imgfs process {pid} is still running 10 minutes after the unmount");
     }
     Ok(())
+}
+
+/// A pidfd: the kernel's word that a process has exited. Its /proc entry is no such word: it
+/// stays while the process is a zombie, and a mount process started by `umount`'s caller stays
+/// one until that caller reaps it, which may be after `umount` returns.
+struct ProcessExit(OwnedFd);
+
+impl ProcessExit {
+    fn open(pid: i32) -> Result<ProcessExit> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("cannot watch imgfs process {pid}"));
+        }
+        // SAFETY: the descriptor is new and nothing else owns it.
+        Ok(ProcessExit(unsafe {
+            std::os::fd::FromRawFd::from_raw_fd(fd as i32)
+        }))
+    }
+
+    /// Waits up to `timeout` for the process to exit; whether it has.
+    fn wait(&self, timeout: Duration) -> Result<bool> {
+        use std::os::fd::AsRawFd;
+        let end = Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            let mut pfd = libc::pollfd {
+                fd: self.0.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = left.as_millis().min(i32::MAX as u128) as libc::c_int;
+            // SAFETY: one pollfd that lives across the call.
+            match unsafe { libc::poll(&mut pfd, 1, ms) } {
+                n if n > 0 => return Ok(true),
+                0 => return Ok(false),
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(e).context("cannot wait for the imgfs process");
+                    }
+                }
+            }
+        }
+    }
 }
