@@ -6,6 +6,7 @@ pub mod dockerfile;
 pub mod dockerignore;
 pub mod doctor;
 pub mod image;
+pub mod limits;
 pub mod registry;
 pub mod runc;
 pub mod state;

@@ -10,6 +10,7 @@
 //! <state>/runc/           runc's state and the bundles of running steps
 //! <state>/tmp/            mount points and temporary files of running builds
 //! <state>/mounts/<pid>.json  what each `img mount` process serves (`MountRecord`)
+//! <state>/config.json     settings, read at open: the layer limits (`limits::LayerLimits`)
 //! ```
 
 use std::collections::{BTreeSet, HashSet};
@@ -47,6 +48,8 @@ pub enum StateError {
     Exec(#[from] ExecError),
     #[error("failed to open the build cache: {0}")]
     Cache(std::io::Error),
+    #[error(transparent)]
+    Config(#[from] crate::limits::ConfigError),
 }
 
 /// Which snapshot backend runs a build.
@@ -143,6 +146,9 @@ pub struct State {
     _lock: StateLock,
     pub images: ImageStore,
     pub cache: Cache,
+    /// The bounds on every layer applied to this state's backends: `config.json`'s, which
+    /// a command's options may override before it opens a backend.
+    pub limits: crate::limits::LayerLimits,
 }
 
 /// The default state directory: `/var/lib/img` for root, else `$XDG_DATA_HOME/img` or
@@ -175,11 +181,13 @@ impl State {
         let lock = StateLock::acquire(dir, true, on_wait)?;
         let images = ImageStore::open(dir)?;
         let cache = Cache::open(&dir.join("cache")).map_err(StateError::Cache)?;
+        let limits = crate::limits::LayerLimits::read_config(dir)?;
         let state = State {
             dir: dir.to_owned(),
             _lock: lock,
             images,
             cache,
+            limits,
         };
         // Mount points and temporary files of a build killed half-way; we hold the lock, so no
         // build is running. A killed build's mounts are still there (a dead FUSE server's as
@@ -238,11 +246,19 @@ impl State {
                 OverlaySnapshotter::open_read_only(&path).map(|b| Box::new(b) as _)
             }
         };
-        opened.map_err(|source| StateError::Backend {
+        let opened = opened.map_err(|source| StateError::Backend {
             backend: kind,
-            path,
+            path: path.clone(),
             source,
-        })
+        })?;
+        if read_only {
+            return Ok(opened);
+        }
+        Ok(Box::new(crate::limits::LimitedSnapshotter {
+            inner: opened,
+            limits: self.limits,
+            dir: path,
+        }))
     }
 
     /// Where `img mount` processes record what they serve.

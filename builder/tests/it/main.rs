@@ -14,6 +14,7 @@ mod cache;
 mod cli;
 mod commands;
 mod errors;
+mod limits;
 mod mount;
 mod registry;
 mod registry_auth;

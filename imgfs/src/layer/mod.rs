@@ -7,6 +7,8 @@
 pub mod diff;
 pub mod export;
 pub mod import;
+pub mod limits;
+pub mod sparse;
 pub(crate) mod writer;
 
 use std::io::{Read, Write};
@@ -15,7 +17,9 @@ use sha2::{Digest, Sha256};
 
 pub use diff::{Change, ChangeKind};
 pub use export::{ExportReport, export_layer};
-pub use import::{ImportLimits, ImportReport, import_layer};
+pub use import::{ImportReport, import_layer};
+pub use limits::{IMGFS_LIMIT_NAMES, ImportLimits, LimitNames};
+pub use sparse::copy_sparse;
 
 /// The prefix OCI uses to mark a deleted name in a layer.
 pub const WHITEOUT_PREFIX: &[u8] = b".wh.";

@@ -189,8 +189,8 @@ impl Extractor<'_> {
             symlinkat(&dfd, name, target.as_os_str().as_bytes())?;
         } else if ft.is_file() {
             let mut from = File::open(&src).map_err(ctx)?;
-            let mut to = create_file(&dfd, name)?;
-            io::copy(&mut from, &mut to).map_err(ctx)?;
+            let to = create_file(&dfd, name)?;
+            crate::layer::copy_sparse(&mut from, &to).map_err(ctx)?;
         } else {
             mknodat(&dfd, name, m.mode() & libc::S_IFMT, m.rdev())?;
         }
@@ -304,8 +304,8 @@ impl Extractor<'_> {
             }
             _ => {
                 let expected = entry.size();
-                let mut f = create_file(&dfd, name)?;
-                let written = io::copy(entry, &mut f).map_err(|e| {
+                let f = create_file(&dfd, name)?;
+                let written = crate::layer::copy_sparse(entry, &f).map_err(|e| {
                     io_err(format!("write {}", dir.rel.join(os(name)).display()), e)
                 })?;
                 if written != expected {

@@ -15,6 +15,8 @@ use builder::state::{BackendKind, State};
 
 #[derive(clap::Args)]
 pub struct Args {
+    #[command(flatten)]
+    pub limits: builder::limits::LimitArgs,
     /// Name and optionally a tag (NAME[:TAG]); may be given several times.
     #[arg(short = 't', long = "tag")]
     tags: Vec<String>,
