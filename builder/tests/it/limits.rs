@@ -142,26 +142,36 @@ fn pull_refuses_a_layer_over_the_configured_entry_cap_unless_the_option_raises_i
 }
 
 #[test]
-fn build_applies_layers_under_its_own_limit_options() {
+fn build_and_unpack_apply_layers_under_their_own_limit_options() {
     if !crate::can_run() {
         return;
     }
     let rig = empty_rig();
     let flood = hostile::many_entries_gzip(3000);
     let archive = archive(&rig, "many", &[&flood]);
-    // Loaded into the fuse backend; the overlayfs build applies the layer again.
+    // A load makes no snapshot: each command below applies the layer itself.
     rig.img_ok(&["load", "-i", archive.to_str().unwrap()]);
+    let out = rig.dir.path().join("unpacked");
+    let out = out.to_str().unwrap();
+    let err = img_fails(
+        &rig,
+        &["unpack", "--max-layer-entries=1000", "localhost/many", out],
+    );
+    assert!(err.contains("--max-layer-entries"), "{err}");
     // A COPY needs the base's snapshot, so the build applies the layer.
     let ctx = crate::context("FROM localhost/many\nCOPY f /f\n", &[("f", "x")]);
     let ctx = ctx.path().to_str().unwrap();
-    let args = ["build", "--backend", "overlayfs", "-t", "out:1"];
-    let mut refused = args.to_vec();
-    refused.extend(["--max-layer-entries=1000", ctx]);
-    let err = img_fails(&rig, &refused);
-    assert!(err.contains("--max-layer-entries"), "{err}");
-    let mut accepted = args.to_vec();
-    accepted.push(ctx);
-    rig.img_ok(&accepted);
+    for backend in crate::BACKENDS {
+        let args = ["build", "--no-cache", "--backend", backend, "-t", "out:1"];
+        let mut refused = args.to_vec();
+        refused.extend(["--max-layer-entries=1000", ctx]);
+        let err = img_fails(&rig, &refused);
+        assert!(err.contains("--max-layer-entries"), "{backend}: {err}");
+        let mut accepted = args.to_vec();
+        accepted.push(ctx);
+        rig.img_ok(&accepted);
+    }
+    rig.img_ok(&["unpack", "localhost/many", out]);
 }
 
 #[test]

@@ -218,19 +218,27 @@ pub fn load(state: &State, input: Option<PathBuf>) -> Result<()> {
         None => Box::new(io::stdin().lock()),
     };
     let loaded = image::load(&state.images, reader)?;
-    // Each layer is applied now, as a pull does, so a layer over the limits is refused by the
-    // load that brought it rather than by the first build from it; a refused image is untagged.
-    let backend = state.backend(BackendKind::Fuse)?;
+    // Each layer is read through under the limits now, as a pull applies it, so a layer over
+    // them is refused by the load that brought it; a refused image is untagged.
+    let mut checked = std::collections::HashSet::new();
     for l in &loaded {
         let img = state.images.resolve(l.id.as_ref())?;
-        if let Err(e) = builder::build::ensure_image_snapshot(backend.as_ref(), &state.images, &img)
-        {
-            let shown = l.name.as_ref().map_or(l.id.to_string(), |n| n.familiar());
-            if let Some(n) = &l.name {
-                let _ = state.images.untag(&n.to_string());
+        for layer in img.manifest.layers() {
+            if !checked.insert(layer.digest().clone()) {
+                continue;
             }
-            return Err(anyhow::Error::new(e).context(format!("failed to load {shown}")));
+            let mut blob = state.images.open_blob(layer.digest())?;
+            if let Err(e) = builder::limits::check_layer(&mut blob, &state.limits, state.dir()) {
+                let shown = l.name.as_ref().map_or(l.id.to_string(), |n| n.familiar());
+                if let Some(n) = &l.name {
+                    let _ = state.images.untag(&n.to_string());
+                }
+                return Err(anyhow::Error::new(e)
+                    .context(format!("failed to load {shown}: layer {}", layer.digest())));
+            }
         }
+    }
+    for l in &loaded {
         match &l.name {
             Some(n) => println!("Loaded image: {}", n.familiar()),
             None => println!("Loaded image ID: {}", l.id),
