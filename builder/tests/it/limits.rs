@@ -339,3 +339,51 @@ fn unpack_makes_fifos_and_devices_as_umoci_does() {
         }
     }
 }
+
+/// A file a RUN step makes sparse through the mount stays sparse in the layer's snapshot and
+/// in `-o type=local`, and the layer (its zeros written out in full, as Docker writes them)
+/// passes the default ratio where it is loaded again, and unpacks sparse there.
+#[test]
+fn a_file_made_sparse_by_run_stays_sparse_through_export_and_a_second_store() {
+    if !crate::can_run() {
+        return;
+    }
+    let rig = Rig::create();
+    let size = 2u64 << 30;
+    let ctx = crate::context(
+        &format!("FROM busybox\nRUN truncate -s {size} /big && echo -n end >> /big\n"),
+        &[],
+    );
+    let check = |path: &Path| {
+        let meta = fs::metadata(path).unwrap();
+        assert_eq!(meta.len(), size + 3, "{}", path.display());
+        assert!(
+            meta.blocks() * 512 < 1 << 20,
+            "{} takes {} blocks",
+            path.display(),
+            meta.blocks()
+        );
+    };
+    for backend in crate::BACKENDS {
+        let out = rig.dir.path().join(format!("local-{backend}"));
+        rig.img_ok(&[
+            "build",
+            "--no-cache",
+            "--backend",
+            backend,
+            "-t",
+            "big:1",
+            "-o",
+            &format!("type=local,dest={}", out.display()),
+            ctx.path().to_str().unwrap(),
+        ]);
+        check(&out.join("big"));
+    }
+    let saved = rig.dir.path().join("big.tar");
+    rig.img_ok(&["save", "-o", saved.to_str().unwrap(), "big:1"]);
+    let other = empty_rig();
+    other.img_ok(&["load", "-i", saved.to_str().unwrap()]);
+    let out = other.dir.path().join("unpacked");
+    other.img_ok(&["unpack", "big:1", out.to_str().unwrap()]);
+    check(&out.join("big"));
+}
