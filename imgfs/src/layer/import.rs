@@ -290,7 +290,16 @@ fn read_entries(
         if entries > limits.max_entries {
             return Err(limits.too_many_entries());
         }
-        let path = entry.path_bytes().into_owned();
+        let mut path = entry.path_bytes().into_owned();
+        let sparse = super::paxsparse::pax_sparse(&mut entry).map_err(|e| {
+            Error::Layer(format!(
+                "layer entry {}: {e}",
+                String::from_utf8_lossy(&path)
+            ))
+        })?;
+        if let Some(name) = sparse.and_then(|s| s.name) {
+            path = name;
+        }
         apply(&mut entry, &path).map_err(|e| match e {
             Error::Limit(_) => e,
             // An applier that reads entry content through its own I/O error type still
@@ -530,14 +539,30 @@ fn apply_entry<R: Read>(
         tree.create_node(dir, name, inode)?;
         return Ok(());
     }
-    let expected = entry.size();
-    let (_, written) = tree.create_file(dir, name, inode, entry, expected, limits.max_bytes)?;
+    let (mut content, expected) = file_content(entry)?;
+    let (_, written) =
+        tree.create_file(dir, name, inode, &mut content, expected, limits.max_bytes)?;
     if written != expected {
         return Err(Error::Layer(format!(
             "truncated: header says {expected} bytes, the layer has {written}"
         )));
     }
     Ok(())
+}
+
+/// The content of a regular file's entry and its size: the entry's data, or for a PAX sparse
+/// file (which the tar crate hands out as its map and data segments) the file with its holes.
+pub(crate) fn file_content<'e, R: Read + 'e>(
+    entry: &'e mut tar::Entry<'_, R>,
+) -> Result<(Box<dyn Read + 'e>, u64)> {
+    let stored = entry.size();
+    match super::paxsparse::pax_sparse(entry)? {
+        None => Ok((Box::new(entry), stored)),
+        Some(s) => {
+            let content = super::paxsparse::SparseContent::new(entry, stored, s.realsize)?;
+            Ok((Box::new(content), s.realsize))
+        }
+    }
 }
 
 /// True if the visible version of `name` in `dir` was written by the snapshot being filled.

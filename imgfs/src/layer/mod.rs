@@ -8,6 +8,7 @@ pub mod diff;
 pub mod export;
 pub mod import;
 pub mod limits;
+mod paxsparse;
 pub mod sparse;
 pub(crate) mod writer;
 

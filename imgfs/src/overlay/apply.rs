@@ -303,9 +303,9 @@ impl Extractor<'_> {
                 mknodat(&dfd, name, fmt, libc::makedev(major, minor))?;
             }
             _ => {
-                let expected = entry.size();
+                let (mut content, expected) = crate::layer::import::file_content(entry)?;
                 let f = create_file(&dfd, name)?;
-                let written = crate::layer::copy_sparse(entry, &f).map_err(|e| {
+                let written = crate::layer::copy_sparse(&mut content, &f).map_err(|e| {
                     io_err(format!("write {}", dir.rel.join(os(name)).display()), e)
                 })?;
                 if written != expected {
