@@ -489,8 +489,10 @@ pub fn unpack_snapshot(
             r
         });
         let mut reader = std::io::BufReader::with_capacity(1 << 20, reader);
+        // Errors and warnings name the destination, which the user knows.
+        let shown = dir.display().to_string();
         let unpacked =
-            crate::context::unpack_tree(&mut reader, dir, snapshot).map_err(std::io::Error::other);
+            crate::context::unpack_tree(&mut reader, dir, &shown).map_err(std::io::Error::other);
         // Drain what the exporter still writes if unpacking stopped early.
         let _ = std::io::copy(&mut reader, &mut std::io::sink());
         let exported = export.join().expect("the export thread does not panic");
