@@ -588,7 +588,7 @@ fn exported_file(s: &dyn Snapshotter, key: &str, path: &str) -> Vec<u8> {
 }
 
 conformance!(
-    sparse_files_of_gnu_and_pax_1_0_tars_apply_with_their_content,
+    sparse_files_of_gnu_and_pax_1_0_tars_apply_with_their_content_and_size_limit,
     |s| {
         for (name, format) in [("gnu", "gnu"), ("pax", "posix")] {
             let (layer, content) = sparse_layer(format, None);
@@ -603,5 +603,19 @@ conformance!(
         let (old, _) = sparse_layer("posix", Some("0.1"));
         let err = apply(s, "old", None, &old).unwrap_err();
         assert!(err.to_string().contains("only 1.0 is read"), "{err}");
+        // A file over the byte limit is refused by its declared size, holes included.
+        let limits = ImportLimits {
+            max_bytes: 16 << 20,
+            ..Default::default()
+        };
+        for format in ["gnu", "posix"] {
+            let (layer, _) = sparse_layer(format, None);
+            let err = s
+                .apply("big", None, &mut &layer[..], &limits)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("file of 41943040 bytes"), "{format}: {err}");
+            assert!(err.contains("--max-bytes"), "{format}: {err}");
+        }
     }
 );

@@ -539,7 +539,7 @@ fn apply_entry<R: Read>(
         tree.create_node(dir, name, inode)?;
         return Ok(());
     }
-    let (mut content, expected) = file_content(entry)?;
+    let (mut content, expected) = file_content(entry, limits)?;
     let (_, written) =
         tree.create_file(dir, name, inode, &mut content, expected, limits.max_bytes)?;
     if written != expected {
@@ -552,17 +552,27 @@ fn apply_entry<R: Read>(
 
 /// The content of a regular file's entry and its size: the entry's data, or for a PAX sparse
 /// file (which the tar crate hands out as its map and data segments) the file with its holes.
+/// A file larger than `limits.max_bytes` is refused before any of it is read: a sparse one
+/// (GNU or PAX) costs its whole size in zeros to read, though its layer may be tiny.
 pub(crate) fn file_content<'e, R: Read + 'e>(
     entry: &'e mut tar::Entry<'_, R>,
+    limits: &ImportLimits,
 ) -> Result<(Box<dyn Read + 'e>, u64)> {
     let stored = entry.size();
-    match super::paxsparse::pax_sparse(entry)? {
-        None => Ok((Box::new(entry), stored)),
+    let (content, size): (Box<dyn Read + 'e>, u64) = match super::paxsparse::pax_sparse(entry)? {
+        None => (Box::new(entry), stored),
         Some(s) => {
             let content = super::paxsparse::SparseContent::new(entry, stored, s.realsize)?;
-            Ok((Box::new(content), s.realsize))
+            (Box::new(content), s.realsize)
         }
+    };
+    if size > limits.max_bytes {
+        return Err(Error::Limit(format!(
+            "file of {size} bytes, more than {} (limit {})",
+            limits.max_bytes, limits.names.bytes
+        )));
     }
+    Ok((content, size))
 }
 
 /// True if the visible version of `name` in `dir` was written by the snapshot being filled.

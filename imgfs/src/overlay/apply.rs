@@ -303,7 +303,7 @@ impl Extractor<'_> {
                 mknodat(&dfd, name, fmt, libc::makedev(major, minor))?;
             }
             _ => {
-                let (mut content, expected) = crate::layer::import::file_content(entry)?;
+                let (mut content, expected) = crate::layer::import::file_content(entry, limits)?;
                 let f = create_file(&dfd, name)?;
                 let written = crate::layer::copy_sparse(&mut content, &f).map_err(|e| {
                     io_err(format!("write {}", dir.rel.join(os(name)).display()), e)
