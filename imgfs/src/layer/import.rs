@@ -261,7 +261,7 @@ fn read_tar(
         inner: stream,
         meter: Meter::new(limits),
     };
-    let mut hashing = HashingReader::new(metered, u64::MAX);
+    let mut hashing = HashingReader::new(metered);
     let entries = read_entries(&mut hashing, limits, apply)?;
     // The diff id covers the whole stream, including the end-of-archive blocks and any padding.
     std::io::copy(&mut hashing, &mut std::io::sink()).map_err(|e| layer_err("read layer", e))?;
