@@ -14,8 +14,9 @@
 //! - `max_layer_entries` 1,000,000: a Debian base layer has about 10,000 entries and large
 //!   toolchain or `node_modules` layers a few hundred thousand; every entry costs metadata
 //!   records and time, so a flood of empty files is refused well before it costs minutes.
-//! - `max_layer_size` 256 GiB of uncompressed tar: the decompression time a layer may cost
-//!   however it is stored (zeros count here).
+//! - `max_layer_size` 256 GiB of uncompressed tar, and of any one file: the decompression
+//!   time a layer may cost however it is stored (zeros count here, and a sparse file counts
+//!   at its full size, which the appliers read as zeros).
 
 use std::path::{Path, PathBuf};
 
@@ -36,7 +37,7 @@ pub struct LayerLimits {
     /// Most bytes of uncompressed (and not sparse) layer per byte of compressed layer; 0 for
     /// no bound.
     pub max_layer_ratio: u64,
-    /// Most bytes of uncompressed tar in one layer.
+    /// Most bytes of uncompressed tar in one layer, and of any one file in it.
     #[serde(with = "size")]
     pub max_layer_size: u64,
     /// Bytes a layer must leave free on the file system of the store it goes into.
@@ -115,27 +116,35 @@ pub fn check_layer(
     dir: &Path,
 ) -> imgfs::Result<()> {
     let limits = limits.import_limits(available(dir));
-    imgfs::layer::import::read_layer(blob, &limits, &mut |_, _| Ok(()))?;
+    imgfs::layer::import::read_layer(blob, &limits, &mut |entry, _| {
+        // A file's declared size is checked without reading it.
+        if entry.header().entry_type().is_file() || entry.header().entry_type().is_gnu_sparse() {
+            imgfs::layer::import::file_content(entry, &limits)?;
+        }
+        Ok(())
+    })?;
     Ok(())
 }
 
 /// The layer limit options of `img pull|load|build|unpack`; each one set replaces the config's.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct LimitArgs {
-    /// Refuse a layer with more entries than this [default: config "max_layer_entries", or
-    /// 1000000].
+    /// Refuse a layer with more entries than this [default: "max_layer_entries" in the state
+    /// dir's config.json, or 1000000].
     #[arg(long, value_name = "N")]
     pub max_layer_entries: Option<u64>,
     /// Refuse a layer that expands past N times its compressed size, not counting runs of
-    /// zeros stored as holes; 0 for no limit [default: config "max_layer_ratio", or 100].
+    /// zeros stored as holes; 0 for no limit [default: "max_layer_ratio" in config.json, or
+    /// 100].
     #[arg(long, value_name = "N")]
     pub max_layer_ratio: Option<u64>,
-    /// Refuse a layer whose uncompressed tar is larger than this (e.g. 512GiB) [default:
-    /// config "max_layer_size", or 256GiB].
+    /// Refuse a layer whose uncompressed tar, or any file in it (a sparse one at its full
+    /// size), is larger than this (e.g. 512GiB) [default: "max_layer_size" in config.json, or
+    /// 256GiB].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_layer_size: Option<u64>,
     /// Refuse a layer that would leave less than this free on the store's file system (e.g.
-    /// 500MiB, 0) [default: config "min_free_space", or 1GiB].
+    /// 500MiB, 0) [default: "min_free_space" in config.json, or 1GiB].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub min_free_space: Option<u64>,
 }

@@ -244,6 +244,18 @@ fn a_sparse_file_stays_sparse_through_load_unpack_and_local_output() {
     let rig = empty_rig();
     let layer = sparse_layer(rig.dir.path());
     let archive = archive(&rig, "sparse", &[&layer]);
+    // A sparse file counts at its full size against the size limit, holes included.
+    let err = img_fails(
+        &rig,
+        &[
+            "load",
+            "-i",
+            archive.to_str().unwrap(),
+            "--max-layer-size=1GiB",
+        ],
+    );
+    assert!(err.contains("file of 8589934592 bytes"), "{err}");
+    assert!(err.contains("--max-layer-size"), "{err}");
     rig.img_ok(&["load", "-i", archive.to_str().unwrap()]);
     let unpacked = rig.dir.path().join("unpacked");
     rig.img_ok(&["unpack", "localhost/sparse", unpacked.to_str().unwrap()]);

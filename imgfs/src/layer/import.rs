@@ -554,7 +554,7 @@ fn apply_entry<R: Read>(
 /// file (which the tar crate hands out as its map and data segments) the file with its holes.
 /// A file larger than `limits.max_bytes` is refused before any of it is read: a sparse one
 /// (GNU or PAX) costs its whole size in zeros to read, though its layer may be tiny.
-pub(crate) fn file_content<'e, R: Read + 'e>(
+pub fn file_content<'e, R: Read + 'e>(
     entry: &'e mut tar::Entry<'_, R>,
     limits: &ImportLimits,
 ) -> Result<(Box<dyn Read + 'e>, u64)> {
