@@ -42,6 +42,17 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 pub use archive::ArchiveError;
+
+/// Unpacks a plain tar of a whole file tree (a snapshot's export) into the directory `dir`,
+/// with owners, modes, times, extended attributes, hard links, fifos and devices, and holes
+/// for blocks of zeros. Devices the process may not make are skipped with a warning each.
+pub fn unpack_tree(reader: impl Read, dir: &Path, name: &str) -> Result<(), ArchiveError> {
+    let root = RootDir::open(dir).map_err(|source| ArchiveError::Read {
+        archive: name.to_string(),
+        source,
+    })?;
+    archive::unpack(reader, &root, "", true, name)
+}
 pub use chmod::{Chmod, ChmodClause};
 pub use copy::{CopyOptions, copy_heredoc, copy_into, mkdir_in_root};
 pub use hash::content_hash;

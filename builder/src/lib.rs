@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod image;
 pub mod interrupt;
 pub mod leftovers;
+pub mod limits;
 pub mod registry;
 pub mod runc;
 pub mod state;

@@ -11,6 +11,7 @@
 //! <state>/tmp/            mount points and temporary files of running builds
 //! <state>/mounts/<pid>.json  what each `img mount` process serves (`MountRecord`)
 //! <state>/owners/<pid>.json  each build, for the removal of what it leaves if killed (`leftovers`)
+//! <state>/config.json     settings, read at open: the layer limits (`limits::LayerLimits`)
 //! ```
 
 use std::collections::{BTreeSet, HashSet};
@@ -48,6 +49,8 @@ pub enum StateError {
     Exec(#[from] ExecError),
     #[error("failed to open the build cache: {0}")]
     Cache(std::io::Error),
+    #[error(transparent)]
+    Config(#[from] crate::limits::ConfigError),
 }
 
 /// Which snapshot backend runs a build.
@@ -144,6 +147,9 @@ pub struct State {
     _lock: StateLock,
     pub images: ImageStore,
     pub cache: Cache,
+    /// The bounds on every layer applied to this state's backends: `config.json`'s, which
+    /// a command's options may override before it opens a backend.
+    pub limits: crate::limits::LayerLimits,
 }
 
 /// The default state directory: `/var/lib/img` for root, else `$XDG_DATA_HOME/img` or
@@ -181,11 +187,13 @@ impl State {
         imgfs::space::refill_reserve(dir);
         let images = ImageStore::open(dir)?;
         let cache = Cache::open(&dir.join("cache")).map_err(StateError::Cache)?;
+        let limits = crate::limits::LayerLimits::read_config(dir)?;
         let state = State {
             dir: dir.to_owned(),
             _lock: lock,
             images,
             cache,
+            limits,
         };
         // Mount points and temporary files of a build killed half-way; we hold the lock, so no
         // build is running. A killed build's mounts are still there (a dead FUSE server's as
@@ -244,11 +252,19 @@ impl State {
                 OverlaySnapshotter::open_read_only(&path).map(|b| Box::new(b) as _)
             }
         };
-        opened.map_err(|source| StateError::Backend {
+        let opened = opened.map_err(|source| StateError::Backend {
             backend: kind,
-            path,
+            path: path.clone(),
             source,
-        })
+        })?;
+        if read_only {
+            return Ok(opened);
+        }
+        Ok(Box::new(crate::limits::LimitedSnapshotter {
+            inner: opened,
+            limits: self.limits,
+            dir: path,
+        }))
     }
 
     /// Where `img mount` processes record what they serve.

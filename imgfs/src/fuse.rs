@@ -25,7 +25,8 @@ use fuser::{
     AccessFlags, BackingId, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
     ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow,
+    WriteFlags,
 };
 
 use crate::error::Error;
@@ -105,7 +106,8 @@ error_reply!(
     ReplyCreate,
     ReplyXattr,
     ReplyDirectory,
-    ReplyDirectoryPlus
+    ReplyDirectoryPlus,
+    ReplyLseek
 );
 
 impl FuseFs {
@@ -602,6 +604,37 @@ impl Filesystem for FuseFs {
             reply,
             || self.tree.read(ino(i), offset, size),
             |r, data| r.data(&data),
+        );
+    }
+
+    /// SEEK_DATA and SEEK_HOLE (the kernel answers the other whences itself), so tools that
+    /// copy sparse files (cp, tar --sparse) find the holes of a file instead of reading zeros.
+    fn lseek(
+        &self,
+        _req: &Request,
+        i: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        self.serve(
+            "lseek",
+            reply,
+            || {
+                let data = match whence {
+                    libc::SEEK_DATA => true,
+                    libc::SEEK_HOLE => false,
+                    _ => return Err(Error::Invalid(format!("lseek whence {whence}"))),
+                };
+                let offset = u64::try_from(offset)
+                    .map_err(|_| Error::Invalid(format!("lseek offset {offset}")))?;
+                self.tree.seek_data(ino(i), offset, data)
+            },
+            |r, at| match at {
+                Some(at) => r.offset(at as i64),
+                None => r.error(Errno::ENXIO),
+            },
         );
     }
 

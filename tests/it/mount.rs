@@ -565,3 +565,48 @@ fn an_fsync_frees_the_data_of_deleted_files_nothing_can_reach_but_not_of_open_on
     assert!(!again.join("gone").exists() && !again.join("open").exists());
     unmount(session, &again);
 }
+
+/// A sparse file seen through the mount shows its holes to SEEK_DATA and SEEK_HOLE, which
+/// sparse-aware copies (cp, tar --sparse) use to skip them.
+#[test]
+fn a_sparse_file_shows_its_holes_through_the_mount() {
+    if !fuse_available() {
+        return;
+    }
+    let f = Fixture::new();
+    let src = f.mnt("src");
+    let size = 64u64 << 20;
+    let file = std::fs::File::create(src.join("sparse")).unwrap();
+    file.set_len(size).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, b"data", 8 << 20).unwrap();
+    let out = Command::new("tar")
+        .args(["--sparse", "--format=gnu", "-cf", "-", "-C"])
+        .arg(&src)
+        .arg("sparse")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    layer::import_layer(
+        &f.store,
+        "sparse",
+        None,
+        &out.stdout[..],
+        &ImportLimits::default(),
+    )
+    .unwrap();
+    let mnt = f.mnt("mnt");
+    let session = f.mount("sparse", &mnt);
+    let seen = std::fs::File::open(mnt.join("sparse")).unwrap();
+    let seek = |offset: i64, whence| nix::unistd::lseek(&seen, offset, whence);
+    use nix::unistd::Whence::{SeekData, SeekHole};
+    let chunk = imgfs::store::DEFAULT_CHUNK_SIZE as i64;
+    assert_eq!(seek(0, SeekData), Ok(8 << 20));
+    assert_eq!(seek(8 << 20, SeekHole), Ok((8 << 20) + chunk));
+    assert_eq!(seek(0, SeekHole), Ok(0));
+    assert_eq!(
+        seek((8 << 20) + chunk, SeekData),
+        Err(nix::errno::Errno::ENXIO)
+    );
+    drop(seen);
+    unmount(session, &mnt);
+}

@@ -543,3 +543,79 @@ conformance!(zstd_and_gzip_layers_apply_like_the_plain_tar, |s| {
     );
     assert!(s.stat("cut").is_err());
 });
+
+/// A 40 MiB file with data only at 1 MiB and at its end, as GNU tar archives it with
+/// `--sparse --format=FORMAT [--sparse-version=V]`; returns the layer and the file's content.
+fn sparse_layer(format: &str, version: Option<&str>) -> (Vec<u8>, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 40u64 << 20;
+    let mut content = vec![0u8; size as usize];
+    content[1 << 20..(1 << 20) + 4].copy_from_slice(b"data");
+    content[size as usize - 4..].copy_from_slice(b"tail");
+    let f = std::fs::File::create(dir.path().join("sparse")).unwrap();
+    f.set_len(size).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"data", 1 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"tail", size - 4).unwrap();
+    let mut tar = std::process::Command::new("tar");
+    tar.args(["--sparse", &format!("--format={format}"), "-cf", "-", "-C"])
+        .arg(dir.path());
+    if let Some(v) = version {
+        tar.arg(format!("--sparse-version={v}"));
+    }
+    let out = tar.arg("sparse").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.stdout, content)
+}
+
+/// The content of `path` in the whole-tree export of `key`.
+fn exported_file(s: &dyn Snapshotter, key: &str, path: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    s.export(key, &mut out).unwrap();
+    let mut ar = tar::Archive::new(&out[..]);
+    for entry in ar.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().to_str() == Some(path) {
+            let mut content = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut content).unwrap();
+            return content;
+        }
+    }
+    panic!("{path} is not in the export of {key}");
+}
+
+conformance!(
+    sparse_files_of_gnu_and_pax_1_0_tars_apply_with_their_content_and_size_limit,
+    |s| {
+        for (name, format) in [("gnu", "gnu"), ("pax", "posix")] {
+            let (layer, content) = sparse_layer(format, None);
+            // The holes are not in the stream: the layer is a few KiB.
+            assert!(layer.len() < 64 << 10, "{name}: {} bytes", layer.len());
+            apply(s, name, None, &layer).unwrap();
+            assert!(
+                exported_file(s, name, "sparse") == content,
+                "{name}: the content differs"
+            );
+        }
+        let (old, _) = sparse_layer("posix", Some("0.1"));
+        let err = apply(s, "old", None, &old).unwrap_err();
+        assert!(err.to_string().contains("only 1.0 is read"), "{err}");
+        // A file over the byte limit is refused by its declared size, holes included.
+        let limits = ImportLimits {
+            max_bytes: 16 << 20,
+            ..Default::default()
+        };
+        for format in ["gnu", "posix"] {
+            let (layer, _) = sparse_layer(format, None);
+            let err = s
+                .apply("big", None, &mut &layer[..], &limits)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("file of 41943040 bytes"), "{format}: {err}");
+            assert!(err.contains("--max-bytes"), "{format}: {err}");
+        }
+    }
+);

@@ -6,6 +6,7 @@ pub mod fixtures;
 pub mod gnutar;
 pub mod images;
 pub mod layer;
+pub mod layout;
 pub mod manifest;
 pub mod registry;
 

@@ -64,11 +64,18 @@ enum Command {
         /// Archive to read (default: standard input).
         #[arg(short = 'i', long)]
         input: Option<PathBuf>,
+        #[command(flatten)]
+        limits: builder::limits::LimitArgs,
     },
     /// Create an image from a root file system tar (like `docker import`).
     Import(images::ImportArgs),
     /// Extract an image's file tree into a directory.
-    Unpack { name: String, dir: PathBuf },
+    Unpack {
+        name: String,
+        dir: PathBuf,
+        #[command(flatten)]
+        limits: builder::limits::LimitArgs,
+    },
     /// Mount an image's file tree on a directory, read-only unless --writable, until
     /// `img umount`.
     Mount(mount::MountArgs),
@@ -88,6 +95,18 @@ enum Command {
     Doctor,
     /// Print the version of img and of imgfs.
     Version,
+}
+
+impl Command {
+    /// The layer limit options of the commands that apply layers.
+    fn limit_args(&self) -> Option<&builder::limits::LimitArgs> {
+        match self {
+            Command::Build(args) => Some(&args.limits),
+            Command::Pull(args) => Some(&args.limits),
+            Command::Load { limits, .. } | Command::Unpack { limits, .. } => Some(limits),
+            _ => None,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -163,7 +182,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Build(_) => Some(build::Signals::block()?),
         _ => None,
     };
-    let state = open_state(cli.state)?;
+    let mut state = open_state(cli.state)?;
+    if let Some(limits) = command.limit_args() {
+        state.limits = limits.over(state.limits);
+    }
     match command {
         Command::Build(args) => build::build(&state, args, signals.expect("blocked above")),
         Command::Ls => images::ls(&state),
@@ -172,9 +194,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Tag { source, target } => images::tag(&state, &source, &target),
         Command::Inspect { names } => images::inspect(&state, &names),
         Command::Save(args) => images::save(&state, args),
-        Command::Load { input } => images::load(&state, input),
+        Command::Load { input, .. } => images::load(&state, input),
         Command::Import(args) => images::import(&state, args),
-        Command::Unpack { name, dir } => images::unpack(&state, &name, &dir),
+        Command::Unpack { name, dir, .. } => images::unpack(&state, &name, &dir),
         Command::Prune => images::prune(&state),
         Command::Mount(args) => mount::serve(state, args),
         Command::Umount { dir } => mount::umount(&state, &dir),

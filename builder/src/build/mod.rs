@@ -504,14 +504,13 @@ pub fn unpack_snapshot(
             drop(writer);
             r
         });
-        let mut ar = tar::Archive::new(reader);
-        ar.set_preserve_permissions(true);
-        ar.set_preserve_ownerships(true);
-        ar.set_preserve_mtime(true);
-        ar.set_unpack_xattrs(true);
-        let unpacked = unpack_keeping_dir_times(&mut ar, dir);
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, reader);
+        // Errors and warnings name the destination, which the user knows.
+        let shown = dir.display().to_string();
+        let unpacked =
+            crate::context::unpack_tree(&mut reader, dir, &shown).map_err(std::io::Error::other);
         // Drain what the exporter still writes if unpacking stopped early.
-        let _ = std::io::copy(&mut ar.into_inner(), &mut std::io::sink());
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
         let exported = export.join().expect("the export thread does not panic");
         exported.map_err(|source| StepError::Export {
             snapshot: snapshot.to_string(),
@@ -524,36 +523,6 @@ pub fn unpack_snapshot(
             })
         })
     })
-}
-
-/// Unpacks `ar` into `dir`, then puts back the directories' mtimes, which writing their
-/// entries changed (the tar crate sets a directory's time when it creates it).
-fn unpack_keeping_dir_times<R: std::io::Read>(
-    ar: &mut tar::Archive<R>,
-    dir: &Path,
-) -> std::io::Result<()> {
-    let mut dirs = Vec::new();
-    for entry in ar.entries()? {
-        let mut entry = entry?;
-        if entry.header().entry_type().is_dir() {
-            let mtime = entry.header().mtime().unwrap_or(0);
-            dirs.push((entry.path()?.into_owned(), mtime));
-        }
-        entry.unpack_in(dir)?;
-    }
-    // Deepest first, so setting a parent's time is the last change to it.
-    for (path, mtime) in dirs.into_iter().rev() {
-        let t = nix::sys::time::TimeSpec::new(mtime as i64, 0);
-        nix::sys::stat::utimensat(
-            nix::fcntl::AT_FDCWD,
-            &dir.join(path),
-            &t,
-            &t,
-            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-        )
-        .map_err(std::io::Error::from)?;
-    }
-    Ok(())
 }
 
 /// The platform args BuildKit defines (values for the host: img builds for the host only).

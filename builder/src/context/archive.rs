@@ -218,7 +218,22 @@ pub(crate) fn unpack(
                 let major = header.device_major().ok().flatten().unwrap_or(0);
                 let minor = header.device_minor().ok().flatten().unwrap_or(0);
                 let rdev = libc::makedev(major, minor);
-                root::write_node(&dir, leaf, sflag, rdev, &meta).map_err(entry_err)?;
+                match root::write_node(&dir, leaf, sflag, rdev, &meta) {
+                    // Only root of the initial user namespace makes devices; elsewhere they are
+                    // left out, as Docker's untar does in a user namespace, but not quietly.
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) && kind != EntryType::Fifo => {
+                        tracing::warn!(
+                            "{archive_name}: skipping device {name} ({} {major}:{minor}): \
+                             no permission to make devices here",
+                            if kind == EntryType::Char {
+                                "char"
+                            } else {
+                                "block"
+                            }
+                        );
+                    }
+                    r => r.map_err(entry_err)?,
+                }
             }
             // Pax and GNU long-name headers are consumed by the tar crate; anything else
             // (sockets cannot be archived) is skipped as Docker's untar does.

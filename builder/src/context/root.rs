@@ -346,8 +346,9 @@ pub(crate) fn write_file(
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::from_bits_truncate(0o600),
     )?;
-    let mut file = File::from(fd);
-    io::copy(content, &mut file)?;
+    let file = File::from(fd);
+    // Blocks of zeros become holes: a sparse file in an image stays sparse on disk.
+    imgfs::layer::copy_sparse(content, &file)?;
     apply_meta(&OwnedFd::from(file), meta, xattrs)
 }
 

@@ -16,6 +16,7 @@ mod commands;
 mod errors;
 mod full_disk;
 mod interrupt;
+mod limits;
 mod mount;
 mod registry;
 mod registry_auth;

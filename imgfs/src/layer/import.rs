@@ -13,33 +13,14 @@ use std::io::{BufRead, BufReader, Read};
 use flate2::read::MultiGzDecoder;
 use sha2::{Digest, Sha256};
 
+pub use super::limits::ImportLimits;
+use super::limits::{CountingReader, Meter, MeteredReader};
 use super::{HashingReader, OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::error::{Error, Result};
 use crate::ids::Ino;
 use crate::records::{FileKind, Inode, SnapshotRecord, Timestamp};
 use crate::store::Store;
 use crate::tree::Tree;
-
-/// Bounds on what one layer may do, so a hostile or broken layer cannot fill the disk.
-#[derive(Clone, Copy, Debug)]
-pub struct ImportLimits {
-    /// Most entries (files, directories, links, whiteouts) in the layer.
-    pub max_entries: u64,
-    /// Most bytes of uncompressed tar stream.
-    pub max_bytes: u64,
-    /// Longest path of an entry.
-    pub max_path: usize,
-}
-
-impl Default for ImportLimits {
-    fn default() -> Self {
-        ImportLimits {
-            max_entries: 4_000_000,
-            max_bytes: 256 << 30,
-            max_path: 4096,
-        }
-    }
-}
 
 /// What an import produced.
 #[derive(Clone, Debug)]
@@ -115,7 +96,14 @@ pub fn read_layer(
     limits: &ImportLimits,
     apply: &mut (dyn FnMut(&mut LayerEntry<'_, '_>, &[u8]) -> Result<()> + Send),
 ) -> Result<LayerRead> {
-    let mut input = BufReader::with_capacity(1 << 20, input);
+    let compressed = std::cell::Cell::new(0u64);
+    let mut input = BufReader::with_capacity(
+        1 << 20,
+        CountingReader {
+            inner: input,
+            count: &compressed,
+        },
+    );
     let head = input.fill_buf().map_err(|e| Error::io("read layer", e))?;
     let gzip = head.starts_with(&[0x1f, 0x8b]);
     let zstd = head.starts_with(&ZSTD_MAGIC);
@@ -151,16 +139,15 @@ pub fn read_layer(
             }
         };
         let mut hasher = Sha256::new();
-        let mut tar_bytes = 0u64;
+        let mut meter = Meter::new(limits);
         loop {
             let mut buf = recycle.try_recv().unwrap_or_default();
             buf.resize(INFLATE_BLOCK, 0);
             let (filled, error) = read_block(&mut decoder, &mut buf);
             buf.truncate(filled);
-            tar_bytes += filled as u64;
-            if tar_bytes > limits.max_bytes {
+            if let Err(e) = meter.feed(&buf, Some(compressed.get())) {
                 // As the tar side would see it reading past the limit: nothing of this block.
-                let _ = tx.send(Err(too_large(limits)));
+                let _ = tx.send(Err(e));
                 break;
             }
             hasher.update(&buf);
@@ -181,7 +168,7 @@ pub fn read_layer(
         Ok(LayerRead {
             diff_id: format!("sha256:{}", hex::encode(hasher.finalize())),
             entries,
-            tar_bytes,
+            tar_bytes: meter.tar_bytes,
         })
     })
 }
@@ -270,7 +257,11 @@ fn read_tar(
     limits: &ImportLimits,
     apply: &mut (dyn FnMut(&mut LayerEntry<'_, '_>, &[u8]) -> Result<()> + Send),
 ) -> Result<LayerRead> {
-    let mut hashing = HashingReader::new(stream, limits.max_bytes);
+    let metered = MeteredReader {
+        inner: stream,
+        meter: Meter::new(limits),
+    };
+    let mut hashing = HashingReader::new(metered);
     let entries = read_entries(&mut hashing, limits, apply)?;
     // The diff id covers the whole stream, including the end-of-archive blocks and any padding.
     std::io::copy(&mut hashing, &mut std::io::sink()).map_err(|e| layer_err("read layer", e))?;
@@ -297,12 +288,18 @@ fn read_entries(
         let mut entry = entry.map_err(|e| layer_err("read layer", e))?;
         entries += 1;
         if entries > limits.max_entries {
-            return Err(Error::Limit(format!(
-                "layer has more than {} entries (--max-entries)",
-                limits.max_entries
-            )));
+            return Err(limits.too_many_entries());
         }
-        let path = entry.path_bytes().into_owned();
+        let mut path = entry.path_bytes().into_owned();
+        let sparse = super::paxsparse::pax_sparse(&mut entry).map_err(|e| {
+            Error::Layer(format!(
+                "layer entry {}: {e}",
+                String::from_utf8_lossy(&path)
+            ))
+        })?;
+        if let Some(name) = sparse.and_then(|s| s.name) {
+            path = name;
+        }
         apply(&mut entry, &path).map_err(|e| match e {
             Error::Limit(_) => e,
             // An applier that reads entry content through its own I/O error type still
@@ -317,18 +314,6 @@ fn read_entries(
         })?;
     }
     Ok(entries)
-}
-
-/// The error of a layer whose tar stream is longer than `limits` allow (as `HashingReader`
-/// reports it for an uncompressed one).
-fn too_large(limits: &ImportLimits) -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::FileTooLarge,
-        format!(
-            "layer expands to more than {} bytes (--max-bytes)",
-            limits.max_bytes
-        ),
-    )
 }
 
 fn layer_err(what: &str, e: std::io::Error) -> Error {
@@ -346,10 +331,7 @@ fn layer_err(what: &str, e: std::io::Error) -> Error {
 /// Every layer applier (imgfs's, the builder's overlayfs one) takes paths through this.
 pub fn components(path: &[u8], limits: &ImportLimits) -> Result<Vec<Vec<u8>>> {
     if path.len() > limits.max_path {
-        return Err(Error::NameTooLong(format!(
-            "path of {} bytes (--max-path)",
-            path.len()
-        )));
+        return Err(limits.path_too_long(path.len()));
     }
     let mut out = Vec::new();
     for c in path.split(|&b| b == b'/') {
@@ -557,14 +539,40 @@ fn apply_entry<R: Read>(
         tree.create_node(dir, name, inode)?;
         return Ok(());
     }
-    let expected = entry.size();
-    let (_, written) = tree.create_file(dir, name, inode, entry, expected, limits.max_bytes)?;
+    let (mut content, expected) = file_content(entry, limits)?;
+    let (_, written) =
+        tree.create_file(dir, name, inode, &mut content, expected, limits.max_bytes)?;
     if written != expected {
         return Err(Error::Layer(format!(
             "truncated: header says {expected} bytes, the layer has {written}"
         )));
     }
     Ok(())
+}
+
+/// The content of a regular file's entry and its size: the entry's data, or for a PAX sparse
+/// file (which the tar crate hands out as its map and data segments) the file with its holes.
+/// A file larger than `limits.max_bytes` is refused before any of it is read: a sparse one
+/// (GNU or PAX) costs its whole size in zeros to read, though its layer may be tiny.
+pub fn file_content<'e, R: Read + 'e>(
+    entry: &'e mut tar::Entry<'_, R>,
+    limits: &ImportLimits,
+) -> Result<(Box<dyn Read + 'e>, u64)> {
+    let stored = entry.size();
+    let (content, size): (Box<dyn Read + 'e>, u64) = match super::paxsparse::pax_sparse(entry)? {
+        None => (Box::new(entry), stored),
+        Some(s) => {
+            let content = super::paxsparse::SparseContent::new(entry, stored, s.realsize)?;
+            (Box::new(content), s.realsize)
+        }
+    };
+    if size > limits.max_bytes {
+        return Err(Error::Limit(format!(
+            "file of {size} bytes, more than {} (limit {})",
+            limits.max_bytes, limits.names.bytes
+        )));
+    }
+    Ok((content, size))
 }
 
 /// True if the visible version of `name` in `dir` was written by the snapshot being filled.

@@ -189,8 +189,8 @@ impl Extractor<'_> {
             symlinkat(&dfd, name, target.as_os_str().as_bytes())?;
         } else if ft.is_file() {
             let mut from = File::open(&src).map_err(ctx)?;
-            let mut to = create_file(&dfd, name)?;
-            io::copy(&mut from, &mut to).map_err(ctx)?;
+            let to = create_file(&dfd, name)?;
+            crate::layer::copy_sparse(&mut from, &to).map_err(ctx)?;
         } else {
             mknodat(&dfd, name, m.mode() & libc::S_IFMT, m.rdev())?;
         }
@@ -303,9 +303,9 @@ impl Extractor<'_> {
                 mknodat(&dfd, name, fmt, libc::makedev(major, minor))?;
             }
             _ => {
-                let expected = entry.size();
-                let mut f = create_file(&dfd, name)?;
-                let written = io::copy(entry, &mut f).map_err(|e| {
+                let (mut content, expected) = crate::layer::import::file_content(entry, limits)?;
+                let f = create_file(&dfd, name)?;
+                let written = crate::layer::copy_sparse(&mut content, &f).map_err(|e| {
                     io_err(format!("write {}", dir.rel.join(os(name)).display()), e)
                 })?;
                 if written != expected {

@@ -159,6 +159,41 @@ impl Tree {
         Ok(out)
     }
 
+    /// Where the next data (`data`) or hole (not `data`) starts at or after `offset`, as
+    /// lseek's SEEK_DATA and SEEK_HOLE answer: holes are chunks of zeros and chunks with no
+    /// extent, and the end of the file is a hole. `None` when `offset` is at or past the end,
+    /// or, for data, when only holes follow.
+    pub fn seek_data(&self, ino: Ino, offset: u64, data: bool) -> Result<Option<u64>> {
+        let inode = self.inode(ino)?;
+        if inode.kind != FileKind::File {
+            return Err(Error::Invalid(format!("inode {ino} is not a file")));
+        }
+        if offset >= inode.size {
+            return Ok(None);
+        }
+        let Some(id) = inode.data else {
+            return Ok((!data).then_some(offset));
+        };
+        let cs = self.chunk_size();
+        let first = offset / cs;
+        let mut expect = first;
+        for (index, extent, _) in self.extents(id, first, (inode.size - 1) / cs)? {
+            let is_data = !matches!(extent, Extent::Zero);
+            if !data && index > expect {
+                // A chunk without an extent before this one.
+                break;
+            }
+            if is_data == data {
+                return Ok(Some(offset.max(index * cs)));
+            }
+            expect = index + 1;
+        }
+        if data {
+            return Ok(None);
+        }
+        Ok(Some(offset.max(expect * cs).min(inode.size)))
+    }
+
     /// Reads up to `size` bytes at `offset`.
     pub fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
         let inode = self.inode(ino)?;

@@ -139,6 +139,27 @@ pub fn write_zero_bomb(out: impl Write, size: u64) -> io::Result<()> {
     write_gzip_with_zeros(out, header.as_bytes(), size.next_multiple_of(512) + 1024)
 }
 
+/// Writes a gzip-compressed layer holding one regular file `bytes` of `size` copies of `byte`:
+/// a bomb as well compressed as `write_zero_bomb`'s whose content no backend can store as holes.
+pub fn write_byte_bomb(out: impl Write, byte: u8, size: u64) -> io::Result<()> {
+    let mut header = Header::new_ustar();
+    header.set_path("bytes")?;
+    header.set_entry_type(EntryType::Regular);
+    header.set_mode(0o644);
+    header.set_mtime(DEFAULT_MTIME);
+    header.set_size(size);
+    header.set_cksum();
+    let tail = size.next_multiple_of(512) - size + 1024;
+    write_gzip_with_runs(out, header.as_bytes(), &[(byte, size), (0, tail)])
+}
+
+/// `write_byte_bomb` into memory.
+pub fn byte_bomb(byte: u8, size: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_byte_bomb(&mut out, byte, size).expect("writing into memory cannot fail");
+    out
+}
+
 /// `write_zero_bomb` into memory; keep `size` to what a test can afford to inflate.
 pub fn zero_bomb(size: u64) -> Vec<u8> {
     let mut out = Vec::new();
@@ -166,14 +187,23 @@ const ZERO_CHUNK: usize = 1 << 20;
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 
 /// Writes one gzip member whose content is `prefix` followed by `zeros` zero bytes.
+pub fn write_gzip_with_zeros(out: impl Write, prefix: &[u8], zeros: u64) -> io::Result<()> {
+    write_gzip_with_runs(out, prefix, &[(0, zeros)])
+}
+
+/// Writes one gzip member whose content is `prefix` followed by each run of `(byte, count)`.
 ///
 /// Each part is deflated with a full flush, which byte-aligns the output and clears the
-/// compressor's history; the deflate bytes of a chunk of zeros therefore do not depend on what came
-/// before, so they are computed once and written as often as needed, and the CRC is extended with
-/// `Crc::combine` instead of hashing every zero. The rejected alternative, a `GzEncoder` fed from
-/// `io::repeat(0)`, really compresses every byte: about 3 MB/s in the unoptimized builds tests
-/// run in, i.e. six minutes per GiB.
-pub fn write_gzip_with_zeros(mut out: impl Write, prefix: &[u8], zeros: u64) -> io::Result<()> {
+/// compressor's history; the deflate bytes of a chunk of one byte therefore do not depend on
+/// what came before, so they are computed once and written as often as needed, and the CRC is
+/// extended with `Crc::combine` instead of hashing every byte. The rejected alternative, a
+/// `GzEncoder` fed from `io::repeat(0)`, really compresses every byte: about 3 MB/s in the
+/// unoptimized builds tests run in, i.e. six minutes per GiB.
+pub fn write_gzip_with_runs(
+    mut out: impl Write,
+    prefix: &[u8],
+    runs: &[(u8, u64)],
+) -> io::Result<()> {
     let mut deflate = Compress::new(Compression::default(), false);
     let mut crc = Crc::new();
     let mut buf = Vec::new();
@@ -183,26 +213,31 @@ pub fn write_gzip_with_zeros(mut out: impl Write, prefix: &[u8], zeros: u64) -> 
     out.write_all(&buf)?;
     crc.update(prefix);
 
-    let chunks = zeros / ZERO_CHUNK as u64;
-    let rest = (zeros % ZERO_CHUNK as u64) as usize;
-    if chunks > 0 {
-        let chunk = vec![0u8; ZERO_CHUNK];
-        deflate_all(&mut deflate, &chunk, FlushCompress::Full, &mut buf)?;
-        let mut chunk_crc = Crc::new();
-        chunk_crc.update(&chunk);
-        for _ in 0..chunks {
-            out.write_all(&buf)?;
-            crc.combine(&chunk_crc);
+    let mut length = prefix.len() as u64;
+    for &(byte, count) in runs {
+        let chunks = count / ZERO_CHUNK as u64;
+        let rest = (count % ZERO_CHUNK as u64) as usize;
+        if chunks > 0 {
+            let chunk = vec![byte; ZERO_CHUNK];
+            deflate_all(&mut deflate, &chunk, FlushCompress::Full, &mut buf)?;
+            let mut chunk_crc = Crc::new();
+            chunk_crc.update(&chunk);
+            for _ in 0..chunks {
+                out.write_all(&buf)?;
+                crc.combine(&chunk_crc);
+            }
         }
+        let tail = vec![byte; rest];
+        deflate_all(&mut deflate, &tail, FlushCompress::Full, &mut buf)?;
+        out.write_all(&buf)?;
+        crc.update(&tail);
+        length += count;
     }
-    let tail = vec![0u8; rest];
-    deflate_all(&mut deflate, &tail, FlushCompress::Finish, &mut buf)?;
+    deflate_all(&mut deflate, &[], FlushCompress::Finish, &mut buf)?;
     out.write_all(&buf)?;
-    crc.update(&tail);
 
     // The trailer: CRC-32 of the content, then its length modulo 2^32 (RFC 1952).
     out.write_all(&crc.sum().to_le_bytes())?;
-    let length = prefix.len() as u64 + zeros;
     out.write_all(&(length as u32).to_le_bytes())?;
     out.flush()
 }

@@ -20,6 +20,8 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 
 #[derive(clap::Args)]
 pub struct Args {
+    #[command(flatten)]
+    pub limits: builder::limits::LimitArgs,
     /// Name and optionally a tag (NAME[:TAG]); may be given several times.
     #[arg(short = 't', long = "tag")]
     tags: Vec<String>,

@@ -217,8 +217,29 @@ pub fn load(state: &State, input: Option<PathBuf>) -> Result<()> {
         )),
         None => Box::new(io::stdin().lock()),
     };
-    for l in image::load(&state.images, reader)? {
-        match l.name {
+    let loaded = image::load(&state.images, reader)?;
+    // Each layer is read through under the limits now, as a pull applies it, so a layer over
+    // them is refused by the load that brought it; a refused image is untagged.
+    let mut checked = std::collections::HashSet::new();
+    for l in &loaded {
+        let img = state.images.resolve(l.id.as_ref())?;
+        for layer in img.manifest.layers() {
+            if !checked.insert(layer.digest().clone()) {
+                continue;
+            }
+            let mut blob = state.images.open_blob(layer.digest())?;
+            if let Err(e) = builder::limits::check_layer(&mut blob, &state.limits, state.dir()) {
+                let shown = l.name.as_ref().map_or(l.id.to_string(), |n| n.familiar());
+                if let Some(n) = &l.name {
+                    let _ = state.images.untag(&n.to_string());
+                }
+                return Err(anyhow::Error::new(e)
+                    .context(format!("failed to load {shown}: layer {}", layer.digest())));
+            }
+        }
+    }
+    for l in &loaded {
+        match &l.name {
             Some(n) => println!("Loaded image: {}", n.familiar()),
             None => println!("Loaded image ID: {}", l.id),
         }

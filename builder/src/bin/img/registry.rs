@@ -37,6 +37,8 @@ pub struct PullArgs {
     platform: Option<String>,
     #[command(flatten)]
     flags: RegistryFlags,
+    #[command(flatten)]
+    pub limits: builder::limits::LimitArgs,
 }
 
 #[derive(clap::Args)]
