@@ -8,9 +8,11 @@
 //!   about 1,000, which only long runs of one byte reach. Runs of zeros that the backend stores
 //!   as holes do not count (a sparse file, a preallocated database), nor does the first 64 MiB
 //!   (`imgfs::layer::limits::RATIO_FLOOR`), below which nothing is worth refusing.
-//! - `min_free_space` 1 GiB: a layer may not take the store's file system past its free space
+//! - `min_free_space` 256 MiB: a layer may not take the store's file system past its free space
 //!   less this reserve (holes again not counted), so a layer that does not fit fails at once,
-//!   naming the limit, instead of filling the disk under the rest of the machine.
+//!   naming the limit, instead of filling the disk under the rest of the machine. img's own
+//!   metadata needs far less (imgfs::space keeps 6 MiB), and a larger default would take a
+//!   real share of the small volumes CI jobs and pods give a builder.
 //! - `max_layer_entries` 1,000,000: a Debian base layer has about 10,000 entries and large
 //!   toolchain or `node_modules` layers a few hundred thousand; every entry costs metadata
 //!   records and time, so a flood of empty files is refused well before it costs minutes.
@@ -51,7 +53,7 @@ impl Default for LayerLimits {
             max_layer_entries: 1_000_000,
             max_layer_ratio: 100,
             max_layer_size: 256 << 30,
-            min_free_space: 1 << 30,
+            min_free_space: 256 << 20,
         }
     }
 }
@@ -144,7 +146,7 @@ pub struct LimitArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_layer_size: Option<u64>,
     /// Refuse a layer that would leave less than this free on the store's file system (e.g.
-    /// 500MiB, 0) [default: "min_free_space" in config.json, or 1GiB].
+    /// 500MiB, 0) [default: "min_free_space" in config.json, or 256MiB].
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub min_free_space: Option<u64>,
 }

@@ -16,7 +16,7 @@ use crate::dockerignore::clean;
 pub enum ArchiveError {
     #[error("{archive}: entry {entry:?} points outside the destination")]
     Escape { archive: String, entry: String },
-    #[error("{archive}: entry {entry:?}: {source}")]
+    #[error("{}", entry_message(archive, entry, source))]
     Entry {
         archive: String,
         entry: String,
@@ -24,6 +24,15 @@ pub enum ArchiveError {
     },
     #[error("{archive}: {source}")]
     Read { archive: String, source: io::Error },
+}
+
+/// A full disk is said as imgfs says it (`no space left on device while ...`), naming the entry.
+fn entry_message(archive: &str, entry: &str, source: &io::Error) -> String {
+    if imgfs::space::is_no_space(source) {
+        format!("no space left on device while unpacking {archive}: entry {entry:?}")
+    } else {
+        format!("{archive}: entry {entry:?}: {source}")
+    }
 }
 
 /// What the first bytes of a stream say it is.
