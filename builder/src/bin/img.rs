@@ -108,16 +108,33 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("IMG_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(imgfs::logging::stderr)
         .init();
     imgfs::chunks::raise_open_file_limit();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if output_closed(&e) => ExitCode::from(SIGPIPE_STATUS),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The shell's status of a process killed by SIGPIPE, which img exits with (quietly, having
+/// cleaned up) when its standard output or error turns out to be a pipe nobody reads any more.
+/// img ignores SIGPIPE, as every Rust program does, so that a closed pipe never kills a thread
+/// serving a mount.
+const SIGPIPE_STATUS: u8 = 128 + 13;
+
+/// Whether `e` comes from writing to a closed pipe (EPIPE).
+fn output_closed(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<builder::build::BuildError>()
+                .is_some_and(builder::build::BuildError::output_closed)
+    })
 }
 
 fn open_state(dir: Option<PathBuf>) -> Result<State> {

@@ -79,6 +79,20 @@ pub enum BuildError {
     /// A failure outside any one step: storing the image, applying or unpacking its layers.
     #[error("{0}")]
     Failed(Box<StepError>),
+    /// Nobody reads the build's output any more (`Progress::closed`).
+    #[error("the build's output is closed")]
+    OutputClosed,
+}
+
+impl BuildError {
+    /// Whether the build stopped because its output was closed, here or in a stage it needed.
+    pub fn output_closed(&self) -> bool {
+        match self {
+            BuildError::OutputClosed => true,
+            BuildError::Stage(e) => e.output_closed(),
+            _ => false,
+        }
+    }
 }
 
 impl From<StepError> for BuildError {

@@ -15,6 +15,7 @@ mod cli;
 mod commands;
 mod errors;
 mod mount;
+mod pipes;
 mod registry;
 mod registry_auth;
 mod unprivileged;

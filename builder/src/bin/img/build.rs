@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
@@ -218,9 +218,11 @@ pub fn build(state: &State, args: Args) -> Result<()> {
             }
         }
     }
-    eprintln!("Successfully built {id}");
+    // A closed standard error fails here (EPIPE), and img exits as SIGPIPE would have it.
+    let mut err = io::stderr().lock();
+    writeln!(err, "Successfully built {id}")?;
     for tag in &tags {
-        eprintln!("Successfully tagged {}", tag.familiar());
+        writeln!(err, "Successfully tagged {}", tag.familiar())?;
     }
     Ok(())
 }
