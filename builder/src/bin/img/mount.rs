@@ -238,8 +238,14 @@ pub fn umount(state: &State, dir: &Path) -> Result<()> {
         return Ok(());
     }
     let pid = nix::unistd::Pid::from_raw(rec.pid as i32);
-    nix::sys::signal::kill(pid, Signal::SIGTERM)
-        .with_context(|| format!("cannot stop the img mount process {}", rec.pid))?;
+    match nix::sys::signal::kill(pid, Signal::SIGTERM) {
+        // It ended between the look and the signal: the record is reaped below.
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot stop the img mount process {}", rec.pid));
+        }
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
     while rec.alive() {
         if Instant::now() > deadline {
@@ -250,6 +256,10 @@ pub fn umount(state: &State, dir: &Path) -> Result<()> {
             );
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+    // A process that was dying already (killed) when we looked left its record behind.
+    if state.mount_records().contains(&rec) {
+        state.reap_mount(&rec)?;
     }
     Ok(())
 }
