@@ -111,14 +111,34 @@ fn main() -> ExitCode {
         .with_writer(imgfs::logging::stderr)
         .init();
     imgfs::chunks::raise_open_file_limit();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if output_closed(&e) => ExitCode::from(SIGPIPE_STATUS),
-        Err(e) => {
+    // `println!` panics when standard output is a closed pipe; that panic unwinds (so what the
+    // command holds is dropped and cleaned up) to here, quietly.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !printing_to_closed_pipe(info.payload()) {
+            hook(info);
+        }
+    }));
+    match std::panic::catch_unwind(move || run(cli)) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) if output_closed(&e) => ExitCode::from(SIGPIPE_STATUS),
+        Ok(Err(e)) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+        Err(p) if printing_to_closed_pipe(p.as_ref()) => ExitCode::from(SIGPIPE_STATUS),
+        Err(p) => std::panic::resume_unwind(p),
     }
+}
+
+/// Whether a panic is `print!`'s on a closed pipe ("failed printing to stdout: Broken pipe").
+fn printing_to_closed_pipe(payload: &(dyn std::any::Any + Send)) -> bool {
+    let text = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("");
+    text.starts_with("failed printing to std") && text.contains("Broken pipe")
 }
 
 /// The shell's status of a process killed by SIGPIPE, which img exits with (quietly, having
@@ -134,6 +154,9 @@ fn output_closed(e: &anyhow::Error) -> bool {
             .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
             || c.downcast_ref::<builder::build::BuildError>()
                 .is_some_and(builder::build::BuildError::output_closed)
+            // serde_json's source() skips its own io::Error.
+            || c.downcast_ref::<serde_json::Error>()
+                .is_some_and(|e| e.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
     })
 }
 

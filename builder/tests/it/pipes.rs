@@ -1,7 +1,7 @@
-//! `img build` whose output is a pipe nobody reads any more (`img -d build 2>&1 | head -3`):
-//! img stops, unmounts and exits as SIGPIPE would have it (141) or with its own error, and
-//! leaves the state usable. A hang here is the bug (issue 19), so each wait has a deadline, and
-//! a run past it is killed and its mounts taken away before the test fails.
+//! img whose output is a pipe nobody reads any more (`img -d build 2>&1 | head -3`,
+//! `img ls | true`): img stops, unmounts and exits as SIGPIPE would have it (141) or with its
+//! own error, and leaves the state usable. A hang here is the bug (issue 19), so each wait has a
+//! deadline, and a run past it is killed and its mounts taken away before the test fails.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -158,5 +158,38 @@ fn a_build_whose_stdout_is_closed_stops_with_sigpipes_status() {
     let log = log.join().unwrap();
     assert_eq!(status.code(), Some(141), "img ended with {status}:\n{log}");
     assert!(!log.contains("panicked"), "{log}");
+    assert_state_usable(&rig);
+}
+
+#[test]
+fn commands_whose_stdout_is_closed_exit_with_sigpipes_status() {
+    if !can_run() {
+        return;
+    }
+    let rig = Rig::create();
+    for args in [&["ls"][..], &["du"], &["inspect", "busybox"], &["version"]] {
+        // `img ls | true`, once `true` has gone.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut child = img_command(rig.dir.path())
+            .arg("-s")
+            .arg(&rig.state)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let status = wait(&mut child, &rig.state, &format!("img {args:?}"));
+        assert_eq!(status.code(), Some(141), "img {args:?}: {status}\n{err}");
+        assert!(!err.contains("panicked"), "img {args:?}: {err}");
+    }
     assert_state_usable(&rig);
 }
