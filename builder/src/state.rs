@@ -51,6 +51,12 @@ pub enum StateError {
     Cache(std::io::Error),
     #[error(transparent)]
     Config(#[from] crate::limits::ConfigError),
+    #[error("failed to clean up after the img mount process {pid} on {}: {source}", dir.display())]
+    Reap {
+        pid: u32,
+        dir: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Which snapshot backend runs a build.
@@ -101,7 +107,7 @@ pub type OpenBackend = (BackendKind, Box<dyn Snapshotter>);
 
 /// What one `img mount` process serves, in `<state>/mounts/<pid>.json`. The process writes it
 /// once the mount is up and removes it when the mount ends; `img umount` finds the process by
-/// the directory.
+/// the directory. The record of a process that is gone is reaped (`State::reap_mount`).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MountRecord {
     pub pid: u32,
@@ -272,25 +278,18 @@ impl State {
         self.dir.join("mounts")
     }
 
-    /// The mounts of `img mount` processes that are still alive; records of dead ones are
-    /// removed.
-    pub fn mounts(&self) -> Vec<MountRecord> {
+    /// Every `img mount` record, whether its process still runs or not.
+    pub fn mount_records(&self) -> Vec<MountRecord> {
         let mut out = Vec::new();
         let Ok(entries) = std::fs::read_dir(self.mounts_dir()) else {
             return out;
         };
         for e in entries.flatten() {
-            let path = e.path();
-            let Some(rec) = std::fs::read(&path)
+            if let Some(rec) = std::fs::read(e.path())
                 .ok()
                 .and_then(|b| serde_json::from_slice::<MountRecord>(&b).ok())
-            else {
-                continue;
-            };
-            if rec.alive() {
+            {
                 out.push(rec);
-            } else {
-                let _ = std::fs::remove_file(&path);
             }
         }
         out.sort_by_key(|r| r.pid);
@@ -300,6 +299,54 @@ impl State {
     /// Whether backend `kind` has been used in this state dir.
     pub fn backend_exists(&self, kind: BackendKind) -> bool {
         self.dir.join(kind.dir()).exists()
+    }
+
+    /// The mounts of `img mount` processes that are still alive; what dead ones left behind is
+    /// cleaned up (`reap_mount`).
+    pub fn mounts(&self) -> Vec<MountRecord> {
+        let (alive, dead): (Vec<_>, Vec<_>) =
+            self.mount_records().into_iter().partition(|r| r.alive());
+        for rec in dead {
+            if let Err(e) = self.reap_mount(&rec) {
+                tracing::warn!(pid = rec.pid, dir = %rec.dir.display(), "{e}");
+            }
+        }
+        alive
+    }
+
+    /// Cleans up after an `img mount` process that is gone (killed, crashed): its mount, if it
+    /// is still there, is ended without waiting on a server (a FUSE connection is aborted
+    /// through fusectl, then the mount detached), a writable mount's snapshot is removed, and
+    /// so is the record. The caller checked that the process is gone (`MountRecord::alive`).
+    pub fn reap_mount(&self, rec: &MountRecord) -> Result<(), StateError> {
+        let reap = |source| StateError::Reap {
+            pid: rec.pid,
+            dir: rec.dir.clone(),
+            source,
+        };
+        // Only the mount the process made: a FUSE mount names its server, `imgfs:PID`.
+        let ours = match imgfs::fuse::fusectl::find(&rec.dir).map_err(reap)? {
+            Some(m) if m.is_fuse() => m.source == format!("imgfs:{}", rec.pid),
+            Some(m) => m.fstype == "overlay" && rec.backend == BackendKind::Overlayfs,
+            None => false,
+        };
+        if ours {
+            imgfs::fuse::fusectl::end_mount(&rec.dir).map_err(reap)?;
+        }
+        if let Some(key) = &rec.key {
+            let backend = self.backend(rec.backend)?;
+            if backend.stat(key).is_ok() {
+                backend.remove(key).map_err(|source| StateError::Backend {
+                    backend: rec.backend,
+                    path: self.dir.join(rec.backend.dir()),
+                    source,
+                })?;
+            }
+        }
+        match std::fs::remove_file(self.mounts_dir().join(format!("{}.json", rec.pid))) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(reap(e)),
+            _ => Ok(()),
+        }
     }
 
     /// The backends that exist in this state dir (used ones), for du and prune.

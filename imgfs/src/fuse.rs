@@ -8,6 +8,7 @@
 //! mount invalidates what it must by the kernel's own bookkeeping.
 
 mod convert;
+pub mod fusectl;
 mod governor;
 mod mount;
 mod snapshotter;

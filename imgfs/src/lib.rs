@@ -15,6 +15,7 @@ pub mod fuse;
 pub mod ids;
 pub mod layer;
 mod lock;
+pub mod logging;
 pub(crate) mod meta;
 pub mod overlay;
 pub mod records;

@@ -610,3 +610,54 @@ fn a_sparse_file_shows_its_holes_through_the_mount() {
     drop(seen);
     unmount(session, &mnt);
 }
+
+/// A mount whose serving session ended on its own (a failed ring, the FUSE test hook) while a
+/// file in it is still open cannot be unmounted the ordinary way (EBUSY); `unmount` must still
+/// take it away, through fusectl and a detach, instead of leaving a dead mount behind.
+#[test]
+fn unmounting_a_mount_whose_server_is_gone_takes_it_away_even_while_busy() {
+    if !fuse_available() {
+        return;
+    }
+    if std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring")
+        .map_or(true, |s| s.trim() != "Y")
+    {
+        // The hook fails a ring; without rings the session cannot end this way. tools/setup
+        // turns rings on, so CI must have them.
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "/sys/module/fuse/parameters/enable_uring is not Y"
+        );
+        eprintln!("skipping: /sys/module/fuse/parameters/enable_uring is not Y");
+        return;
+    }
+    let f = Fixture::new();
+    let at = f.mnt("gone");
+    let tree = f.store.tree_read_only("base").unwrap();
+    let opts = MountOptions {
+        uring_fail_after: Some(50),
+        ..MountOptions::default()
+    };
+    let m = fuse::mount(tree, &at, &opts).unwrap();
+    // Keeps the mount busy.
+    let held = std::fs::File::open(&at).unwrap();
+    // Each name is new to the kernel, so each lookup is a request.
+    let failed = (0..10_000).find_map(|i| match std::fs::metadata(at.join(format!("n{i}"))) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Some(e),
+        _ => None,
+    });
+    assert!(failed.is_some(), "the ring never failed");
+    let start = std::time::Instant::now();
+    while m.serving() {
+        assert!(start.elapsed().as_secs() < 60, "the session never ended");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The session's own error (the failed ring) may come back; the mount must be gone anyway.
+    let _ = m.unmount();
+    let listed = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == at.to_str());
+    assert!(!listed, "{} is still mounted", at.display());
+    drop(held);
+}

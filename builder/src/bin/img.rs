@@ -127,19 +127,59 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("IMG_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(imgfs::logging::stderr)
         .init();
     imgfs::chunks::raise_open_file_limit();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    // `println!` panics when standard output is a closed pipe; that panic unwinds (so what the
+    // command holds is dropped and cleaned up) to here, quietly.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !printing_to_closed_pipe(info.payload()) {
+            hook(info);
+        }
+    }));
+    match std::panic::catch_unwind(move || run(cli)) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) if output_closed(&e) => ExitCode::from(SIGPIPE_STATUS),
+        Ok(Err(e)) => {
             eprintln!("error: {e:#}");
             match e.downcast_ref::<builder::interrupt::Interrupted>() {
                 Some(i) => ExitCode::from(i.exit_code()),
                 None => ExitCode::FAILURE,
             }
         }
+        Err(p) if printing_to_closed_pipe(p.as_ref()) => ExitCode::from(SIGPIPE_STATUS),
+        Err(p) => std::panic::resume_unwind(p),
     }
+}
+
+/// Whether a panic is `print!`'s on a closed pipe ("failed printing to stdout: Broken pipe").
+fn printing_to_closed_pipe(payload: &(dyn std::any::Any + Send)) -> bool {
+    let text = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("");
+    text.starts_with("failed printing to std") && text.contains("Broken pipe")
+}
+
+/// The shell's status of a process killed by SIGPIPE, which img exits with (quietly, having
+/// cleaned up) when its standard output or error turns out to be a pipe nobody reads any more.
+/// img ignores SIGPIPE, as every Rust program does, so that a closed pipe never kills a thread
+/// serving a mount.
+const SIGPIPE_STATUS: u8 = 128 + 13;
+
+/// Whether `e` comes from writing to a closed pipe (EPIPE).
+fn output_closed(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<builder::build::BuildError>()
+                .is_some_and(builder::build::BuildError::output_closed)
+            // serde_json's source() skips its own io::Error.
+            || c.downcast_ref::<serde_json::Error>()
+                .is_some_and(|e| e.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
+    })
 }
 
 fn open_state(dir: Option<PathBuf>) -> Result<State> {

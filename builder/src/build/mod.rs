@@ -83,6 +83,20 @@ pub enum BuildError {
     /// The engine's interrupt was raised: the build stopped before its next step.
     #[error("{0}")]
     Interrupted(Interrupted),
+    /// Nobody reads the build's output any more (`Progress::closed`).
+    #[error("the build's output is closed")]
+    OutputClosed,
+}
+
+impl BuildError {
+    /// Whether the build stopped because its output was closed, here or in a stage it needed.
+    pub fn output_closed(&self) -> bool {
+        match self {
+            BuildError::OutputClosed => true,
+            BuildError::Stage(e) => e.output_closed(),
+            _ => false,
+        }
+    }
 }
 
 impl From<StepError> for BuildError {

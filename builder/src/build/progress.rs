@@ -1,12 +1,20 @@
 //! What a build prints while it runs: a header per step, the output of RUN steps under it, and
 //! notes. Stages on several threads share one `Progress`; each write is one whole line or
 //! chunk, so lines of different stages do not mix within a line.
+//!
+//! Output that nobody reads any more (a pipe whose reader is gone, as in `img build | head`)
+//! stops the build: the first write that fails with EPIPE marks the output closed, and each
+//! stage checks `closed` before its next step. That is what a program writing to such a pipe
+//! does (it dies of SIGPIPE), but the build ends through its own error paths, so its mounts and
+//! snapshots are cleaned up. Other write errors are ignored: they do not fail the build.
 
 use std::io::{self, Write};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub struct Progress {
     out: Mutex<Box<dyn Write + Send>>,
+    closed: AtomicBool,
 }
 
 impl Progress {
@@ -18,14 +26,28 @@ impl Progress {
     pub fn to(out: Box<dyn Write + Send>) -> Progress {
         Progress {
             out: Mutex::new(out),
+            closed: AtomicBool::new(false),
         }
+    }
+
+    /// Whether a write found the output closed (EPIPE): the build must stop.
+    pub fn closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    fn note_result(&self, r: io::Result<()>) -> io::Result<()> {
+        if let Err(e) = &r
+            && e.kind() == io::ErrorKind::BrokenPipe
+        {
+            self.closed.store(true, Ordering::Relaxed);
+        }
+        r
     }
 
     fn line(&self, text: &str) {
         let mut out = self.out.lock().expect("poisoned");
-        // A closed stderr must not fail the build.
-        let _ = writeln!(out, "{text}");
-        let _ = out.flush();
+        let r = writeln!(out, "{text}").and_then(|()| out.flush());
+        let _ = self.note_result(r);
     }
 
     /// `[stage 2/5] RUN make`, with ` CACHED` when the step's result came from the cache.
@@ -54,12 +76,13 @@ pub struct ProgressWriter<'a> {
 
 impl Write for ProgressWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut out = self.progress.out.lock().expect("poisoned");
-        out.write_all(buf)?;
+        let r = self.progress.out.lock().expect("poisoned").write_all(buf);
+        self.progress.note_result(r)?;
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.progress.out.lock().expect("poisoned").flush()
+        let r = self.progress.out.lock().expect("poisoned").flush();
+        self.progress.note_result(r)
     }
 }

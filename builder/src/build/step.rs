@@ -191,6 +191,9 @@ impl<'e, 'a> StageRunner<'e, 'a> {
 
     fn dispatch(&mut self, ins: &Instruction) -> Result<(), BuildError> {
         self.engine.check_interrupt()?;
+        if self.engine.progress.closed() {
+            return Err(BuildError::OutputClosed);
+        }
         let env = self.expansion_env();
         let lex = self.df.lexer();
         let kind = ins.expand(&self.df.file, &lex, &env)?;

@@ -18,6 +18,7 @@ mod full_disk;
 mod interrupt;
 mod limits;
 mod mount;
+mod pipes;
 mod registry;
 mod registry_auth;
 mod registry_limits;

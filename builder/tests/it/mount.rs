@@ -187,3 +187,66 @@ fn mount_errors_name_the_image_the_layer_and_the_directory() {
     assert!(e.contains("is not mounted by img mount"), "{e}");
     no_records(&rig.state);
 }
+
+/// The pid of the one `img mount` process serving now, from its record.
+fn serving_pid(state: &Path) -> i32 {
+    let records: Vec<_> = std::fs::read_dir(state.join("mounts"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let path = records[0].path();
+    let stem = path.file_stem().unwrap().to_str().unwrap();
+    stem.parse().unwrap()
+}
+
+fn mounted_here(dir: &Path) -> bool {
+    let dir = dir.to_str().unwrap();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(dir))
+}
+
+#[test]
+fn umount_cleans_up_after_a_killed_mount_process() {
+    if !can_run() {
+        return;
+    }
+    let rig = Rig::create();
+    for backend in BACKENDS {
+        let dir = mount_point(&rig, &format!("killed-{backend}"));
+        let d = dir.to_str().unwrap();
+        let hint = mount(&rig, &["--backend", backend, "--writable", "busybox", d]);
+        look_ok(&hint, &format!("echo changed > {d}/etc/motd"));
+        let pid = serving_pid(&rig.state);
+        // The writable snapshot's name (`img mount --serve`'s).
+        let key = format!("img-mount-{pid}");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        while Path::new(&format!("/proc/{pid}/exe")).exists() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+
+        let out = rig.img(&["umount", d]);
+        assert!(
+            out.status.success(),
+            "{backend}: img umount after kill -9: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!mounted_here(&dir), "{backend}: {d} is still mounted");
+        no_records(&rig.state);
+        // The writable snapshot went with the mount; nothing of it is left to prune.
+        let du = rig.img_ok(&["du"]);
+        assert!(!du.contains(&key), "{backend}: {du}");
+        rig.img_ok(&["prune"]);
+        // The directory is usable again: a new mount on it works.
+        let hint = mount(&rig, &["--backend", backend, "busybox", d]);
+        look_ok(&hint, &format!("test -e {d}/bin/ls"));
+        rig.img_ok(&["umount", d]);
+        no_records(&rig.state);
+    }
+}

@@ -119,7 +119,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("IMGFS_LOG")
                 .unwrap_or_else(|_| "warn,fuser=error".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(imgfs::logging::stderr)
         .init();
     imgfs::chunks::raise_open_file_limit();
     match run(Cli::parse()) {

@@ -159,9 +159,17 @@ impl FuseMount {
     /// Unmounts and waits for the threads serving the mount.
     pub fn unmount(mut self) -> io::Result<()> {
         match self.session.take() {
-            Some(s) => s.umount_and_join(),
+            Some(s) => end(&self.path, s),
             None => Ok(()),
         }
+    }
+
+    /// Whether the session still serves the mount; `false` once its threads have ended, which
+    /// before an unmount means the server is gone (a failed ring ended the connection).
+    pub fn serving(&self) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| !s.guard.is_finished())
     }
 
     /// Waits until the mount ends because something else unmounted it (`fusermount3 -u`,
@@ -184,10 +192,24 @@ impl Mounted for FuseMount {
     }
 }
 
+/// Unmounts the mount of session `s` at `path` and joins its threads. A mount whose session has
+/// ended already has nobody to serve it: if it cannot be unmounted (busy: a file in it is still
+/// open), it is ended through fusectl and detached rather than left behind.
+fn end(path: &Path, s: fuser::BackgroundSession) -> io::Result<()> {
+    if !s.guard.is_finished() {
+        return s.umount_and_join();
+    }
+    let unmounted = nix::mount::umount2(path, nix::mount::MntFlags::empty());
+    if unmounted.is_err() {
+        super::fusectl::end_mount(path)?;
+    }
+    s.join()
+}
+
 impl Drop for FuseMount {
     fn drop(&mut self) {
         if let Some(s) = self.session.take()
-            && let Err(e) = s.umount_and_join()
+            && let Err(e) = end(&self.path, s)
         {
             tracing::warn!(path = %self.path.display(), "failed to unmount: {e}");
         }

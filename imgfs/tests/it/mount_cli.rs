@@ -31,8 +31,11 @@ fn imgfs(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Whether `p` is a mount point, from mountinfo; `p` itself is not looked at (a mount whose
+/// server is gone answers ENOTCONN).
 fn is_mounted(p: &Path) -> bool {
-    let want = p.canonicalize().unwrap();
+    let want = p.parent().unwrap().canonicalize().unwrap();
+    let want = want.join(p.file_name().unwrap());
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
@@ -527,6 +530,96 @@ fn a_failing_ring_ends_the_connection_instead_of_leaving_callers_waiting() {
     assert!(!is_mounted(&mnt), "the dead mount is taken away");
     let info = imgfs(&["info", "--store", s, "one"]);
     assert!(!info.status.success(), "nothing is committed");
+}
+
+#[test]
+fn imgfs_umount_ends_a_mount_whose_process_was_killed() {
+    if !fuse_available() {
+        return;
+    }
+    let (_dir, store, mnt) = store_with_empty_base();
+    let mut child = foreground_mount(
+        &["--store", store.to_str().unwrap(), "--snapshot", "base"],
+        &mnt,
+        &[],
+    );
+    let _unmount = Unmount(&mnt);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(is_mounted(&mnt), "the kernel keeps a dead server's mount");
+    let out = imgfs(&["umount", mnt.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "imgfs umount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn ending_a_mount_frees_the_callers_of_a_server_that_stopped_answering() {
+    if !fuse_available() {
+        return;
+    }
+    let (_dir, store, mnt) = store_with_empty_base();
+    // Through /dev/fuse: a ring hands a request to the server as soon as it comes, and an
+    // abort leaves one handed to a stopped server waiting until that server commits it or
+    // closes its ring (seen on Linux 6.18); a server that is gone closed its rings.
+    let mut child = foreground_mount(
+        &[
+            "--store",
+            store.to_str().unwrap(),
+            "--snapshot",
+            "base",
+            "--no-io-uring",
+        ],
+        &mnt,
+        &[],
+    );
+    let _unmount = Unmount(&mnt);
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    // A lookup the kernel cannot answer from its caches waits for the stopped server.
+    let missing = mnt.join("missing");
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let caller = std::thread::spawn(move || {
+        tid_tx.send(nix::unistd::gettid()).unwrap();
+        std::fs::metadata(missing).map(|_| ())
+    });
+    // Until it waits on the server: ended earlier, it would find the bare directory.
+    let wchan = format!("/proc/self/task/{}/wchan", tid_rx.recv().unwrap());
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(&wchan)
+        .unwrap_or_default()
+        .contains("request_wait_answer")
+    {
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "the lookup never reached the server: {wchan}: {:?}",
+            std::fs::read_to_string(&wchan)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let ended = imgfs::fuse::fusectl::end_mount(&mnt).unwrap();
+    assert!(ended.is_some_and(|m| m.is_fuse()));
+    let start = std::time::Instant::now();
+    while !caller.is_finished() {
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "the caller still waits on the aborted connection"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let err = caller.join().unwrap().unwrap_err();
+    // ECONNABORTED for the request the abort ended, ENOTCONN for one asked after it.
+    assert!(
+        [Some(libc::ECONNABORTED), Some(libc::ENOTCONN)].contains(&err.raw_os_error()),
+        "{err}"
+    );
+    assert!(!is_mounted(&mnt));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    child.wait().unwrap();
 }
 
 #[test]

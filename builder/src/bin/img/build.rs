@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -321,9 +321,11 @@ pub fn build(state: &State, args: Args, signals: Signals) -> Result<()> {
             }
         }
     }
-    eprintln!("Successfully built {id}");
+    // A closed standard error fails here (EPIPE), and img exits as SIGPIPE would have it.
+    let mut err = io::stderr().lock();
+    writeln!(err, "Successfully built {id}")?;
     for tag in &tags {
-        eprintln!("Successfully tagged {}", tag.familiar());
+        writeln!(err, "Successfully tagged {}", tag.familiar())?;
     }
     Ok(())
 }

@@ -10,6 +10,9 @@
 //! lock, so builds go on meanwhile; a writable one keeps the backend open (and locked) until
 //! it ends. For an ordinary user the mount lives in img's user and mount namespaces, which the
 //! serving process keeps alive: `img mount` prints the `nsenter` command that enters them.
+//! A serving process that was killed leaves its mount and record behind; `img umount` (or any
+//! command that reads the records) ends that mount without waiting on it and frees the rest
+//! (`State::reap_mount`).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -210,15 +213,39 @@ pub fn serve(state: State, args: MountArgs) -> Result<()> {
     unmounted.with_context(|| format!("failed to unmount {}", dir.display()))
 }
 
-/// `img umount DIR`: stops the process serving the mount at DIR and waits until it is gone.
+/// `img umount DIR`: stops the process serving the mount at DIR and waits until it is gone. If
+/// that process is gone already (killed), cleans up what it left instead (`State::reap_mount`).
 pub fn umount(state: &State, dir: &Path) -> Result<()> {
-    let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let Some(rec) = state.mounts().into_iter().find(|m| m.dir == abs) else {
+    let records = state.mount_records();
+    // A symlink to the mount point needs resolving in full, which looks at the mount.
+    let found = records
+        .iter()
+        .find(|m| m.dir == mount_point_path(dir))
+        .or_else(|| {
+            let abs = std::fs::canonicalize(dir).ok()?;
+            records.iter().find(|m| m.dir == abs)
+        });
+    let Some(rec) = found.cloned() else {
         bail!("{} is not mounted by img mount", dir.display());
     };
+    if !rec.alive() {
+        state.reap_mount(&rec)?;
+        eprintln!(
+            "note: the img mount process {} was gone; its mount of {} is removed",
+            rec.pid,
+            dir.display()
+        );
+        return Ok(());
+    }
     let pid = nix::unistd::Pid::from_raw(rec.pid as i32);
-    nix::sys::signal::kill(pid, Signal::SIGTERM)
-        .with_context(|| format!("cannot stop the img mount process {}", rec.pid))?;
+    match nix::sys::signal::kill(pid, Signal::SIGTERM) {
+        // It ended between the look and the signal: the record is reaped below.
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot stop the img mount process {}", rec.pid));
+        }
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
     while rec.alive() {
         if Instant::now() > deadline {
@@ -230,5 +257,21 @@ pub fn umount(state: &State, dir: &Path) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    // A process that was dying already (killed) when we looked left its record behind.
+    if state.mount_records().contains(&rec) {
+        state.reap_mount(&rec)?;
+    }
     Ok(())
+}
+
+/// The absolute path of mount point `dir` as a mount record names it, resolved without looking
+/// at `dir` itself: stat(2) of a FUSE mount point asks its server, which may be gone.
+fn mount_point_path(dir: &Path) -> PathBuf {
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    let resolved = match (parent, dir.file_name()) {
+        (Some(p), Some(name)) => std::fs::canonicalize(p).map(|p| p.join(name)),
+        (None, Some(name)) => std::env::current_dir().map(|p| p.join(name)),
+        _ => std::fs::canonicalize(dir),
+    };
+    resolved.unwrap_or_else(|_| dir.to_path_buf())
 }

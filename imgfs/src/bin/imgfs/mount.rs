@@ -264,69 +264,53 @@ fn unmount_path(mountpoint: &Path) -> Result<()> {
     attempt(true).map(|_| ())
 }
 
-/// The pid of the imgfs process serving `mountpoint`, from its file-system name (`imgfs:PID`).
-fn server_pid(mountpoint: &Path) -> Result<Option<i32>> {
-    let want = std::fs::canonicalize(mountpoint)
+/// The pid of the imgfs process serving `mountpoint`, from its file-system name (`imgfs:PID`),
+/// and the mount as mountinfo lists it. Read from /proc/self/mountinfo only: stat(2) of the
+/// mount point would ask the server, which may be gone.
+fn server_of(mountpoint: &Path) -> Result<Option<(i32, fuse::fusectl::MountEntry)>> {
+    let want = mount_point_path(mountpoint)
         .with_context(|| format!("cannot resolve {}", mountpoint.display()))?;
-    let want = want.to_string_lossy();
-    let info = std::fs::read_to_string("/proc/self/mountinfo")
-        .context("cannot read /proc/self/mountinfo")?;
-    // The last mount on a path is the visible one.
-    let mut found = None;
-    for line in info.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == "-") else {
-            continue;
-        };
-        if fields.get(4).map(|p| unescape(p)).as_deref() != Some(&*want) {
-            continue;
-        }
-        found = Some(fields.get(sep + 2).copied().unwrap_or("").to_string());
-    }
-    match found {
-        None => Ok(None),
-        Some(source) => match source.strip_prefix("imgfs:") {
-            Some(pid) => Ok(pid.parse().ok()),
-            None => bail!(
-                "{} is not an imgfs mount (its source is {source})",
-                mountpoint.display()
-            ),
-        },
+    let Some(mount) = fuse::fusectl::find(&want).context("cannot read /proc/self/mountinfo")?
+    else {
+        return Ok(None);
+    };
+    match mount.source.strip_prefix("imgfs:").map(str::parse) {
+        Some(Ok(pid)) => Ok(Some((pid, mount))),
+        _ => bail!(
+            "{} is not an imgfs mount (its source is {})",
+            mountpoint.display(),
+            mount.source
+        ),
     }
 }
 
-/// Undoes mountinfo's octal escapes (`\040` for a space).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b
-            .get(i + 1..i + 4)
-            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match octal {
-            Some(d) => {
-                out.push(
-                    d.iter()
-                        .fold(0u8, |acc, c| acc.wrapping_mul(8).wrapping_add(c - b'0')),
-                );
-                i += 4;
-            }
-            None => {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
+/// The absolute path of `dir` without symlinks, resolved without looking at `dir` itself.
+fn mount_point_path(dir: &Path) -> std::io::Result<PathBuf> {
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    match (parent, dir.file_name()) {
+        (Some(p), Some(name)) => Ok(std::fs::canonicalize(p)?.join(name)),
+        (None, Some(name)) => Ok(std::env::current_dir()?.join(name)),
+        _ => std::fs::canonicalize(dir),
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Unmounts an imgfs mount and waits for its process to finish (its commit included), so the
-/// store is free for the next command when this returns.
+/// store is free for the next command when this returns. A mount whose process is gone
+/// (killed) is ended at once, its FUSE connection aborted: there is nothing to wait for.
 pub fn umount(mountpoint: &Path) -> Result<()> {
-    let Some(pid) = server_pid(mountpoint)? else {
+    let Some((pid, _)) = server_of(mountpoint)? else {
         bail!("{} is not mounted", mountpoint.display());
     };
+    if !Path::new(&format!("/proc/{pid}")).exists() {
+        let path = mount_point_path(mountpoint)?;
+        fuse::fusectl::end_mount(&path)
+            .with_context(|| format!("cannot end the mount {}", mountpoint.display()))?;
+        eprintln!(
+            "imgfs: the process {pid} serving {} was gone; its mount is removed",
+            mountpoint.display()
+        );
+        return Ok(());
+    }
     // Opened before the unmount, so that it names that process whatever happens to the pid.
     let exited = ProcessExit::open(pid)?;
     unmount_path(mountpoint)?;
