@@ -416,6 +416,41 @@ fn a_volatile_mount_syncs_nothing_until_its_commit() {
     assert!(fsck.contains("0 problems"), "{fsck}");
 }
 
+#[test]
+fn a_killed_volatile_mount_leaves_a_snapshot_that_removes_cleanly() {
+    if !fuse_available() {
+        return;
+    }
+    let (_dir, store, mnt) = store_with_empty_base();
+    let s = store.to_str().unwrap();
+    let _unmount = Unmount(&mnt);
+    let args = [
+        "--store",
+        s,
+        "--snapshot",
+        "base",
+        "--writable",
+        "--key",
+        "k",
+        "--volatile",
+    ];
+    let mut child = foreground_mount(&args, &mnt, &[]);
+    for i in 0..50 {
+        let mut f = std::fs::File::create(mnt.join(format!("f{i}"))).unwrap();
+        std::io::Write::write_all(&mut f, &[i as u8; 70_000]).unwrap();
+        f.sync_all().unwrap();
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = Command::new("fusermount3").arg("-uz").arg(&mnt).status();
+    // Whatever of it survived, the store is consistent and the snapshot goes away whole.
+    let fsck = ok(imgfs(&["fsck", s]));
+    assert!(fsck.contains("0 problems"), "{fsck}");
+    ok(imgfs(&["rm", "--store", s, "k"]));
+    let fsck = ok(imgfs(&["fsck", s]));
+    assert!(fsck.contains("0 problems"), "{fsck}");
+}
+
 /// The scheduling policies of the threads of `pid` named `prefix*` (/proc's stat field 41).
 fn policies_of_threads(pid: u32, prefix: &str) -> Vec<i32> {
     threads_named(pid, prefix)
