@@ -61,6 +61,8 @@ pub struct FuseFs {
     passthrough_failed: std::sync::atomic::AtomicBool,
     /// The open descriptors of each regular file opened while passthrough is on.
     opens: Mutex<HashMap<Ino, Opens>>,
+    /// `MountOptions::volatile`: fsync and fsyncdir do nothing.
+    volatile: bool,
 }
 
 /// How a file was opened: the file handle the kernel hands back in RELEASE.
@@ -123,6 +125,7 @@ impl FuseFs {
             passthrough: false,
             passthrough_failed: std::sync::atomic::AtomicBool::new(false),
             opens: Mutex::new(HashMap::new()),
+            volatile: false,
         }
     }
 
@@ -697,7 +700,11 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.serve("fsync", reply, || self.tree.fsync(), |r, ()| r.ok());
+        let sync = || match self.volatile {
+            true => Ok(()),
+            false => self.tree.fsync(),
+        };
+        self.serve("fsync", reply, sync, |r, ()| r.ok());
     }
 
     fn opendir(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -819,12 +826,11 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.serve(
-            "fsyncdir",
-            reply,
-            || self.tree.fsync_metadata(),
-            |r, ()| r.ok(),
-        );
+        let sync = || match self.volatile {
+            true => Ok(()),
+            false => self.tree.fsync_metadata(),
+        };
+        self.serve("fsyncdir", reply, sync, |r, ()| r.ok());
     }
 
     fn statfs(&self, _req: &Request, _i: INodeNo, reply: ReplyStatfs) {

@@ -313,6 +313,9 @@ pub struct MetaDb {
     /// The free space of the database's file system: every write checks it first
     /// (`crate::space`).
     space: Space,
+    /// How many times `sync_wal` ran: what tells tests that a volatile mount's fsync stops
+    /// short of the disk.
+    log_syncs: std::sync::atomic::AtomicU64,
 }
 
 /// A group of writes applied atomically.
@@ -394,6 +397,7 @@ impl MetaDb {
             logs: Default::default(),
             read_only: false,
             space,
+            log_syncs: Default::default(),
         })
     }
 
@@ -427,6 +431,7 @@ impl MetaDb {
             logs: Default::default(),
             read_only,
             space,
+            log_syncs: Default::default(),
         })
     }
 
@@ -497,7 +502,14 @@ impl MetaDb {
 
     /// Makes every batch written so far durable.
     pub fn sync_wal(&self) -> Result<()> {
+        self.log_syncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.db.flush_wal(true).map_err(db_err)
+    }
+
+    /// How many times `sync_wal` ran in this process.
+    pub fn log_syncs(&self) -> u64 {
+        self.log_syncs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Iterates over the keys that start with `prefix`, from the first key >= `start`.

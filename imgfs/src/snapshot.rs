@@ -73,6 +73,11 @@ pub trait Snapshotter: Send + Sync {
     /// snapshot is mounted at most once at a time, and a mounted snapshot cannot be committed
     /// or removed by this process.
     fn mount(&self, key: &str, target: &Path) -> io::Result<Box<dyn Mounted>>;
+    /// `mount` for a snapshot whose content need not survive a crash before its commit, such
+    /// as a build step's: fsync, fdatasync and syncfs through the mount return without making
+    /// anything durable (overlayfs's `volatile`), and `commit` makes it all durable at once.
+    /// After a crash the snapshot may hold any mix of what was written; remove it.
+    fn mount_volatile(&self, key: &str, target: &Path) -> io::Result<Box<dyn Mounted>>;
 }
 
 /// A mounted snapshot. Dropping it unmounts (and logs a failure); `unmount` reports it.

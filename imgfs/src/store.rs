@@ -466,6 +466,12 @@ impl Store {
         &self.inner.meta
     }
 
+    /// How many times this process synced the metadata log outside a commit (an fsync or
+    /// fsyncdir through a mount): none while only volatile mounts are written to.
+    pub fn log_syncs(&self) -> u64 {
+        self.inner.meta.log_syncs()
+    }
+
     /// Claims the active snapshot `id` for a writable `Tree` of this process; false if one
     /// has it already.
     pub(crate) fn claim_writer(&self, id: SnapshotId) -> bool {

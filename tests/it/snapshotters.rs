@@ -389,6 +389,34 @@ fn both_backends_write_the_same_layer_bytes() {
     }
 }
 
+conformance!(a_volatile_mount_keeps_its_writes_and_mounts_again, |s| {
+    apply(s, "base", None, &simple_layer(&[("a", b"1")])).unwrap();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let mnt = dir.path();
+    s.prepare("step", Some("base")).unwrap();
+    let m = s.mount_volatile("step", mnt).unwrap();
+    let mut f = std::fs::File::create(mnt.join("synced")).unwrap();
+    std::io::Write::write_all(&mut f, b"fsynced").unwrap();
+    f.sync_all().unwrap();
+    f.sync_data().unwrap();
+    drop(f);
+    std::fs::File::open(mnt).unwrap().sync_all().unwrap();
+    m.unmount().unwrap();
+    // overlayfs marks a volatile work dir against remounts; the backend clears the mark.
+    let m = s.mount("step", mnt).unwrap();
+    assert_eq!(read(&mnt.join("synced")), "fsynced");
+    std::fs::write(mnt.join("later"), b"2").unwrap();
+    m.unmount().unwrap();
+    let m = s.mount_volatile("step", mnt).unwrap();
+    m.unmount().unwrap();
+    s.commit("layer", "step").unwrap();
+    assert_eq!(paths(&diff(s, "layer")), ["later", "synced"]);
+    let m = s.mount("layer", mnt).unwrap();
+    assert_eq!(read(&mnt.join("synced")), "fsynced");
+    assert_eq!(read(&mnt.join("a")), "1");
+    m.unmount().unwrap();
+});
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -457,6 +485,40 @@ fn writes_through_an_overlay_mount_become_exactly_the_diff() {
     );
     assert!(!mnt.join("etc/group").exists());
     assert!(read(&mnt.join("etc/passwd")).contains("root:"));
+    m.unmount().unwrap();
+}
+
+/// The super block options of the mount at `path` (/proc/self/mountinfo's last field).
+fn super_options(path: &Path) -> String {
+    let want = path.canonicalize().unwrap();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == want.to_str())
+        .unwrap_or_else(|| panic!("{} is not mounted", want.display()));
+    line.rsplit(' ').next().unwrap().to_string()
+}
+
+/// Whether overlay super block options say volatile (Linux 6.x shows it as `fsync=volatile`).
+fn is_volatile(opts: &str) -> bool {
+    opts.split(',')
+        .any(|o| o == "volatile" || o == "fsync=volatile")
+}
+
+#[test]
+fn only_a_volatile_overlay_mount_skips_the_upper_dirs_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = overlay(dir.path());
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    s.prepare("step", None).unwrap();
+    let m = s.mount_volatile("step", &mnt).unwrap();
+    let opts = super_options(&mnt);
+    assert!(is_volatile(&opts), "{opts}");
+    m.unmount().unwrap();
+    let m = s.mount("step", &mnt).unwrap();
+    let opts = super_options(&mnt);
+    assert!(!is_volatile(&opts), "{opts}");
     m.unmount().unwrap();
 }
 

@@ -606,7 +606,10 @@ impl<'e, 'a> StageRunner<'e, 'a> {
         let backend = self.engine.backend;
         let mnt = self.engine.scratch.join(key);
         std::fs::create_dir_all(&mnt).map_err(|e| self.fail(ins, StepError::io(&mnt)(e)))?;
-        let mount = backend.mount(key, &mnt).map_err(|e| {
+        // A step's snapshot is removed if the build dies before its commit, and the commit
+        // makes it durable whole, so the fsyncs of what runs in it (dpkg's, one per file it
+        // unpacks) need not reach the disk.
+        let mount = backend.mount_volatile(key, &mnt).map_err(|e| {
             self.fail(
                 ins,
                 StepError::Mount {

@@ -84,6 +84,43 @@ RUN rm -rf /gone && rm /bin/ls
 }
 
 #[test]
+fn what_a_run_step_fsyncs_is_in_its_layer_as_in_buildah() {
+    if !can_run() {
+        return;
+    }
+    // Step snapshots are mounted volatile: these syncs return at once, and the commit must
+    // still hold every byte of them.
+    let rig = Rig::create();
+    let ctx = context(
+        "FROM busybox
+RUN mkdir /d && echo data > /d/f && sync /d/f && sync -d /d/f && sync /d && echo g > /d/g
+RUN echo more >> /d/f && sync -f /d/f && rm /d/g && sync /d
+",
+        &[],
+    );
+    let img = same_as_buildah(&rig, ctx.path(), "fsynced", &[]);
+    assert!(img.tree.get("d/f").is_some());
+    assert!(img.tree.get("d/g").is_none());
+}
+
+#[test]
+fn run_steps_on_overlayfs_get_a_volatile_root() {
+    if !can_run() {
+        return;
+    }
+    // The container's root is the step's overlay mount; its super block options say whether
+    // the kernel skips syncs to the upper dir (`volatile`, shown as `fsync=volatile` by 6.x).
+    let rig = Rig::create();
+    let ctx = context(
+        "FROM busybox
+RUN grep ' / / ' /proc/self/mountinfo | grep -Eq ',(fsync=)?volatile(,|$)'
+",
+        &[],
+    );
+    rig.img_build(ctx.path(), "overlayfs", "volatile", &[]);
+}
+
+#[test]
 fn users_groups_and_hard_links_match_buildah() {
     if !can_run() {
         return;

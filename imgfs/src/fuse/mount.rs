@@ -32,6 +32,11 @@ pub struct MountOptions {
     /// fails as a broken ring would, which must end the connection (fuser's
     /// `Config::uring_fail_after`; `imgfs mount` sets it from `IMGFS_TEST_URING_FAIL_AFTER`).
     pub uring_fail_after: Option<u64>,
+    /// Answer fsync, fdatasync and fsyncdir at once, without syncing the snapshot's scratch
+    /// data or the metadata log (overlayfs's `volatile`): for snapshots that are discarded
+    /// after a crash anyway and made durable whole by their commit, such as a build step's.
+    /// `imgfs mount --volatile` turns it on; off by default.
+    pub volatile: bool,
 }
 
 /// The default polling window of a worker before read(2), through img's poll-before-read patch
@@ -53,6 +58,7 @@ impl Default for MountOptions {
             passthrough: true,
             idle_rings: true,
             uring_fail_after: None,
+            volatile: false,
         }
     }
 }
@@ -172,6 +178,7 @@ pub fn session(
     config.uring_fail_after = opts.uring_fail_after;
     let mut fs = FuseFs::new(tree, opts.stats.clone());
     fs.passthrough_wanted = opts.passthrough && can_passthrough();
+    fs.volatile = opts.volatile;
     let mut session = fuser::Session::new(fs, mountpoint, &config)?;
     let unmounter = session.unmount_callable();
     if let Some(device) = session.device() {

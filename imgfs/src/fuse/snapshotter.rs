@@ -133,13 +133,34 @@ impl Snapshotter for FuseSnapshotter {
     }
 
     fn mount(&self, key: &str, target: &Path) -> io::Result<Box<dyn Mounted>> {
+        self.mount_with(key, target, &self.options)
+    }
+
+    fn mount_volatile(&self, key: &str, target: &Path) -> io::Result<Box<dyn Mounted>> {
+        // The commit needs nothing more: it copies the scratch data into packs it fsyncs and
+        // writes its metadata in a synced batch, which syncs the log before it.
+        let options = MountOptions {
+            volatile: true,
+            ..self.options.clone()
+        };
+        self.mount_with(key, target, &options)
+    }
+}
+
+impl FuseSnapshotter {
+    fn mount_with(
+        &self,
+        key: &str,
+        target: &Path,
+        options: &MountOptions,
+    ) -> io::Result<Box<dyn Mounted>> {
         let info = self.store.stat(key).map_err(io::Error::other)?;
         let tree = match info.kind {
             SnapshotKind::Active => self.store.tree(key),
             _ => self.store.tree_read_only(key),
         }
         .map_err(io::Error::other)?;
-        Ok(Box::new(super::mount(tree, target, &self.options)?))
+        Ok(Box::new(super::mount(tree, target, options)?))
     }
 }
 

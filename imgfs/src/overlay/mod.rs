@@ -369,6 +369,14 @@ impl Snapshotter for OverlaySnapshotter {
         if self.is_mounted(rec.id) {
             return Err(Error::Invalid(format!("snapshot {key} is mounted")));
         }
+        // Writes through overlayfs land in the upper dir's page cache, and a volatile mount's
+        // fsyncs never reached the disk: the records must not name a snapshot whose files
+        // could still be lost. One syncfs costs less than an fsync per changed file (a walk
+        // of the upper dir), at the price of also writing out other work on the file system.
+        let fs = self.fs_dir(rec.id);
+        File::open(&fs)
+            .and_then(|d| nix::unistd::syncfs(&d).map_err(io::Error::from))
+            .map_err(|e| io_err(format!("sync {}", fs.display()), e))?;
         let mut done = rec.clone();
         done.kind = Kind::Committed;
         done.name = name.to_string();
@@ -513,6 +521,16 @@ impl Snapshotter for OverlaySnapshotter {
     }
 
     fn mount(&self, key: &str, target: &Path) -> io::Result<Box<dyn Mounted>> {
+        self.mount_with(key, target, false)
+    }
+
+    fn mount_volatile(&self, key: &str, target: &Path) -> io::Result<Box<dyn Mounted>> {
+        self.mount_with(key, target, true)
+    }
+}
+
+impl OverlaySnapshotter {
+    fn mount_with(&self, key: &str, target: &Path, volatile: bool) -> io::Result<Box<dyn Mounted>> {
         let to_io = |e: Error| io::Error::from_raw_os_error(e.errno());
         let state = self.state.lock().expect("poisoned");
         let rec = state.get(key).map_err(to_io)?.clone();
@@ -567,6 +585,12 @@ impl Snapshotter for OverlaySnapshotter {
             // trusted.* xattrs, so the kernel wants nofollow beside userxattr.
             opts.push_str(",redirect_dir=nofollow,userxattr");
         }
+        // overlayfs's own volatile mode skips every sync to the upper dir, which `commit` makes
+        // up for with one syncfs. Kernels before 5.10 refuse the option: they get a plain mount.
+        let plain = opts.clone();
+        if volatile && upper.is_some() {
+            opts.push_str(",volatile");
+        }
         if opts.len() >= 4096 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -584,13 +608,22 @@ impl Snapshotter for OverlaySnapshotter {
                     format!("snapshot {key} is already mounted"),
                 ));
             }
-            nix::mount::mount(
-                Some("overlay"),
-                target,
-                Some("overlay"),
-                flags,
-                Some(opts.as_str()),
-            )
+            if let Some((_, work)) = &upper {
+                // A volatile mount leaves this dir behind, and overlayfs refuses the work dir
+                // while it exists, to stop a remount after a crash; a crash before the commit
+                // makes the snapshot one to remove anyway (`Snapshotter::mount_volatile`).
+                let marker = work.join("work/incompat/volatile");
+                if marker.exists() {
+                    std::fs::remove_dir_all(&marker)?;
+                }
+            }
+            let mount = |opts: &str| {
+                nix::mount::mount(Some("overlay"), target, Some("overlay"), flags, Some(opts))
+            };
+            match mount(&opts) {
+                Err(nix::Error::EINVAL) if opts != plain => mount(&plain),
+                r => r,
+            }
             .map_err(|e| {
                 io::Error::new(
                     io::Error::from(e).kind(),

@@ -363,6 +363,97 @@ fn what_fsync_made_durable_survives_a_killed_mount() {
     terminate(child);
 }
 
+/// Mounts `base` of `store` writable with `extra` flags and `--stats`, writes a file and
+/// fsyncs it and the root, commits as `name` and returns what `--stats` printed.
+fn fsync_under_stats(store: &str, mnt: &Path, name: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "--store",
+        store,
+        "--snapshot",
+        "base",
+        "--writable",
+        "--commit",
+        name,
+        "--stats",
+    ];
+    args.extend(extra);
+    let child = foreground_mount(&args, mnt, &[]);
+    let mut f = std::fs::File::create(mnt.join(name)).unwrap();
+    std::io::Write::write_all(&mut f, name.as_bytes()).unwrap();
+    f.sync_all().unwrap();
+    f.sync_data().unwrap();
+    drop(f);
+    std::fs::File::open(mnt).unwrap().sync_all().unwrap();
+    String::from_utf8(terminate(child).stderr).unwrap()
+}
+
+#[test]
+fn a_volatile_mount_syncs_nothing_until_its_commit() {
+    if !fuse_available() {
+        return;
+    }
+    let (_dir, store, mnt) = store_with_empty_base();
+    let s = store.to_str().unwrap();
+    let _unmount = Unmount(&mnt);
+    let served = |err: &str, op: &str| {
+        err.lines()
+            .find(|l| l.split_whitespace().next() == Some(op))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let plain = fsync_under_stats(s, &mnt, "plain", &[]);
+    assert!(served(&plain, "fsync") >= 2, "{plain}");
+    assert!(!plain.contains("metadata log syncs: 0\n"), "{plain}");
+    let volatile = fsync_under_stats(s, &mnt, "volatile", &["--volatile"]);
+    assert!(served(&volatile, "fsync") >= 2, "{volatile}");
+    assert!(served(&volatile, "fsyncdir") >= 1, "{volatile}");
+    assert!(
+        volatile.contains("metadata log syncs: 0\n"),
+        "the fsyncs were answered without syncing: {volatile}"
+    );
+    // The commit made it durable: a fresh process reads it back.
+    let child = foreground_mount(&["--store", s, "--snapshot", "volatile"], &mnt, &[]);
+    assert_eq!(std::fs::read(mnt.join("volatile")).unwrap(), b"volatile");
+    terminate(child);
+    let fsck = ok(imgfs(&["fsck", s]));
+    assert!(fsck.contains("0 problems"), "{fsck}");
+}
+
+#[test]
+fn a_killed_volatile_mount_leaves_a_snapshot_that_removes_cleanly() {
+    if !fuse_available() {
+        return;
+    }
+    let (_dir, store, mnt) = store_with_empty_base();
+    let s = store.to_str().unwrap();
+    let _unmount = Unmount(&mnt);
+    let args = [
+        "--store",
+        s,
+        "--snapshot",
+        "base",
+        "--writable",
+        "--key",
+        "k",
+        "--volatile",
+    ];
+    let mut child = foreground_mount(&args, &mnt, &[]);
+    for i in 0..50 {
+        let mut f = std::fs::File::create(mnt.join(format!("f{i}"))).unwrap();
+        std::io::Write::write_all(&mut f, &[i as u8; 70_000]).unwrap();
+        f.sync_all().unwrap();
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = Command::new("fusermount3").arg("-uz").arg(&mnt).status();
+    // Whatever of it survived, the store is consistent and the snapshot goes away whole.
+    let fsck = ok(imgfs(&["fsck", s]));
+    assert!(fsck.contains("0 problems"), "{fsck}");
+    ok(imgfs(&["rm", "--store", s, "k"]));
+    let fsck = ok(imgfs(&["fsck", s]));
+    assert!(fsck.contains("0 problems"), "{fsck}");
+}
+
 /// The scheduling policies of the threads of `pid` named `prefix*` (/proc's stat field 41).
 fn policies_of_threads(pid: u32, prefix: &str) -> Vec<i32> {
     threads_named(pid, prefix)

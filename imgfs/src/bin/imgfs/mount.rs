@@ -64,9 +64,13 @@ pub struct Args {
     #[arg(long)]
     pub no_idle_rings: bool,
     /// When the mount ends, print how many requests of each kind it served and the time
-    /// imgfs spent on them.
+    /// imgfs spent on them, and how many times it synced the metadata log.
     #[arg(long)]
     pub stats: bool,
+    /// Answer fsync, fdatasync and fsyncdir without syncing anything (as img's build steps
+    /// do): what is written may be lost in a crash until --commit makes it all durable.
+    #[arg(long, requires = "writable")]
+    pub volatile: bool,
     /// Test hook: the ring that gets the N+1st request fails as a broken ring would (the
     /// connection must then end). Hidden, and read here rather than inside fuser so that the
     /// library never looks at the environment.
@@ -144,6 +148,7 @@ pub fn run(args: Args) -> Result<()> {
         passthrough: !args.no_passthrough,
         idle_rings: !args.no_idle_rings,
         uring_fail_after: args.test_uring_fail_after,
+        volatile: args.volatile,
         ..Default::default()
     };
     let (session, _) = fuse::session(tree, &args.mountpoint, &opts)
@@ -182,6 +187,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     if let Some(stats) = stats {
         eprint!("{}", stats.report());
+        eprintln!("metadata log syncs: {}", store.log_syncs());
     }
 
     if let Some(name) = &args.commit {
