@@ -109,3 +109,20 @@ pub(super) fn time_or_now(t: Option<TimeOrNow>) -> Option<Timestamp> {
         TimeOrNow::Now => Timestamp::now(),
     })
 }
+
+/// Answers STATFS with the figures of the file system that holds the store.
+pub(super) fn reply_statfs(root: &Path, reply: ReplyStatfs) {
+    match nix::sys::statvfs::statvfs(root) {
+        Ok(s) => reply.statfs(
+            s.blocks(),
+            s.blocks_free(),
+            s.blocks_available(),
+            s.files(),
+            s.files_free(),
+            s.fragment_size() as u32,
+            255,
+            s.fragment_size() as u32,
+        ),
+        Err(e) => reply.error(Errno::from_i32(e as i32)),
+    }
+}

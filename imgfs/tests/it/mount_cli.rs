@@ -769,3 +769,41 @@ fn imgfs_umount_returns_while_the_mount_process_is_an_unreaped_child() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// An ioctl on a file in the mount fails with ENOTTY, as on ext4 (Python asks TCGETS of every
+/// file it opens), and leaves no line in the mount's log: fuser's default warned on each one,
+/// about a thousand lines in a build that installs Python packages.
+#[test]
+fn ioctls_fail_with_enotty_and_log_nothing() {
+    if !fuse_available() {
+        return;
+    }
+    let (_dir, store, mnt) = store_with_empty_base();
+    let s = store.to_str().unwrap();
+    // img logs fuser's warnings (imgfs's own default hides them), so show them here too.
+    let child = foreground_mount(
+        &["--store", s, "--snapshot", "base", "--writable"],
+        &mnt,
+        &[("IMGFS_LOG", "warn")],
+    );
+    let _unmount = Unmount(&mnt);
+    std::fs::write(mnt.join("f"), "x").unwrap();
+    let file = std::fs::File::open(mnt.join("f")).unwrap();
+    for _ in 0..3 {
+        let mut termios = std::mem::MaybeUninit::<libc::termios>::uninit();
+        // SAFETY: TCGETS writes at most one termios into the buffer it is given.
+        let rc = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&file),
+                libc::TCGETS,
+                termios.as_mut_ptr(),
+            )
+        };
+        assert_eq!(rc, -1);
+        assert_eq!(nix::errno::Errno::last(), nix::errno::Errno::ENOTTY);
+    }
+    drop(file);
+    let out = terminate(child);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!log.contains("ioctl"), "{log}");
+}
