@@ -266,6 +266,10 @@ impl Snapshotter for LimitedSnapshotter {
     fn mount(&self, key: &str, target: &Path) -> std::io::Result<Box<dyn Mounted>> {
         self.inner.mount(key, target)
     }
+
+    fn mount_volatile(&self, key: &str, target: &Path) -> std::io::Result<Box<dyn Mounted>> {
+        self.inner.mount_volatile(key, target)
+    }
 }
 
 #[cfg(test)]
