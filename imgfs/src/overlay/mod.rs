@@ -465,7 +465,14 @@ impl Snapshotter for OverlaySnapshotter {
             l.extend(self.lowers(&state, state.records[&id].parent)?);
             l
         };
-        let extracted = apply::extract(&layers, layer, limits);
+        // As at commit: the records must not name a layer whose files could still be lost.
+        let fs = self.fs_dir(id);
+        let extracted = apply::extract(&layers, layer, limits).and_then(|out| {
+            File::open(&fs)
+                .and_then(|d| nix::unistd::syncfs(&d).map_err(io::Error::from))
+                .map_err(|e| io_err(format!("sync {}", fs.display()), e))?;
+            Ok(out)
+        });
         let mut state = self.state.lock().expect("poisoned");
         match extracted {
             Ok(out) => {
