@@ -176,6 +176,9 @@ fn output_closed(e: &anyhow::Error) -> bool {
             .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
             || c.downcast_ref::<builder::build::BuildError>()
                 .is_some_and(builder::build::BuildError::output_closed)
+            // A closed output raises the build's interrupt as SIGPIPE (`Progress`).
+            || c.downcast_ref::<builder::interrupt::Interrupted>()
+                .is_some_and(|i| i.0 == nix::sys::signal::Signal::SIGPIPE as i32)
             // serde_json's source() skips its own io::Error.
             || c.downcast_ref::<serde_json::Error>()
                 .is_some_and(|e| e.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))

@@ -3,8 +3,10 @@
 //! chunk, so lines of different stages do not mix within a line.
 //!
 //! Output that nobody reads any more (a pipe whose reader is gone, as in `img build | head`)
-//! stops the build: the first write that fails with EPIPE marks the output closed, and each
-//! stage checks `closed` before its next step. That is what a program writing to such a pipe
+//! stops the build: the first write that fails with EPIPE marks the output closed, each stage
+//! checks `closed` before its next step, and the build's `Interrupt`, when it was given one
+//! (`interrupting`), is raised as by SIGPIPE, so that a running step is stopped at once instead
+//! of running to its end with its output thrown away. That is what a program writing to such a pipe
 //! does (it dies of SIGPIPE), but the build ends through its own error paths, so its mounts and
 //! snapshots are cleaned up. Other write errors are ignored: they do not fail the build.
 
@@ -12,9 +14,12 @@ use std::io::{self, Write};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::interrupt::Interrupt;
+
 pub struct Progress {
     out: Mutex<Box<dyn Write + Send>>,
     closed: AtomicBool,
+    on_close: Option<Interrupt>,
 }
 
 impl Progress {
@@ -27,7 +32,14 @@ impl Progress {
         Progress {
             out: Mutex::new(out),
             closed: AtomicBool::new(false),
+            on_close: None,
         }
+    }
+
+    /// Makes a closed output also raise `interrupt`, as SIGPIPE would.
+    pub fn interrupting(mut self, interrupt: Interrupt) -> Progress {
+        self.on_close = Some(interrupt);
+        self
     }
 
     /// Whether a write found the output closed (EPIPE): the build must stop.
@@ -40,6 +52,9 @@ impl Progress {
             && e.kind() == io::ErrorKind::BrokenPipe
         {
             self.closed.store(true, Ordering::Relaxed);
+            if let Some(interrupt) = &self.on_close {
+                interrupt.raise(nix::sys::signal::Signal::SIGPIPE as i32);
+            }
         }
         r
     }

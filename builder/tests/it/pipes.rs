@@ -193,3 +193,58 @@ fn commands_whose_stdout_is_closed_exit_with_sigpipes_status() {
     }
     assert_state_usable(&rig);
 }
+
+/// A RUN step that keeps writing after its reader has gone is stopped at once (its container
+/// killed), not left to run to its end with its output thrown away.
+#[test]
+fn a_closed_output_stops_the_running_step() {
+    if !can_run() {
+        return;
+    }
+    let rig = Rig::create();
+    let ctx = context(
+        "FROM busybox\nRUN echo started; while true; do echo tick-tock; sleep 0.2; done\n",
+        &[],
+    );
+    let (reader, writer) = std::io::pipe().unwrap();
+    let mut child = img_command(rig.dir.path())
+        .arg("-s")
+        .arg(&rig.state)
+        .args(["build", "--no-cache", "--backend", "fuse", "-t", "endless"])
+        .arg(ctx.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(writer)
+        .spawn()
+        .unwrap();
+    let mut head = BufReader::new(reader);
+    loop {
+        let mut line = String::new();
+        assert_ne!(
+            head.read_line(&mut line).unwrap(),
+            0,
+            "the build ended early"
+        );
+        if line.contains("started") {
+            break;
+        }
+    }
+    drop(head);
+    let status = wait(
+        &mut child,
+        &rig.state,
+        "an endless RUN whose output was closed",
+    );
+    assert_eq!(status.code(), Some(141), "{status}");
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .unwrap();
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    assert!(
+        !ps.lines().any(|l| l.contains("echo tick-tock")),
+        "the step's shell is still running:\n{ps}"
+    );
+    assert_state_usable(&rig);
+    assert!(!rig.img_ok(&["ls"]).contains("endless"));
+}

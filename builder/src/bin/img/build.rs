@@ -261,7 +261,7 @@ pub fn build(state: &State, args: Args, signals: Signals) -> Result<()> {
         no_cache: args.no_cache,
     };
 
-    let progress = Progress::stderr();
+    let progress = Progress::stderr().interrupting(signals.interrupt.clone());
     let _owner = builder::leftovers::Owner::register(state, args.backend)
         .with_context(|| format!("failed to record this build in {}", state.dir().display()))?;
     signals.started.store(true, Ordering::SeqCst);
