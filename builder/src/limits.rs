@@ -218,8 +218,7 @@ pub struct LimitedSnapshotter {
 
 /// The bytes an unprivileged process may still write on the file system of `dir`.
 fn available(dir: &Path) -> Option<u64> {
-    let st = nix::sys::statvfs::statvfs(dir).ok()?;
-    Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+    imgfs::space::free_bytes(dir).ok()
 }
 
 impl Snapshotter for LimitedSnapshotter {
