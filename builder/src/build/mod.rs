@@ -12,6 +12,7 @@
 //! so independent stages build concurrently.
 
 pub mod cache;
+mod compress;
 mod error;
 mod progress;
 mod step;
