@@ -101,7 +101,7 @@ impl Args {
 
     /// Whether the build ends with the table of its times (`builder::build::timing`).
     pub fn time_breakdown(&self) -> bool {
-        self.progress == ProgressMode::Plain && !self.quiet
+        self.progress == ProgressMode::Plain
     }
 
     fn silent(&self) -> bool {
