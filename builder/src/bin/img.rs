@@ -5,8 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use builder::build::timing::Breakdown;
 use builder::state::{self, State};
 use clap::{Parser, Subcommand};
+use tracing_subscriber::layer::{Layer as _, SubscriberExt as _};
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 #[path = "img/build.rs"]
 mod build;
@@ -122,12 +125,21 @@ fn main() -> ExitCode {
     } else {
         "warn,rustls_platform_verifier=off"
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
+    // The log's filter is the fmt layer's own, so that the timing layer of `--progress=plain`
+    // sees the build's spans whatever the log shows.
+    let breakdown = match &cli.command {
+        Command::Build(args) if args.time_breakdown() => Some(Breakdown::new()),
+        _ => None,
+    };
+    let log = tracing_subscriber::fmt::layer()
+        .with_writer(imgfs::logging::stderr)
+        .with_filter(
             tracing_subscriber::EnvFilter::try_from_env("IMG_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
-        )
-        .with_writer(imgfs::logging::stderr)
+        );
+    tracing_subscriber::registry()
+        .with(log)
+        .with(breakdown.as_ref().map(Breakdown::layer))
         .init();
     imgfs::chunks::raise_open_file_limit();
     // `println!` panics when standard output is a closed pipe; that panic unwinds (so what the
@@ -138,7 +150,7 @@ fn main() -> ExitCode {
             hook(info);
         }
     }));
-    match std::panic::catch_unwind(move || run(cli)) {
+    match std::panic::catch_unwind(move || run(cli, breakdown.as_ref())) {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) if output_closed(&e) => ExitCode::from(SIGPIPE_STATUS),
         Ok(Err(e)) => {
@@ -194,7 +206,7 @@ fn open_state(dir: Option<PathBuf>) -> Result<State> {
     Ok(state)
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli, breakdown: Option<&Breakdown>) -> Result<()> {
     // These need no state dir (and must not wait for its lock).
     let command = match cli.command {
         Command::Version => {
@@ -204,6 +216,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Login(args) => return registry::login(args),
         Command::Logout(args) => return registry::logout(args),
         Command::Doctor => return doctor(cli.state),
+        Command::Build(args) => {
+            args.check()?;
+            Command::Build(args)
+        }
         other => other,
     };
     // An ordinary user's img runs as root of its own user namespace (see builder::userns).
@@ -230,7 +246,9 @@ fn run(cli: Cli) -> Result<()> {
         state.limits = limits.over(state.limits);
     }
     match command {
-        Command::Build(args) => build::build(&state, args, signals.expect("blocked above")),
+        Command::Build(args) => {
+            build::build(&state, args, signals.expect("blocked above"), breakdown)
+        }
         Command::Ls => images::ls(&state),
         Command::Du => images::du(&state),
         Command::Rm { names } => images::rm(&state, &names),

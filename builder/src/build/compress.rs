@@ -31,7 +31,9 @@ pub(crate) struct GzipThread<W: Write + Send + 'static> {
 }
 
 impl<W: Write + Send + 'static> GzipThread<W> {
-    pub(crate) fn spawn(out: W, level: u32) -> io::Result<GzipThread<W>> {
+    /// Compresses into `out` on a new thread, whose work counts as time in `span`
+    /// (`build::timing`).
+    pub(crate) fn spawn(out: W, level: u32, span: tracing::Span) -> io::Result<GzipThread<W>> {
         let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE);
         let (spare_tx, spare) = sync_channel::<Vec<u8>>(QUEUE + 1);
         let thread = std::thread::Builder::new()
@@ -39,11 +41,11 @@ impl<W: Write + Send + 'static> GzipThread<W> {
             .spawn(move || {
                 let mut gz = GzEncoder::new(out, Compression::new(level));
                 for mut batch in rx {
-                    gz.write_all(&batch)?;
+                    span.in_scope(|| gz.write_all(&batch))?;
                     batch.clear();
                     let _ = spare_tx.try_send(batch);
                 }
-                gz.finish()
+                span.in_scope(|| gz.finish())
             })?;
         Ok(GzipThread {
             buf: Vec::with_capacity(BATCH),
@@ -157,7 +159,7 @@ mod tests {
         direct.write_all(&data).unwrap();
         let direct = direct.finish().unwrap();
 
-        let mut threaded = GzipThread::spawn(Vec::new(), 2).unwrap();
+        let mut threaded = GzipThread::spawn(Vec::new(), 2, tracing::Span::none()).unwrap();
         // Uneven writes, as a tar writer makes them.
         for piece in data.chunks(100_003) {
             threaded.write_all(piece).unwrap();
@@ -181,6 +183,7 @@ mod tests {
                 limit: 4096,
             },
             0,
+            tracing::Span::none(),
         )
         .unwrap();
         let err = threaded
@@ -207,7 +210,8 @@ mod tests {
     #[test]
     fn an_abandoned_compression_ends_its_thread_and_drops_its_writer() {
         let owner = std::sync::Arc::new(());
-        let mut threaded = GzipThread::spawn(Held(owner.clone()), 2).unwrap();
+        let mut threaded =
+            GzipThread::spawn(Held(owner.clone()), 2, tracing::Span::none()).unwrap();
         threaded.write_all(&sample(5 * BATCH)).unwrap();
         drop(threaded);
         assert_eq!(std::sync::Arc::strong_count(&owner), 1);

@@ -16,6 +16,7 @@ mod compress;
 mod error;
 mod progress;
 mod step;
+pub mod timing;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -245,9 +246,9 @@ impl<'a> Engine<'a> {
                 if let Ok(image) = self.images.resolve_from(name) {
                     return Ok(image);
                 }
-                self.puller
-                    .expect("checked above")
-                    .pull(name)
+                let puller = self.puller.expect("checked above");
+                tracing::info_span!("pull")
+                    .in_scope(|| puller.pull(name))
                     .map_err(|source| StepError::Pull {
                         name: name.to_string(),
                         source,

@@ -19,6 +19,7 @@ mod interrupt;
 mod limits;
 mod mount;
 mod pipes;
+mod progress;
 mod registry;
 mod registry_auth;
 mod registry_limits;

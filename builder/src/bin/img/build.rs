@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
+use builder::build::timing::Breakdown;
 use builder::build::{BuildRequest, Engine, Progress};
 use builder::context::Context;
 use builder::dockerfile;
@@ -46,11 +47,66 @@ pub struct Args {
     /// Also write the result: type=oci|docker|tar|local,dest=PATH (dest=- for stdout).
     #[arg(short = 'o', long = "output")]
     outputs: Vec<String>,
+    /// How to show the build, on standard error (buildx's values; rawjson is not supported).
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    progress: ProgressMode,
+    /// Print nothing but the image ID, on standard output, once the build succeeds.
+    #[arg(short = 'q', long, conflicts_with = "progress")]
+    quiet: bool,
     #[command(flatten)]
     registry: super::registry::RegistryFlags,
     /// The build context directory, or - to read a Dockerfile or a context tar from standard
     /// input.
     path: String,
+}
+
+/// `--progress`. img has no interactive display, so `auto` and `tty` print what `plain` prints
+/// without its table: the table is for finding where time goes, and the default output stays
+/// that of `docker build`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressMode {
+    /// The same as tty
+    Auto,
+    /// Each step, RUN's output, then a table of where the time went per step (base image,
+    /// run or copy, diff, compress, store, commit) and in all
+    Plain,
+    /// Each step and RUN's output (the same on a terminal or not)
+    Tty,
+    /// Nothing but errors
+    Quiet,
+    /// BuildKit's JSON events: img refuses it
+    #[value(hide = true)]
+    Rawjson,
+}
+
+impl Args {
+    /// Refuses what cannot be done, before img waits for the state lock or starts anything.
+    pub fn check(&self) -> Result<()> {
+        if self.progress == ProgressMode::Rawjson {
+            bail!(
+                "--progress=rawjson is not supported: img has no BuildKit solver events to \
+                 print (use plain, tty, auto or quiet)"
+            );
+        }
+        if self.quiet
+            && let Some(o) = self
+                .outputs
+                .iter()
+                .find(|o| parse_output(o).is_ok_and(|o| o.to_stdout()))
+        {
+            bail!("-q prints the image ID on standard output, where -o {o} writes too");
+        }
+        Ok(())
+    }
+
+    /// Whether the build ends with the table of its times (`builder::build::timing`).
+    pub fn time_breakdown(&self) -> bool {
+        self.progress == ProgressMode::Plain
+    }
+
+    fn silent(&self) -> bool {
+        self.quiet || self.progress == ProgressMode::Quiet
+    }
 }
 
 /// What `-o` asks for.
@@ -60,6 +116,14 @@ enum Output {
     Docker(PathBuf),
     Tar(PathBuf),
     Local(PathBuf),
+}
+
+impl Output {
+    fn to_stdout(&self) -> bool {
+        let (Output::Oci(dest) | Output::Docker(dest) | Output::Tar(dest) | Output::Local(dest)) =
+            self;
+        dest.as_os_str() == "-"
+    }
 }
 
 fn parse_output(spec: &str) -> Result<Output> {
@@ -193,7 +257,24 @@ fn wait_timeout(set: &SigSet, timeout: Duration) -> Option<Signal> {
     }
 }
 
-pub fn build(state: &State, args: Args, signals: Signals) -> Result<()> {
+/// Builds; with `breakdown` (`--progress=plain`) the output ends with where the time went,
+/// whether the build succeeded or not.
+pub fn build(
+    state: &State,
+    args: Args,
+    signals: Signals,
+    breakdown: Option<&Breakdown>,
+) -> Result<()> {
+    let built = build_and_report(state, args, signals);
+    if let Some(b) = breakdown.filter(|b| !b.is_empty()) {
+        // What a closed standard error loses here is only this table.
+        let _ = io::stderr().lock().write_all(b.table().as_bytes());
+    }
+    built
+}
+
+fn build_and_report(state: &State, args: Args, signals: Signals) -> Result<()> {
+    let silent = args.silent();
     let outputs: Vec<Output> = args
         .outputs
         .iter()
@@ -261,7 +342,12 @@ pub fn build(state: &State, args: Args, signals: Signals) -> Result<()> {
         no_cache: args.no_cache,
     };
 
-    let progress = Progress::stderr().interrupting(signals.interrupt.clone());
+    let progress = if silent {
+        Progress::to(Box::new(io::sink()))
+    } else {
+        Progress::stderr()
+    };
+    let progress = progress.interrupting(signals.interrupt.clone());
     let _owner = builder::leftovers::Owner::register(state, args.backend)
         .with_context(|| format!("failed to record this build in {}", state.dir().display()))?;
     signals.started.store(true, Ordering::SeqCst);
@@ -279,7 +365,7 @@ pub fn build(state: &State, args: Args, signals: Signals) -> Result<()> {
         &scratch,
         &progress,
     );
-    let puller = super::registry::BuildPuller::new(&state.images, &args.registry)?;
+    let puller = super::registry::BuildPuller::new(&state.images, &args.registry, silent)?;
     engine.puller = Some(&puller);
     engine.interrupt = interrupt.clone();
     let built = engine.build(&req);
@@ -320,6 +406,14 @@ pub fn build(state: &State, args: Args, signals: Signals) -> Result<()> {
                 write_tree(state, backend.as_ref(), &built, out, dest)?;
             }
         }
+    }
+    if args.quiet {
+        let mut out = io::stdout().lock();
+        writeln!(out, "{id}")?;
+        return Ok(out.flush()?);
+    }
+    if silent {
+        return Ok(());
     }
     // A closed standard error fails here (EPIPE), and img exits as SIGPIPE would have it.
     let mut err = io::stderr().lock();

@@ -194,20 +194,34 @@ fn read_password() -> Result<String> {
 pub struct BuildPuller<'a> {
     registry: Registry,
     store: &'a ImageStore,
+    quiet: bool,
 }
 
 impl<'a> BuildPuller<'a> {
-    pub fn new(store: &'a ImageStore, flags: &RegistryFlags) -> Result<BuildPuller<'a>> {
+    /// With `quiet`, a pull prints nothing.
+    pub fn new(
+        store: &'a ImageStore,
+        flags: &RegistryFlags,
+        quiet: bool,
+    ) -> Result<BuildPuller<'a>> {
+        let reporter = if quiet {
+            Reporter::Quiet
+        } else {
+            Reporter::for_stderr()
+        };
         Ok(BuildPuller {
-            registry: Registry::new(flags.options(None)?, Reporter::for_stderr())?,
+            registry: Registry::new(flags.options(None)?, reporter)?,
             store,
+            quiet,
         })
     }
 }
 
 impl Puller for BuildPuller<'_> {
     fn pull(&self, name: &str) -> Result<(), registry::RegistryError> {
-        eprintln!("Pulling {name}...");
+        if !self.quiet {
+            eprintln!("Pulling {name}...");
+        }
         self.registry.pull(self.store, name, None).map(|_| ())
     }
 }
