@@ -13,8 +13,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use imgfs::SnapshotKind;
+use imgfs::owner::process_start_time;
 
-use crate::state::{BackendKind, State, process_start_time};
+use crate::state::{BackendKind, State};
 
 /// An img process that may leave containers and snapshots behind.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

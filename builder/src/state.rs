@@ -19,6 +19,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use imgfs::owner::process_start_time;
 use imgfs::{FuseSnapshotter, OverlaySnapshotter, Snapshotter};
 use oci_spec::image::Digest;
 use thiserror::Error;
@@ -131,20 +132,6 @@ impl MountRecord {
     pub fn alive(&self) -> bool {
         process_start_time(self.pid) == Some(self.start_time)
     }
-}
-
-/// The start time of process `pid` in clock ticks after boot, or `None` if there is no such
-/// process (or it is a zombie, which serves nothing).
-pub fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses; the fields after the last
-    // ')' are plain: state is field 3, starttime field 22.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    if fields.first() == Some(&"Z") {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
 }
 
 /// An open state directory, locked for this process.
