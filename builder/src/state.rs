@@ -336,6 +336,34 @@ impl State {
         }
     }
 
+    /// Removes the snapshots that writable `imgfs mount` processes, gone now, prepared in the
+    /// fuse backend's store (`imgfs::owner`), and returns them. The store is looked at
+    /// read-only first: opening it for writing costs a synced write, so only something to
+    /// remove is worth it, and a store that another process has open for writing is left for a
+    /// later command.
+    pub fn remove_abandoned_mounts(&self) -> Result<Vec<imgfs::AbandonedMount>, StateError> {
+        let kind = BackendKind::Fuse;
+        if !self.backend_exists(kind) {
+            return Ok(Vec::new());
+        }
+        let path = self.dir.join(kind.dir());
+        let err = |source| StateError::Backend {
+            backend: kind,
+            path: path.clone(),
+            source,
+        };
+        let look = FuseSnapshotter::open_read_only(&path).map_err(err)?;
+        if look.store().abandoned_mounts().map_err(err)?.is_empty() {
+            return Ok(Vec::new());
+        }
+        drop(look);
+        match FuseSnapshotter::open_or_create(&path) {
+            Ok(backend) => backend.store().remove_abandoned_mounts().map_err(err),
+            Err(imgfs::Error::Locked { .. }) => Ok(Vec::new()),
+            Err(e) => Err(err(e)),
+        }
+    }
+
     /// The backends that exist in this state dir (used ones), for du and prune.
     pub fn existing_backends(&self) -> Result<Vec<OpenBackend>, StateError> {
         let mut out = Vec::new();
