@@ -92,9 +92,10 @@ impl Store {
     }
 
     /// Gives up this process's ownership of the active snapshot `key`: it stays when the
-    /// process ends.
+    /// process ends. Works on a disk too full for other writes, since failing would lose the
+    /// snapshot to the next writer.
     pub fn release_owned(&self, key: &str) -> Result<()> {
-        self.edit_labels(key, drop_owner_labels)
+        self.edit_labels(key, drop_owner_labels, true)
     }
 
     /// The active snapshots whose owning process is gone, oldest first. Works on a store

@@ -393,24 +393,35 @@ impl Store {
 
     /// Sets a label on a snapshot record.
     pub fn set_label(&self, name: &str, label: &str, value: &str) -> Result<()> {
-        self.edit_labels(name, |labels| {
-            labels.retain(|(k, _)| k != label);
-            labels.push((label.to_string(), value.to_string()));
-        })
+        self.edit_labels(
+            name,
+            |labels| {
+                labels.retain(|(k, _)| k != label);
+                labels.push((label.to_string(), value.to_string()));
+            },
+            false,
+        )
     }
 
-    /// Rewrites a snapshot record's labels with `edit`, in one synced write.
+    /// Rewrites a snapshot record's labels with `edit`, in one synced write. With `keeps_data`
+    /// (a write that, if it failed, would have the snapshot removed: `release_owned`) the
+    /// write may use the room kept for writes that free space, as a removal's may.
     pub(crate) fn edit_labels(
         &self,
         name: &str,
         edit: impl FnOnce(&mut Vec<(String, String)>),
+        keeps_data: bool,
     ) -> Result<()> {
         let _g = self.inner.chunks.lock();
         let mut rec = self.stat(name)?;
         edit(&mut rec.labels);
         let mut b = Batch::default();
         b.put(&key::snapshot(rec.id), &rec.encode());
-        self.inner.meta.write(b, true)
+        if keeps_data {
+            self.inner.meta.write_to_free(b, true)
+        } else {
+            self.inner.meta.write(b, true)
+        }
     }
 
     /// Removes a snapshot that has no children, and frees every chunk that only it referred to.
