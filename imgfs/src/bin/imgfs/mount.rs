@@ -1,5 +1,6 @@
 //! `imgfs mount` and `imgfs umount`: the process that serves a mount, its readiness report,
-//! signal handling, and the commit when the mount ends.
+//! signal handling, the commit when the mount ends, and the ownership of the writable child it
+//! names itself (`imgfs::owner`).
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
