@@ -13,8 +13,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use imgfs::SnapshotKind;
+use imgfs::owner::process_start_time;
 
-use crate::state::{BackendKind, State, process_start_time};
+use crate::state::{BackendKind, State};
 
 /// An img process that may leave containers and snapshots behind.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -70,46 +71,55 @@ impl Drop for Owner {
     }
 }
 
-/// What `remove` removed of one dead img's.
+/// What `remove` removed.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Removed {
-    pub pid: u32,
-    pub containers: usize,
-    pub snapshots: usize,
+pub enum Removed {
+    /// What one dead img left.
+    Build {
+        pid: u32,
+        containers: usize,
+        snapshots: usize,
+    },
+    /// The snapshot a killed `imgfs mount --writable` of the fuse backend's store prepared.
+    Mount(imgfs::AbandonedMount),
 }
 
 impl fmt::Display for Removed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
-        write!(
-            f,
-            "removed {} and {} left by img process {}, which is gone",
-            plural(self.containers, "container"),
-            plural(self.snapshots, "snapshot"),
-            self.pid
-        )
+        match self {
+            Removed::Build {
+                pid,
+                containers,
+                snapshots,
+            } => write!(
+                f,
+                "removed {} and {} left by img process {pid}, which is gone",
+                plural(*containers, "container"),
+                plural(*snapshots, "snapshot"),
+            ),
+            Removed::Mount(a) => write!(f, "removed {a}"),
+        }
     }
 }
 
 /// Removes what img processes that are gone left behind, and returns what, per process (only
-/// those that left something). The caller holds the state lock, so no build runs meanwhile;
-/// live owners' things are kept all the same. What cannot be removed now (a backend a writable
+/// those that left something), then the snapshots of killed `imgfs mount` processes in the
+/// fuse backend's store. The caller holds the state lock, so no build runs meanwhile; live
+/// owners' things are kept all the same. What cannot be removed now (a backend a writable
 /// `img mount` holds) keeps its record, for the next command to try again.
 pub fn remove(state: &State) -> Vec<Removed> {
     let records = read_records(&owners_dir(state));
-    let mut out: Vec<Removed> = Vec::new();
     let (live, dead): (Vec<_>, Vec<_>) = records.into_iter().partition(|(_, r)| r.alive());
     let me = std::process::id();
     let live: Vec<u32> = live.iter().map(|(_, r)| r.pid).chain([me]).collect();
-    let entry = |out: &mut Vec<Removed>, pid: u32| -> usize {
-        match out.iter().position(|r| r.pid == pid) {
+    // (pid, containers, snapshots) per dead img.
+    let mut out: Vec<(u32, usize, usize)> = Vec::new();
+    let entry = |out: &mut Vec<(u32, usize, usize)>, pid: u32| -> usize {
+        match out.iter().position(|r| r.0 == pid) {
             Some(i) => i,
             None => {
-                out.push(Removed {
-                    pid,
-                    containers: 0,
-                    snapshots: 0,
-                });
+                out.push((pid, 0, 0));
                 out.len() - 1
             }
         }
@@ -121,7 +131,7 @@ pub fn remove(state: &State) -> Vec<Removed> {
             Ok(exec) => {
                 for owner in exec.remove_containers(&|pid| !live.contains(&pid)) {
                     let i = entry(&mut out, owner);
-                    out[i].containers += 1;
+                    out[i].1 += 1;
                 }
             }
             Err(e) => tracing::warn!("cannot look for containers left by a dead img: {e}"),
@@ -132,7 +142,7 @@ pub fn remove(state: &State) -> Vec<Removed> {
             Ok(n) => {
                 if n > 0 {
                     let i = entry(&mut out, rec.pid);
-                    out[i].snapshots += n;
+                    out[i].2 += n;
                 }
                 let _ = std::fs::remove_file(&path);
             }
@@ -142,7 +152,19 @@ pub fn remove(state: &State) -> Vec<Removed> {
             ),
         }
     }
-    out
+    let mut removed: Vec<Removed> = out
+        .into_iter()
+        .map(|(pid, containers, snapshots)| Removed::Build {
+            pid,
+            containers,
+            snapshots,
+        })
+        .collect();
+    match state.remove_abandoned_mounts() {
+        Ok(mounts) => removed.extend(mounts.into_iter().map(Removed::Mount)),
+        Err(e) => tracing::warn!("cannot remove the snapshots of killed imgfs mounts: {e}"),
+    }
+    removed
 }
 
 /// Removes the snapshots of dead owner `rec` (children first); how many.

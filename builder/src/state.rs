@@ -19,6 +19,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use imgfs::owner::process_start_time;
 use imgfs::{FuseSnapshotter, OverlaySnapshotter, Snapshotter};
 use oci_spec::image::Digest;
 use thiserror::Error;
@@ -131,20 +132,6 @@ impl MountRecord {
     pub fn alive(&self) -> bool {
         process_start_time(self.pid) == Some(self.start_time)
     }
-}
-
-/// The start time of process `pid` in clock ticks after boot, or `None` if there is no such
-/// process (or it is a zombie, which serves nothing).
-pub fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses; the fields after the last
-    // ')' are plain: state is field 3, starttime field 22.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    if fields.first() == Some(&"Z") {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
 }
 
 /// An open state directory, locked for this process.
@@ -346,6 +333,34 @@ impl State {
         match std::fs::remove_file(self.mounts_dir().join(format!("{}.json", rec.pid))) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(reap(e)),
             _ => Ok(()),
+        }
+    }
+
+    /// Removes the snapshots that writable `imgfs mount` processes, gone now, prepared in the
+    /// fuse backend's store (`imgfs::owner`), and returns them. The store is looked at
+    /// read-only first: opening it for writing costs a synced write, so only something to
+    /// remove is worth it, and a store that another process has open for writing is left for a
+    /// later command.
+    pub fn remove_abandoned_mounts(&self) -> Result<Vec<imgfs::AbandonedMount>, StateError> {
+        let kind = BackendKind::Fuse;
+        if !self.backend_exists(kind) {
+            return Ok(Vec::new());
+        }
+        let path = self.dir.join(kind.dir());
+        let err = |source| StateError::Backend {
+            backend: kind,
+            path: path.clone(),
+            source,
+        };
+        let look = FuseSnapshotter::open_read_only(&path).map_err(err)?;
+        if look.store().abandoned_mounts().map_err(err)?.is_empty() {
+            return Ok(Vec::new());
+        }
+        drop(look);
+        match FuseSnapshotter::open_or_create(&path) {
+            Ok(backend) => backend.store().remove_abandoned_mounts().map_err(err),
+            Err(imgfs::Error::Locked { .. }) => Ok(Vec::new()),
+            Err(e) => Err(err(e)),
         }
     }
 

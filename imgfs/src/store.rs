@@ -270,11 +270,14 @@ impl Store {
         Ok(Chain::new(ids))
     }
 
-    fn new_snapshot(
+    /// Writes the record of a new snapshot, with `labels` from the start so that no crash can
+    /// leave it without them.
+    pub(crate) fn new_snapshot(
         &self,
         name: &str,
         parent: Option<&str>,
         kind: SnapshotKind,
+        labels: Vec<(String, String)>,
     ) -> Result<SnapshotRecord> {
         crate::snapshot::check_name(name)?;
         let _g = self.inner.chunks.lock();
@@ -300,7 +303,7 @@ impl Store {
             name: name.to_string(),
             created: Timestamp::now(),
             depth: parent.as_ref().map_or(0, |p| p.depth + 1),
-            labels: Vec::new(),
+            labels,
         };
         let mut b = Batch::default();
         b.put(&key::snapshot(rec.id), &rec.encode());
@@ -321,18 +324,18 @@ impl Store {
     /// Creates a writable snapshot `key` on top of the committed snapshot `parent` (or empty).
     /// Writes a constant number of keys, whatever the size of the parent.
     pub fn prepare(&self, key: &str, parent: Option<&str>) -> Result<SnapshotRecord> {
-        self.new_snapshot(key, parent, SnapshotKind::Active)
+        self.new_snapshot(key, parent, SnapshotKind::Active, Vec::new())
     }
 
     /// Creates a read-only view `key` of the committed snapshot `parent`.
     pub fn view(&self, key: &str, parent: &str) -> Result<SnapshotRecord> {
-        self.new_snapshot(key, Some(parent), SnapshotKind::View)
+        self.new_snapshot(key, Some(parent), SnapshotKind::View, Vec::new())
     }
 
     /// Starts an import: a snapshot that is rolled back if the store is reopened before
     /// `commit` turns it into a committed one.
     pub(crate) fn prepare_import(&self, key: &str, parent: Option<&str>) -> Result<SnapshotRecord> {
-        self.new_snapshot(key, parent, SnapshotKind::Importing)
+        self.new_snapshot(key, parent, SnapshotKind::Importing, Vec::new())
     }
 
     /// Opens the file tree of a snapshot. Active and importing snapshots open writable (once per
@@ -376,6 +379,8 @@ impl Store {
         let mut done = rec.clone();
         done.kind = SnapshotKind::Committed;
         done.name = name.to_string();
+        // Only an active snapshot has a writer that can be gone (`owner`).
+        crate::owner::drop_owner_labels(&mut done.labels);
         b.put(&key::snapshot(rec.id), &done.encode());
         if name != key {
             b.delete(&key::name(key));
@@ -388,13 +393,35 @@ impl Store {
 
     /// Sets a label on a snapshot record.
     pub fn set_label(&self, name: &str, label: &str, value: &str) -> Result<()> {
+        self.edit_labels(
+            name,
+            |labels| {
+                labels.retain(|(k, _)| k != label);
+                labels.push((label.to_string(), value.to_string()));
+            },
+            false,
+        )
+    }
+
+    /// Rewrites a snapshot record's labels with `edit`, in one synced write. With `keeps_data`
+    /// (a write that, if it failed, would have the snapshot removed: `release_owned`) the
+    /// write may use the room kept for writes that free space, as a removal's may.
+    pub(crate) fn edit_labels(
+        &self,
+        name: &str,
+        edit: impl FnOnce(&mut Vec<(String, String)>),
+        keeps_data: bool,
+    ) -> Result<()> {
         let _g = self.inner.chunks.lock();
         let mut rec = self.stat(name)?;
-        rec.labels.retain(|(k, _)| k != label);
-        rec.labels.push((label.to_string(), value.to_string()));
+        edit(&mut rec.labels);
         let mut b = Batch::default();
         b.put(&key::snapshot(rec.id), &rec.encode());
-        self.inner.meta.write(b, true)
+        if keeps_data {
+            self.inner.meta.write_to_free(b, true)
+        } else {
+            self.inner.meta.write(b, true)
+        }
     }
 
     /// Removes a snapshot that has no children, and frees every chunk that only it referred to.

@@ -112,7 +112,7 @@ fn random(len: usize) -> Vec<u8> {
     buf
 }
 
-fn imgfs() -> Command {
+pub(crate) fn imgfs() -> Command {
     // `cargo test --workspace` builds every binary; `cargo test -p builder` alone does not.
     let bin = Path::new(env!("CARGO_BIN_EXE_img")).with_file_name("imgfs");
     assert!(

@@ -1,7 +1,8 @@
 //! A build stopped by a signal: SIGINT (to img alone or to its process group, as Ctrl-C sends
 //! it) and SIGTERM stop the running step's container and leave nothing behind, on both
-//! backends; after a SIGKILL the next img command removes what the build left and says so. A
-//! signal before the build has started (waiting for the state lock) ends img at once.
+//! backends; after a SIGKILL the next img command removes what the build left and says so, as
+//! it does for an `imgfs mount --writable` of the fuse backend's store. A signal before the
+//! build has started (waiting for the state lock) ends img at once.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -252,4 +253,72 @@ fn a_signal_while_waiting_for_the_state_lock_ends_img_at_once() {
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     // Nothing has started that needs cleaning up, so nothing waits for the lock's holder.
     assert_eq!(exit_code(&mut child), Some(143));
+}
+
+#[test]
+fn the_next_img_command_removes_the_snapshot_of_a_killed_imgfs_mount() {
+    if !can_run() {
+        return;
+    }
+    if crate::test_user().is_some() {
+        // An ordinary user's imgfs mount needs user_allow_other in /etc/fuse.conf, which
+        // tools/setup does not set; the root pass runs the same code.
+        return;
+    }
+    let rig = Rig::create();
+    let ctx = context("FROM busybox\nRUN echo x > /x\n", &[]);
+    rig.img_ok(&[
+        "build",
+        "--backend",
+        "fuse",
+        "-t",
+        "built",
+        ctx.path().to_str().unwrap(),
+    ]);
+    let store = rig.state.join("imgfs");
+    let listed = crate::full_disk::imgfs()
+        .args(["list", "--store"])
+        .arg(&store)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    let snapshot = listed
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some("committed"))
+        .filter_map(|l| l.split_whitespace().next())
+        .next_back()
+        .unwrap_or_else(|| panic!("no committed snapshot in the fuse store:\n{listed}"))
+        .to_owned();
+    let mnt = rig.dir.path().join("m");
+    std::fs::create_dir(&mnt).unwrap();
+    let mut child = crate::full_disk::imgfs()
+        .args(["mount", "--store"])
+        .arg(&store)
+        .args(["--snapshot", &snapshot, "--writable"])
+        .arg(&mnt)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(20);
+    while mounts_under(&mnt).is_empty() {
+        assert!(Instant::now() < end, "the imgfs mount did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(mnt.join("written"), "x").unwrap();
+    let pid = child.id();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = nix::mount::umount2(&mnt, nix::mount::MntFlags::MNT_DETACH);
+
+    let ls = rig.img(&["ls"]);
+    assert!(ls.status.success(), "img ls failed");
+    let key = format!("{snapshot}.mount-{pid}");
+    assert_eq!(
+        String::from_utf8_lossy(&ls.stderr),
+        format!("img: removed snapshot {key} left by imgfs mount process {pid}, which is gone\n")
+    );
+    let du = rig.img_ok(&["du"]);
+    assert!(!du.contains(&key), "{du}");
+    let again = rig.img(&["ls"]);
+    assert_eq!(String::from_utf8_lossy(&again.stderr), "");
 }

@@ -100,7 +100,10 @@ enum Command {
     },
     /// Mount a snapshot with FUSE: a committed one read-only, or with --writable a new active child
     /// of it (or an active snapshot itself). Stays in the foreground until unmounted (fusermount3
-    /// -u, imgfs umount, SIGINT or SIGTERM); then commits the child as --commit NAME, if given.
+    /// -u, imgfs umount, SIGINT or SIGTERM); then commits the child as --commit NAME, if given,
+    /// or keeps it active. If the mount process is killed (SIGKILL, a crash), the next command
+    /// that opens the store for writing removes the child it named SNAPSHOT.mount-PID, and says
+    /// so; a child named with --key stays.
     Mount(mount::Args),
     /// Unmount an imgfs mount and wait until its process has finished (and committed).
     Umount { mountpoint: PathBuf },
@@ -140,8 +143,26 @@ fn main() -> ExitCode {
 #[error("store {} needs recovery: open it for writing or run fsck --repair", .0.display())]
 struct NeedsRecovery(PathBuf);
 
+/// Opens a store for writing, after which the snapshots of killed mounts go.
 fn open(s: &StoreArg) -> Result<Store> {
-    Store::open(&s.store).with_context(|| format!("cannot open store {}", s.store.display()))
+    let store = Store::open(&s.store)
+        .with_context(|| format!("cannot open store {}", s.store.display()))?;
+    remove_abandoned_mounts(&store);
+    Ok(store)
+}
+
+/// Removes the active snapshots of `imgfs mount` processes that are gone (`imgfs::owner`),
+/// one line each. Every command that opens a store for writing calls it. Failing to is no
+/// reason to fail the command: the next writer tries again.
+fn remove_abandoned_mounts(store: &Store) {
+    match store.remove_abandoned_mounts() {
+        Ok(removed) => {
+            for a in removed {
+                eprintln!("imgfs: removed {a}");
+            }
+        }
+        Err(e) => eprintln!("imgfs: cannot remove the snapshots of killed mounts: {e}"),
+    }
 }
 
 fn open_read_only(s: &StoreArg) -> Result<Store> {
@@ -283,7 +304,16 @@ fn run(cli: Cli) -> Result<()> {
                 Store::open_read_only(&store)
             }
             .with_context(|| format!("cannot open store {}", store.display()))?;
+            if repair {
+                remove_abandoned_mounts(&s);
+            }
             let report = imgfs::fsck::check(&s, repair)?;
+            // Not damage: what a killed mount left, which the next writer removes.
+            for a in s.abandoned_mounts()? {
+                println!(
+                    "abandoned: {a} (the next command that opens the store for writing removes it)"
+                );
+            }
             println!("{report}");
             if let Some(pid) = writer.filter(|_| !report.is_clean()) {
                 // Its work in progress looks like what a killed writer leaves, or worse.

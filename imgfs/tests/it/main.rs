@@ -5,6 +5,7 @@ mod fsck;
 mod layers;
 mod model;
 mod mount_cli;
+mod owner;
 mod snapshotter;
 mod tree_ops;
 

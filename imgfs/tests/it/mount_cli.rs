@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use crate::ok;
 
-fn fuse_available() -> bool {
+pub(crate) fn fuse_available() -> bool {
     let why = if !nix::unistd::Uid::effective().is_root() {
         "not root"
     } else if !Path::new("/dev/fuse").exists() {
@@ -24,7 +24,7 @@ fn fuse_available() -> bool {
     false
 }
 
-fn imgfs(args: &[&str]) -> std::process::Output {
+pub(crate) fn imgfs(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_imgfs"))
         .args(args)
         .output()
@@ -33,7 +33,7 @@ fn imgfs(args: &[&str]) -> std::process::Output {
 
 /// Whether `p` is a mount point, from mountinfo; `p` itself is not looked at (a mount whose
 /// server is gone answers ENOTCONN).
-fn is_mounted(p: &Path) -> bool {
+pub(crate) fn is_mounted(p: &Path) -> bool {
     let want = p.parent().unwrap().canonicalize().unwrap();
     let want = want.join(p.file_name().unwrap());
     std::fs::read_to_string("/proc/self/mountinfo")
@@ -44,7 +44,11 @@ fn is_mounted(p: &Path) -> bool {
 
 /// Starts `imgfs mount ARGS.. MNT` in the foreground (stderr captured, `envs` set) and returns
 /// once the mount is up.
-fn foreground_mount(args: &[&str], mnt: &Path, envs: &[(&str, &str)]) -> std::process::Child {
+pub(crate) fn foreground_mount(
+    args: &[&str],
+    mnt: &Path,
+    envs: &[(&str, &str)],
+) -> std::process::Child {
     let child = Command::new(env!("CARGO_BIN_EXE_imgfs"))
         .arg("mount")
         .args(args)
@@ -63,7 +67,7 @@ fn foreground_mount(args: &[&str], mnt: &Path, envs: &[(&str, &str)]) -> std::pr
 
 /// Ends a foreground mount with SIGTERM (which commits when `--commit` was given) and returns
 /// its output, checking that it exited successfully.
-fn terminate(child: std::process::Child) -> std::process::Output {
+pub(crate) fn terminate(child: std::process::Child) -> std::process::Output {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -80,7 +84,7 @@ fn terminate(child: std::process::Child) -> std::process::Output {
 
 /// Unmounts when dropped, so that a failed assertion does not leave a foreground mount behind
 /// (its process would hold the test's output open, and the test run would never end).
-struct Unmount<'a>(&'a Path);
+pub(crate) struct Unmount<'a>(pub(crate) &'a Path);
 
 impl Drop for Unmount<'_> {
     fn drop(&mut self) {
@@ -90,7 +94,8 @@ impl Drop for Unmount<'_> {
 
 /// A temporary directory holding a store `s` whose snapshot `base` is an empty tree, and an
 /// empty mount point `m`; the directory goes away when the first value is dropped.
-fn store_with_empty_base() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+pub(crate) fn store_with_empty_base() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf)
+{
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let store = dir.path().join("s");
     let s = store.to_str().unwrap();

@@ -142,7 +142,7 @@ pub fn serve(state: State, args: MountArgs) -> Result<()> {
     builder::build::ensure_image_snapshot(backend.as_ref(), &state.images, &image)?;
     let pid = std::process::id();
     let start_time =
-        builder::state::process_start_time(pid).context("cannot read this process's start time")?;
+        imgfs::owner::process_start_time(pid).context("cannot read this process's start time")?;
     let (backend, key) = if args.writable {
         let key = format!("img-mount-{pid}");
         backend

@@ -1,5 +1,6 @@
 //! `imgfs mount` and `imgfs umount`: the process that serves a mount, its readiness report,
-//! signal handling, and the commit when the mount ends.
+//! signal handling, the commit when the mount ends, and the ownership of the writable child it
+//! names itself (`imgfs::owner`).
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -24,7 +25,8 @@ pub struct Args {
     /// Mount a writable child of the snapshot (or the active snapshot itself).
     #[arg(long)]
     pub writable: bool,
-    /// Key of the writable child (default: SNAPSHOT.mount-PID).
+    /// Key of the writable child (default: SNAPSHOT.mount-PID, which the next writer of the
+    /// store removes if this process is killed; a child named here stays active then).
     #[arg(long, requires = "writable")]
     pub key: Option<String>,
     /// Commit the writable child under this name when unmounted.
@@ -115,31 +117,116 @@ pub fn run(args: Args) -> Result<()> {
     pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&signals), None).context("cannot block signals")?;
 
     let store = if args.writable {
-        Store::open(&args.store)
+        let store = Store::open(&args.store);
+        if let Ok(store) = &store {
+            crate::remove_abandoned_mounts(store);
+        }
+        store
     } else {
         Store::open_read_only(&args.store)
     }
     .with_context(|| format!("cannot open store {}", args.store.display()))?;
     let rec = store.stat(&args.snapshot)?;
-    let key = match (args.writable, rec.kind) {
-        (false, _) => args.snapshot.clone(),
-        (true, SnapshotKind::Committed) => {
-            let key = args
-                .key
-                .clone()
-                .unwrap_or_else(|| format!("{}.mount-{}", args.snapshot, std::process::id()));
-            store.prepare(&key, Some(&args.snapshot))?;
-            key
-        }
-        (true, SnapshotKind::Active) => args.snapshot.clone(),
+    // `owned`: the child this process prepared under a name of its own, which nobody else
+    // knows of; if the process is killed, the next writer removes it (`imgfs::owner`). A child
+    // named with --key is the user's, who can find it again by that name.
+    let (key, owned) = match (args.writable, rec.kind) {
+        (false, _) => (args.snapshot.clone(), false),
+        (true, SnapshotKind::Committed) => match &args.key {
+            Some(key) => {
+                store.prepare(key, Some(&args.snapshot))?;
+                (key.clone(), false)
+            }
+            None => {
+                let key = format!("{}.mount-{}", args.snapshot, std::process::id());
+                store.prepare_owned(&key, Some(&args.snapshot))?;
+                (key, true)
+            }
+        },
+        (true, SnapshotKind::Active) => (args.snapshot.clone(), false),
         (true, _) => bail!("snapshot {} is neither committed nor active", args.snapshot),
     };
-    let tree = if args.writable {
-        store.tree(&key)?
-    } else {
-        store.tree_read_only(&key)?
-    };
     let stats = args.stats.then(|| Arc::new(RequestStats::default()));
+    let background = match start(&store, &key, &args, &stats) {
+        Ok(background) => background,
+        Err(e) => {
+            // Nothing was mounted, so nothing was written: the child would only pin its parent.
+            if owned && let Err(rm) = store.remove(&key) {
+                eprintln!("imgfs: cannot remove snapshot {key}: {rm:#}");
+            }
+            return Err(e);
+        }
+    };
+    if let Some(pipe) = ready_pipe {
+        let _ = std::fs::File::from(pipe).write_all(b"1");
+        // Let go of the caller's terminal or pipes: whoever started us may be waiting for EOF.
+        detach_stdio(args.log.as_deref())?;
+    }
+    // fuser's own unmounter is emptied when the session starts serving, so unmount by path.
+    let mountpoint = args.mountpoint.clone();
+    std::thread::spawn(move || {
+        if let Ok(sig) = signals.wait() {
+            eprintln!("imgfs: {sig}: unmounting");
+            if let Err(e) = unmount_path(&mountpoint) {
+                eprintln!("imgfs: unmount failed: {e:#}");
+            }
+        }
+    });
+    let served = background.join();
+    // From here on every way out keeps the child active, as a clean end of a mount does.
+    let release = || -> Result<()> {
+        if owned {
+            store.release_owned(&key).with_context(|| {
+                format!("cannot keep snapshot {key}: the next writer of the store removes it")
+            })?;
+        }
+        Ok(())
+    };
+    if let Err(e) = served {
+        // A failed session (an io_uring queue that failed ends the connection) leaves a dead
+        // mount behind; take it away.
+        let _ = unmount_path(&args.mountpoint);
+        if let Err(r) = release() {
+            eprintln!("imgfs: {r:#}");
+        }
+        return Err(anyhow::Error::new(e).context("serving the mount failed"));
+    }
+    if let Some(stats) = stats {
+        eprint!("{}", stats.report());
+        eprintln!("metadata log syncs: {}", store.log_syncs());
+    }
+
+    if let Some(name) = &args.commit {
+        // A commit drops the owner labels itself, in the same write.
+        match store.commit(name, &key) {
+            Ok(rec) => eprintln!("imgfs: committed {key} as {}", rec.name),
+            Err(e) => {
+                if let Err(r) = release() {
+                    eprintln!("imgfs: {r:#}");
+                }
+                return Err(anyhow::Error::new(e).context(format!("cannot commit {key} as {name}")));
+            }
+        }
+    } else if args.writable {
+        release()?;
+        eprintln!("imgfs: snapshot {key} stays active");
+    }
+    Ok(())
+}
+
+/// Mounts the snapshot `key` and starts serving it. On failure nothing is mounted and the
+/// snapshot's tree is closed again.
+fn start(
+    store: &Store,
+    key: &str,
+    args: &Args,
+    stats: &Option<Arc<RequestStats>>,
+) -> Result<fuser::BackgroundSession> {
+    let tree = if args.writable {
+        store.tree(key)?
+    } else {
+        store.tree_read_only(key)?
+    };
     let opts = MountOptions {
         threads: args.threads,
         stats: stats.clone(),
@@ -163,42 +250,7 @@ pub fn run(args: Args) -> Result<()> {
         "imgfs: mounted {what} {key} at {}",
         args.mountpoint.display()
     );
-    if let Some(pipe) = ready_pipe {
-        let _ = std::fs::File::from(pipe).write_all(b"1");
-        // Let go of the caller's terminal or pipes: whoever started us may be waiting for EOF.
-        detach_stdio(args.log.as_deref())?;
-    }
-
-    // fuser's own unmounter is emptied when the session starts serving, so unmount by path.
-    let mountpoint = args.mountpoint.clone();
-    std::thread::spawn(move || {
-        if let Ok(sig) = signals.wait() {
-            eprintln!("imgfs: {sig}: unmounting");
-            if let Err(e) = unmount_path(&mountpoint) {
-                eprintln!("imgfs: unmount failed: {e:#}");
-            }
-        }
-    });
-    if let Err(e) = background.join() {
-        // A failed session (an io_uring queue that failed ends the connection) leaves a dead
-        // mount behind; take it away. The snapshot stays active either way.
-        let _ = unmount_path(&args.mountpoint);
-        return Err(anyhow::Error::new(e).context("serving the mount failed"));
-    }
-    if let Some(stats) = stats {
-        eprint!("{}", stats.report());
-        eprintln!("metadata log syncs: {}", store.log_syncs());
-    }
-
-    if let Some(name) = &args.commit {
-        let rec = store
-            .commit(name, &key)
-            .with_context(|| format!("cannot commit {key} as {name}"))?;
-        eprintln!("imgfs: committed {key} as {}", rec.name);
-    } else if args.writable {
-        eprintln!("imgfs: snapshot {key} stays active");
-    }
-    Ok(())
+    Ok(background)
 }
 
 fn detach_stdio(log: Option<&Path>) -> Result<()> {
