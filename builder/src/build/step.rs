@@ -634,7 +634,8 @@ impl<'e, 'a> StageRunner<'e, 'a> {
         // A step's snapshot is removed if the build dies before its commit, and the commit
         // makes it durable whole, so the fsyncs of what runs in it (dpkg's, one per file it
         // unpacks) need not reach the disk.
-        let mount = backend.mount_volatile(key, &mnt).map_err(|e| {
+        let mount = tracing::info_span!("mount").in_scope(|| backend.mount_volatile(key, &mnt));
+        let mount = mount.map_err(|e| {
             self.fail(
                 ins,
                 StepError::Mount {
@@ -644,7 +645,7 @@ impl<'e, 'a> StageRunner<'e, 'a> {
             )
         })?;
         let ran = op(self, &mnt);
-        let unmounted = mount.unmount();
+        let unmounted = tracing::info_span!("unmount").in_scope(|| mount.unmount());
         let _ = std::fs::remove_dir(&mnt);
         ran?;
         unmounted.map_err(|e| self.fail(ins, StepError::Unmount(e)))?;

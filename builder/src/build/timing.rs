@@ -1,6 +1,6 @@
 //! Where a build's time went: the `tracing` spans the engine opens (`step`, and in a step
-//! `base`, `pull`, `apply`, `run`, `copy`, `diff`, `compress`, `store`, `commit`,
-//! `cache_lookup`), summed per step by `Timing`, a `tracing_subscriber` layer, and printed by
+//! `base`, `pull`, `apply`, `run`, `copy`, `diff`, `compress`, `store`, `commit`, `mount`,
+//! `unmount`, `cache_lookup`), summed per step by `Timing`, a `tracing_subscriber` layer, and printed by
 //! `img build --progress=plain` as a table (`Breakdown::table`).
 //!
 //! Each phase counts its own time only: a span entered inside another on the same thread pauses
@@ -27,13 +27,14 @@ use tracing_subscriber::registry::LookupSpan;
 /// The table's phase columns and the spans each one sums. `base` is what a stage's FROM and a
 /// `COPY --from` cost: waiting for a stage, pulling an image, applying its layers, mounting the
 /// source of a `COPY --from`.
-const COLUMNS: [(&str, &[&str]); 6] = [
+const COLUMNS: [(&str, &[&str]); 7] = [
     ("BASE", &["base", "pull", "apply"]),
     ("RUN/COPY", &["run", "copy"]),
     ("DIFF", &["diff"]),
     ("COMPRESS", &["compress"]),
     ("STORE", &["store"]),
     ("COMMIT", &["commit"]),
+    ("MOUNT", &["mount", "unmount"]),
 ];
 
 /// The most of an instruction a row shows.

@@ -29,7 +29,8 @@ fn table(stderr: &str) -> Vec<(String, Row)> {
     assert_eq!(
         header,
         [
-            "STEP", "BASE", "RUN/COPY", "DIFF", "COMPRESS", "STORE", "COMMIT", "OTHER", "TOTAL"
+            "STEP", "BASE", "RUN/COPY", "DIFF", "COMPRESS", "STORE", "COMMIT", "MOUNT", "OTHER",
+            "TOTAL"
         ]
     );
     let mut rows = Vec::new();
@@ -39,7 +40,7 @@ fn table(stderr: &str) -> Vec<(String, Row)> {
         let n = if line.starts_with("outside steps") {
             1
         } else {
-            8
+            9
         };
         let (label, times) = words.split_at(words.len() - n);
         let times: Vec<f64> = times
@@ -54,9 +55,9 @@ fn table(stderr: &str) -> Vec<(String, Row)> {
                 total,
             },
             _ => Row {
-                phases: times[..6].to_vec(),
-                other: times[6],
-                total: times[7],
+                phases: times[..7].to_vec(),
+                other: times[7],
+                total: times[8],
             },
         };
         let last = label == "total";
