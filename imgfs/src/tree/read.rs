@@ -54,7 +54,7 @@ impl Tree {
     /// would have allocated too unless the writer skipped it; the count is off by one chunk at
     /// most. A larger file's extents are read once, and the count is kept in the tree's `Cache`
     /// until a `Txn` writes one of them.
-    pub fn blocks(&self, inode: &Inode) -> Result<u64> {
+    fn blocks(&self, inode: &Inode) -> Result<u64> {
         let sectors = |bytes: u64| bytes.div_ceil(512);
         let cs = self.chunk_size();
         let data = match (inode.kind, inode.data) {
