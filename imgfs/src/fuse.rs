@@ -359,7 +359,7 @@ impl Filesystem for FuseFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
         let found = || match self.tree.lookup(ino(parent), name(n)) {
-            Ok((i, inode)) => Ok(Some(Attr::of(i, &inode))),
+            Ok((i, inode)) => self.tree.attr(i, &inode).map(Some),
             Err(Error::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
         };
@@ -448,11 +448,10 @@ impl Filesystem for FuseFs {
                 .ok_or_else(|| Error::Invalid(format!("mknod mode {mode:o}")))?;
             let mut node = self.new_node(req, ino(parent), kind, mode)?;
             node.rdev = rdev as u64;
-            self.tree.mknod(ino(parent), name(n), &node)
+            let (i, inode) = self.tree.mknod(ino(parent), name(n), &node)?;
+            self.tree.attr(i, &inode)
         };
-        self.serve("mknod", reply, made, |r, (i, inode)| {
-            self.entry_reply(r, &Attr::of(i, &inode))
-        });
+        self.serve("mknod", reply, made, |r, a| self.entry_reply(r, &a));
     }
 
     fn mkdir(
@@ -466,11 +465,10 @@ impl Filesystem for FuseFs {
     ) {
         let made = || {
             let node = self.new_node(req, ino(parent), FileKind::Dir, mode)?;
-            self.tree.mknod(ino(parent), name(n), &node)
+            let (i, inode) = self.tree.mknod(ino(parent), name(n), &node)?;
+            self.tree.attr(i, &inode)
         };
-        self.serve("mkdir", reply, made, |r, (i, inode)| {
-            self.entry_reply(r, &Attr::of(i, &inode))
-        });
+        self.serve("mkdir", reply, made, |r, a| self.entry_reply(r, &a));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
@@ -503,11 +501,10 @@ impl Filesystem for FuseFs {
             let mut node = self.new_node(req, ino(parent), FileKind::Symlink, 0o777)?;
             node.perm = 0o777;
             node.target = target.as_os_str().as_bytes().to_vec();
-            self.tree.mknod(ino(parent), name(link), &node)
+            let (i, inode) = self.tree.mknod(ino(parent), name(link), &node)?;
+            self.tree.attr(i, &inode)
         };
-        self.serve("symlink", reply, made, |r, (i, inode)| {
-            self.entry_reply(r, &Attr::of(i, &inode))
-        });
+        self.serve("symlink", reply, made, |r, a| self.entry_reply(r, &a));
     }
 
     fn rename(
@@ -544,10 +541,11 @@ impl Filesystem for FuseFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let linked = || self.tree.link(ino(i), ino(newparent), name(newname));
-        self.serve("link", reply, linked, |r, inode| {
-            self.entry_reply(r, &Attr::of(ino(i), &inode))
-        });
+        let linked = || {
+            let inode = self.tree.link(ino(i), ino(newparent), name(newname))?;
+            self.tree.attr(ino(i), &inode)
+        };
+        self.serve("link", reply, linked, |r, a| self.entry_reply(r, &a));
     }
 
     fn open(&self, _req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -930,12 +928,13 @@ impl Filesystem for FuseFs {
     ) {
         let made = || {
             let node = self.new_node(req, ino(parent), FileKind::File, mode)?;
-            self.tree.mknod(ino(parent), name(n), &node)
+            let (i, inode) = self.tree.mknod(ino(parent), name(n), &node)?;
+            self.tree.attr(i, &inode)
         };
-        self.serve("create", reply, made, |r, (i, inode)| {
+        self.serve("create", reply, made, |r, a| {
             r.created(
                 &TTL,
-                &file_attr(&Attr::of(i, &inode)),
+                &file_attr(&a),
                 Generation(0),
                 FileHandle(0),
                 self.create_flags(),

@@ -566,6 +566,28 @@ fn an_fsync_frees_the_data_of_deleted_files_nothing_can_reach_but_not_of_open_on
     unmount(session, &again);
 }
 
+/// A layer holding `sparse`, a file of `size` bytes whose only data is `data` at `at`, as GNU
+/// tar archives it with `--sparse --format=FORMAT` (gnu: GNU sparse headers; posix: PAX
+/// sparse 1.0).
+fn sparse_layer(format: &str, size: u64, at: u64, data: &[u8]) -> Vec<u8> {
+    let src = tempfile::tempdir_in("/var/tmp").unwrap();
+    let file = std::fs::File::create(src.path().join("sparse")).unwrap();
+    file.set_len(size).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, data, at).unwrap();
+    let out = Command::new("tar")
+        .args(["--sparse", &format!("--format={format}"), "-cf", "-", "-C"])
+        .arg(src.path())
+        .arg("sparse")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// A sparse file seen through the mount shows its holes to SEEK_DATA and SEEK_HOLE, which
 /// sparse-aware copies (cp, tar --sparse) use to skip them.
 #[test]
@@ -574,23 +596,12 @@ fn a_sparse_file_shows_its_holes_through_the_mount() {
         return;
     }
     let f = Fixture::new();
-    let src = f.mnt("src");
-    let size = 64u64 << 20;
-    let file = std::fs::File::create(src.join("sparse")).unwrap();
-    file.set_len(size).unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&file, b"data", 8 << 20).unwrap();
-    let out = Command::new("tar")
-        .args(["--sparse", "--format=gnu", "-cf", "-", "-C"])
-        .arg(&src)
-        .arg("sparse")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let layer = sparse_layer("gnu", 64 << 20, 8 << 20, b"data");
     layer::import_layer(
         &f.store,
         "sparse",
         None,
-        &out.stdout[..],
+        &layer[..],
         &ImportLimits::default(),
     )
     .unwrap();
@@ -609,6 +620,130 @@ fn a_sparse_file_shows_its_holes_through_the_mount() {
     );
     drop(seen);
     unmount(session, &mnt);
+}
+
+/// The bytes stat reports a file takes on disk (st_blocks of 512 bytes), which `du` sums.
+fn allocated(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// A large sparse file imported from a layer takes, as `du` sees it through the mount, about
+/// its data and not its size: the holes stay holes, as they do on ext4 and overlayfs.
+#[test]
+fn an_imported_sparse_file_takes_only_its_data_on_disk() {
+    if !fuse_available() {
+        return;
+    }
+    let f = Fixture::new();
+    let (size, data) = (256u64 << 20, vec![0xa5u8; 1 << 20]);
+    let chunk = imgfs::store::DEFAULT_CHUNK_SIZE as u64;
+    for format in ["gnu", "posix"] {
+        let layer = sparse_layer(format, size, 100 << 20, &data);
+        layer::import_layer(&f.store, format, None, &layer[..], &ImportLimits::default()).unwrap();
+        let mnt = f.mnt(format);
+        let session = f.mount(format, &mnt);
+        let file = mnt.join("sparse");
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), size);
+        let on_disk = allocated(&file);
+        assert!(
+            (data.len() as u64..=data.len() as u64 + 2 * chunk).contains(&on_disk),
+            "{format}: {on_disk} bytes allocated for {} bytes of data",
+            data.len()
+        );
+        unmount(session, &mnt);
+    }
+}
+
+/// A file given a size and nothing else (`truncate -s 1G`) takes nothing on disk.
+#[test]
+fn a_file_only_truncated_to_a_size_takes_no_blocks() {
+    if !fuse_available() {
+        return;
+    }
+    let f = Fixture::new();
+    f.store.prepare("work", Some("base")).unwrap();
+    let mnt = f.mnt("m");
+    let session = f.mount("work", &mnt);
+    let path = mnt.join("empty");
+    let out = Command::new("truncate")
+        .args(["-s", "1G"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 30);
+    assert_eq!(allocated(&path), 0);
+    unmount(session, &mnt);
+}
+
+/// Writes into a sparse file, and holes punched in it, change what stat reports at once: the
+/// kernel's cached attributes and imgfs's cached count both follow every change, and the
+/// commit keeps the count.
+#[test]
+fn writes_and_punched_holes_change_the_blocks_of_a_sparse_file_at_once() {
+    if !fuse_available() {
+        return;
+    }
+    let f = Fixture::new();
+    f.store.prepare("work", Some("base")).unwrap();
+    let mnt = f.mnt("m");
+    let session = f.mount("work", &mnt);
+    let path = mnt.join("sparse");
+    let mib = 1u64 << 20;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    file.set_len(64 * mib).unwrap();
+    assert_eq!(allocated(&path), 0);
+    let data = vec![0x5au8; mib as usize];
+    std::os::unix::fs::FileExt::write_all_at(&file, &data, 32 * mib).unwrap();
+    assert_eq!(allocated(&path), mib, "after one write");
+    std::os::unix::fs::FileExt::write_all_at(&file, &data, 8 * mib).unwrap();
+    assert_eq!(allocated(&path), 2 * mib, "after a second write");
+    nix::fcntl::fallocate(
+        &file,
+        nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+            | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        8 * mib as i64,
+        mib as i64,
+    )
+    .unwrap();
+    assert_eq!(allocated(&path), mib, "after a punched hole");
+    drop(file);
+    unmount(session, &mnt);
+    f.store.commit("child", "work").unwrap();
+    let again = f.mnt("again");
+    let session = f.mount("child", &again);
+    assert_eq!(allocated(&again.join("sparse")), mib, "once committed");
+    unmount(session, &again);
+}
+
+/// A file of data in many chunks takes its whole size, rounded up to blocks, whether its
+/// chunks are dirty (written through the mount) or stored (committed).
+#[test]
+fn a_dense_file_of_many_chunks_takes_its_whole_size() {
+    if !fuse_available() {
+        return;
+    }
+    let f = Fixture::new();
+    f.store.prepare("work", Some("base")).unwrap();
+    let mnt = f.mnt("m");
+    let session = f.mount("work", &mnt);
+    let size = (3 << 20) + 100;
+    let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8 + 1).collect();
+    std::fs::write(mnt.join("dense"), &data).unwrap();
+    let expect = (size as u64).div_ceil(512) * 512;
+    assert_eq!(allocated(&mnt.join("dense")), expect, "written");
+    unmount(session, &mnt);
+    f.store.commit("child", "work").unwrap();
+    let again = f.mnt("again");
+    let session = f.mount("child", &again);
+    assert_eq!(allocated(&again.join("dense")), expect, "committed");
+    unmount(session, &again);
 }
 
 /// A mount whose serving session ended on its own (a failed ring, the FUSE test hook) while a

@@ -47,6 +47,8 @@ pub struct Attr {
     pub uid: u32,
     pub gid: u32,
     pub size: u64,
+    /// 512-byte blocks the content takes (`Tree::blocks`): what `du` sums.
+    pub blocks: u64,
     pub rdev: u64,
     pub atime: Timestamp,
     pub mtime: Timestamp,
@@ -54,7 +56,9 @@ pub struct Attr {
 }
 
 impl Attr {
-    pub fn of(ino: Ino, inode: &Inode) -> Attr {
+    /// The attributes of `inode`, with `blocks` as `Tree::blocks` counts them; `Tree::attr` is
+    /// the one caller, so that every reply reports the same blocks.
+    fn of(ino: Ino, inode: &Inode, blocks: u64) -> Attr {
         Attr {
             ino,
             kind: inode.kind,
@@ -66,6 +70,7 @@ impl Attr {
                 FileKind::Symlink => inode.target.len() as u64,
                 _ => inode.size,
             },
+            blocks,
             rdev: inode.rdev,
             atime: inode.atime,
             mtime: inode.mtime,
@@ -206,6 +211,10 @@ struct Cache {
     /// The head's own dirty chunks and their scratch slots, so that the second and later writes
     /// into a chunk (tar writes a file 10 KiB at a time) need not scan for its extent.
     dirty: HashMap<(DataId, u64), u64>,
+    /// The blocks (`Tree::blocks`) of content larger than one chunk, with the file size they
+    /// were counted for: a stat of a big file after the first reads no extents. Dropped by
+    /// every `Txn` that writes or deletes an extent of that content.
+    blocks: HashMap<DataId, (u64, u64)>,
     /// Bumped by every write. A read that began before a write does not insert what it read,
     /// which may be the version that write replaced.
     epoch: u64,
@@ -228,6 +237,13 @@ impl Cache {
             self.dirty.clear();
         }
         self.dirty.insert((data, index), slot);
+    }
+
+    fn insert_blocks(&mut self, data: DataId, size: u64, blocks: u64) {
+        if self.blocks.len() >= Self::CAPACITY {
+            self.blocks.clear();
+        }
+        self.blocks.insert(data, (size, blocks));
     }
 
     fn insert_entry(&mut self, dir: Ino, name: &[u8], value: EntryValue) {
@@ -371,6 +387,7 @@ impl Txn<'_> {
             cache.complete.extend(std::mem::take(&mut self.new_dirs));
         }
         for (data, index, slot) in std::mem::take(&mut self.extents) {
+            cache.blocks.remove(&data);
             match (slot, written.is_ok()) {
                 (Some(slot), true) => cache.insert_dirty(data, index, slot),
                 _ => {

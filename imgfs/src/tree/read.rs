@@ -34,7 +34,58 @@ impl Tree {
     }
 
     pub fn getattr(&self, ino: Ino) -> Result<Attr> {
-        Ok(Attr::of(ino, &self.inode(ino)?))
+        self.attr(ino, &self.inode(ino)?)
+    }
+
+    /// What stat reports about inode `ino`, whose record is `inode`: every reply that carries
+    /// attributes is built here, so all of them report the same `blocks`.
+    pub fn attr(&self, ino: Ino, inode: &Inode) -> Result<Attr> {
+        Ok(Attr::of(ino, inode, self.blocks(inode)?))
+    }
+
+    /// The 512-byte blocks a file's content takes, as ext4 reports the ones it allocated: each
+    /// chunk with data (stored or dirty) counts, the last one with its real length, and holes
+    /// (chunks of zeros, chunks with no extent) do not. `du` inside a mount then shows a sparse
+    /// file as sparse. Other kinds report their size, as before.
+    ///
+    /// A file of at most one chunk reports its size without looking at its extent: a stat of a
+    /// tree (lookup, readdirplus, `ls -l` of many small files) then costs no read per file. Such
+    /// a file is a hole only when its one chunk is all zeros (written or imported so), which ext4
+    /// would have allocated too unless the writer skipped it; the count is off by one chunk at
+    /// most. A larger file's extents are read once, and the count is kept in the tree's `Cache`
+    /// until a `Txn` writes one of them.
+    fn blocks(&self, inode: &Inode) -> Result<u64> {
+        let sectors = |bytes: u64| bytes.div_ceil(512);
+        let cs = self.chunk_size();
+        let data = match (inode.kind, inode.data) {
+            (FileKind::File, None) => return Ok(0),
+            (FileKind::File, Some(data)) if inode.size > cs => data,
+            (FileKind::Symlink, _) => return Ok(sectors(inode.target.len() as u64)),
+            _ => return Ok(sectors(inode.size)),
+        };
+        let epoch = {
+            let cache = self.cache.lock().expect("poisoned");
+            if let Some(&(size, blocks)) = cache.blocks.get(&data)
+                && size == inode.size
+            {
+                return Ok(blocks);
+            }
+            cache.epoch
+        };
+        let mut blocks = 0;
+        for (index, extent, _) in self.extents(data, 0, (inode.size - 1) / cs)? {
+            let left = inode.size - index * cs;
+            blocks += match extent {
+                Extent::Zero => 0,
+                Extent::Stored { len, .. } => sectors(u64::from(len).min(left)),
+                Extent::Dirty { .. } => sectors(cs.min(left)),
+            };
+        }
+        let mut cache = self.cache.lock().expect("poisoned");
+        if cache.epoch == epoch {
+            cache.insert_blocks(data, inode.size, blocks);
+        }
+        Ok(blocks)
     }
 
     pub(super) fn dir_inode(&self, dir: Ino) -> Result<Inode> {

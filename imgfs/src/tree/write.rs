@@ -417,7 +417,7 @@ impl Tree {
         inode.ctime = set.ctime.unwrap_or(now);
         txn.put_inode(ino, &inode);
         txn.write()?;
-        Ok(Attr::of(ino, &inode))
+        self.attr(ino, &inode)
     }
 
     /// Makes the metadata of this tree durable (names, attributes, sizes: the log), not file
