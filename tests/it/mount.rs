@@ -776,12 +776,16 @@ fn unmounting_a_mount_whose_server_is_gone_takes_it_away_even_while_busy() {
     let m = fuse::mount(tree, &at, &opts).unwrap();
     // Keeps the mount busy.
     let held = std::fs::File::open(&at).unwrap();
-    // Each name is new to the kernel, so each lookup is a request.
-    let failed = (0..10_000).find_map(|i| match std::fs::metadata(at.join(format!("n{i}"))) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Some(e),
-        _ => None,
+    // Each name is new to the kernel, so each lookup is a request. A lookup the failed ring had
+    // taken may wait until the connection is aborted, which the unmount below does: so they
+    // run on a thread of their own, as a program using the mount would.
+    let dir = at.clone();
+    let lookups = std::thread::spawn(move || {
+        (0..10_000).find_map(|i| match std::fs::metadata(dir.join(format!("n{i}"))) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Some(e),
+            _ => None,
+        })
     });
-    assert!(failed.is_some(), "the ring never failed");
     let start = std::time::Instant::now();
     while m.serving() {
         assert!(start.elapsed().as_secs() < 60, "the session never ended");
@@ -789,6 +793,8 @@ fn unmounting_a_mount_whose_server_is_gone_takes_it_away_even_while_busy() {
     }
     // The session's own error (the failed ring) may come back; the mount must be gone anyway.
     let _ = m.unmount();
+    let failed = lookups.join().unwrap();
+    assert!(failed.is_some(), "the ring never failed");
     let listed = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
