@@ -337,16 +337,17 @@ impl State {
     }
 
     /// Removes the snapshots that writable `imgfs mount` processes, gone now, prepared in the
-    /// fuse backend's store (`imgfs::owner`), and returns them. The store is looked at
-    /// read-only first: opening it for writing costs a synced write, so only something to
+    /// fuse backend's store (`imgfs::owner`), and returns them. Every img command calls this,
+    /// so the store is opened only when its owners' markers name a process that is gone, and
+    /// then read-only first: opening it for writing costs a synced write, so only something to
     /// remove is worth it, and a store that another process has open for writing is left for a
     /// later command.
     pub fn remove_abandoned_mounts(&self) -> Result<Vec<imgfs::AbandonedMount>, StateError> {
         let kind = BackendKind::Fuse;
-        if !self.backend_exists(kind) {
+        let path = self.dir.join(kind.dir());
+        if !self.backend_exists(kind) || !imgfs::owner::may_have_abandoned_mounts(&path) {
             return Ok(Vec::new());
         }
-        let path = self.dir.join(kind.dir());
         let err = |source| StateError::Backend {
             backend: kind,
             path: path.clone(),
@@ -354,6 +355,7 @@ impl State {
         };
         let look = FuseSnapshotter::open_read_only(&path).map_err(err)?;
         if look.store().abandoned_mounts().map_err(err)?.is_empty() {
+            imgfs::owner::remove_dead_markers(&path);
             return Ok(Vec::new());
         }
         drop(look);

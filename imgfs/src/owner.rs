@@ -10,8 +10,17 @@
 //! (`Store::remove_abandoned_mounts`). While a writable mount lives it holds the store's writer
 //! lock, so no other process can remove anything; the liveness check is what keeps a read-only
 //! look (fsck) from calling a live mount's snapshot abandoned.
+//!
+//! Finding such a snapshot means opening the store, which replays its metadata log: after a
+//! build that is tens of milliseconds to a few hundred, too much for every img command to pay.
+//! So an owner also leaves a marker, `OWNERS_DIR/PID` in the store's root, holding its start
+//! time: `may_have_abandoned_mounts` reads those files only, and the store is opened when one
+//! names a process that is gone. Markers are hints, written before the labels and removed after
+//! them: a marker without labels costs one needless look, after which it is removed.
 
 use std::fmt;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::records::{SnapshotKind, SnapshotRecord};
@@ -54,6 +63,68 @@ impl fmt::Display for AbandonedMount {
     }
 }
 
+/// The directory of the owners' markers, in a store's root.
+const OWNERS_DIR: &str = "owners";
+
+fn marker_path(root: &Path, pid: u32) -> PathBuf {
+    root.join(OWNERS_DIR).join(pid.to_string())
+}
+
+/// Records that process `pid`, started at `start`, owns snapshots of the store at `root`.
+fn write_marker(root: &Path, pid: u32, start: u64) -> Result<()> {
+    let dir = root.join(OWNERS_DIR);
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("create owners directory", e))?;
+    crate::atomic::write_atomically(&marker_path(root, pid), 0o644, |f| {
+        f.write_all(start.to_string().as_bytes())
+    })
+    .map_err(|e| Error::io("write owner marker", e))
+}
+
+/// Removes process `pid`'s marker from the store at `root`, if any: a lost removal costs only
+/// a later look.
+pub fn remove_marker(root: &Path, pid: u32) {
+    let _ = std::fs::remove_file(marker_path(root, pid));
+}
+
+/// The owners' markers of the store at `root` whose process is gone, by pid.
+fn dead_markers(root: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(root.join(OWNERS_DIR)) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let start: u64 = std::fs::read_to_string(e.path())
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            (process_start_time(pid) != Some(start)).then_some(pid)
+        })
+        .collect()
+}
+
+/// Whether the store at `root` may hold snapshots whose owning process is gone, read from the
+/// owners' markers without opening the store: `false` means there are none.
+pub fn may_have_abandoned_mounts(root: &Path) -> bool {
+    !dead_markers(root).is_empty()
+}
+
+/// Removes the markers of owners that are gone, once a look at the store found none of their
+/// snapshots (`Store::abandoned_mounts` empty): a process that is gone prepares nothing more.
+pub fn remove_dead_markers(root: &Path) {
+    for pid in dead_markers(root) {
+        remove_marker(root, pid);
+    }
+}
+
+/// The pid an owned snapshot's labels name, if they do.
+pub(crate) fn owner_pid(labels: &[(String, String)]) -> Option<u32> {
+    let (_, v) = labels.iter().find(|(k, _)| k == PID_LABEL)?;
+    v.parse().ok()
+}
+
 /// Takes the owner labels out of `labels` (a commit ends the ownership).
 pub(crate) fn drop_owner_labels(labels: &mut Vec<(String, String)>) {
     labels.retain(|(k, _)| k != PID_LABEL && k != START_LABEL);
@@ -88,6 +159,7 @@ impl Store {
             (PID_LABEL.to_string(), pid.to_string()),
             (START_LABEL.to_string(), start.to_string()),
         ];
+        write_marker(self.root(), pid, start)?;
         self.new_snapshot(key, parent, SnapshotKind::Active, labels)
     }
 
@@ -95,7 +167,9 @@ impl Store {
     /// process ends. Works on a disk too full for other writes, since failing would lose the
     /// snapshot to the next writer.
     pub fn release_owned(&self, key: &str) -> Result<()> {
-        self.edit_labels(key, drop_owner_labels, true)
+        self.edit_labels(key, drop_owner_labels, true)?;
+        remove_marker(self.root(), std::process::id());
+        Ok(())
     }
 
     /// The active snapshots whose owning process is gone, oldest first. Works on a store
@@ -128,6 +202,8 @@ impl Store {
         for a in &abandoned {
             self.remove(&a.snapshot)?;
         }
+        // Every snapshot of a gone owner is removed now: its marker has nothing left to say.
+        remove_dead_markers(self.root());
         Ok(abandoned)
     }
 }

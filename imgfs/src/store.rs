@@ -380,6 +380,7 @@ impl Store {
         done.kind = SnapshotKind::Committed;
         done.name = name.to_string();
         // Only an active snapshot has a writer that can be gone (`owner`).
+        let owner = crate::owner::owner_pid(&done.labels);
         crate::owner::drop_owner_labels(&mut done.labels);
         b.put(&key::snapshot(rec.id), &done.encode());
         if name != key {
@@ -387,6 +388,9 @@ impl Store {
         }
         b.put(&key::name(name), &rec.id.0.to_be_bytes());
         self.inner.meta.write(b, true)?;
+        if owner == Some(std::process::id()) {
+            crate::owner::remove_marker(self.root(), std::process::id());
+        }
         let _ = std::fs::remove_file(self.scratch_path(rec.id));
         Ok(done)
     }

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use imgfs::owner::{PID_LABEL, START_LABEL};
+use imgfs::owner::{PID_LABEL, START_LABEL, may_have_abandoned_mounts};
 use imgfs::{AbandonedMount, Store, StoreOptions};
 
 use crate::mount_cli::{
@@ -163,11 +163,14 @@ fn the_next_writer_removes_the_snapshot_of_a_killed_writable_mount() {
         } else {
             kill_a_writable_mount(s, &mnt)
         };
+        // What img reads before it opens the store at all.
+        assert!(may_have_abandoned_mounts(&store), "imgfs {args:?}");
         let out = imgfs(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "imgfs {args:?}: {stderr}");
         assert_eq!(stderr, removed_line(&key, pid), "imgfs {args:?}");
         assert!(!snapshots(s).contains(&key), "imgfs {args:?} kept {key}");
+        assert!(!may_have_abandoned_mounts(&store), "imgfs {args:?}");
     }
 
     // A writable mount is a writer too.
@@ -185,6 +188,8 @@ fn the_next_writer_removes_the_snapshot_of_a_killed_writable_mount() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.starts_with(&removed_line(&key, pid)), "{stderr}");
     assert_eq!(snapshots(s), ["base", "c"]);
+    // Its own marker went with its commit.
+    assert_eq!(std::fs::read_dir(store.join("owners")).unwrap().count(), 0);
     let fsck = ok(imgfs(&["fsck", s]));
     assert!(!fsck.contains("abandoned"), "{fsck}");
     assert!(fsck.contains(" 0 problems"), "{fsck}");
@@ -241,6 +246,11 @@ fn a_writable_mount_that_ends_cleanly_keeps_its_snapshot_from_later_writers() {
     ]);
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stderr), "", "nothing removed");
+    assert_eq!(
+        std::fs::read_dir(store.join("owners")).unwrap().count(),
+        0,
+        "a clean end removes its marker"
+    );
     for (key, content) in [(&signalled, "by sigterm"), (&unmounted, "by umount")] {
         let info = ok(imgfs(&["info", "--store", s, key]));
         assert!(info.contains("kind:    active"), "{info}");
@@ -269,6 +279,7 @@ fn a_live_writable_mounts_snapshot_is_not_abandoned() {
     let args = ["--store", s, "--snapshot", "base", "--writable"];
     let child = foreground_mount(&args, &mnt, &[]);
     let key = format!("base.mount-{}", child.id());
+    assert!(!may_have_abandoned_mounts(&store));
     // fsck opens the store read-only beside the mount, and asks whether the owner runs.
     let fsck = ok(imgfs(&["fsck", s]));
     assert!(!fsck.contains("abandoned"), "{fsck}");
@@ -307,4 +318,5 @@ fn a_writable_mount_that_fails_to_start_leaves_no_snapshot() {
     ]);
     assert!(!out.status.success());
     assert_eq!(snapshots(s), ["base"]);
+    assert!(!may_have_abandoned_mounts(&store));
 }

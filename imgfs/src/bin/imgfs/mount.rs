@@ -151,8 +151,11 @@ pub fn run(args: Args) -> Result<()> {
         Ok(background) => background,
         Err(e) => {
             // Nothing was mounted, so nothing was written: the child would only pin its parent.
-            if owned && let Err(rm) = store.remove(&key) {
-                eprintln!("imgfs: cannot remove snapshot {key}: {rm:#}");
+            if owned {
+                match store.remove(&key) {
+                    Ok(()) => imgfs::owner::remove_marker(store.root(), std::process::id()),
+                    Err(rm) => eprintln!("imgfs: cannot remove snapshot {key}: {rm:#}"),
+                }
             }
             return Err(e);
         }
