@@ -52,13 +52,11 @@ declare -A edit_file=(
 )
 
 # Paths that legitimately differ between any two builds of the same Dockerfile, whatever the
-# tool (extended regular expressions on the path relative to the image root):
+# tool (extended regular expressions matched against the path relative to the image root):
 ignored_paths=(
   # Logs: apt's and dpkg's carry timestamps and durations, npm names its logs by the time.
   '^var/log/'
   '^root/\.npm/_logs(/|$)'
-  # ldconfig's auxiliary cache records the inodes and ctimes of the libraries it scanned.
-  '^var/cache/ldconfig/aux-cache$'
   # debconf's databases, rewritten with whatever order its hash tables give.
   '^var/cache/debconf/'
   # npm's HTTP cache: index entries carry fetch times, and its size what the server sent.
@@ -276,7 +274,8 @@ listing() { # tool name
     cd "$dir/bundle/rootfs"
     find . -mindepth 1 ! -type d -printf '%P\t%y\t%m\t%U:%G\t%s\t%l\n'
     find . -mindepth 1 -type d -printf '%P\t%y\t%m\t%U:%G\t-\t\n'
-  ) | grep -Ev "$(IFS='|'; echo "${ignored_paths[*]}")" | LC_ALL=C sort >"$work/check/$t-$n.list"
+  ) | IGNORED="$(IFS='|'; echo "${ignored_paths[*]}")" awk -F '\t' '$1 !~ ENVIRON["IGNORED"]' |
+    LC_ALL=C sort >"$work/check/$t-$n.list"
   rm -rf "$dir"
 }
 
