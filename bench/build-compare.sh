@@ -366,7 +366,7 @@ for p in "${peers[@]}"; do
       printf '%-11s %-8s' "$n" "$s"
       for t in "${img_tools[@]}"; do
         if [ "$n" = all ]; then
-          ratio=$(tr ' ' '\n' <<<"${per_scenario[$s,$t]}" | grep -v '^$' | median)
+          ratio=$(printf '%.2f' "$(tr ' ' '\n' <<<"${per_scenario[$s,$t]}" | grep -v '^$' | median)")
         else
           ratio=$(awk -v a="$(median_of "$n" "$s" "$p")" -v b="$(median_of "$n" "$s" "$t")" \
             'BEGIN { printf "%.2f", a / b }')
