@@ -138,8 +138,8 @@ selected() { # tool-pattern: whether any selected tool matches
 # The base image, tagged `debian` in every tool: the fixture imported by img with the PATH
 # Debian's official images set, saved as a docker-archive that every tool loads. Like those
 # images it has an empty /dev: the runtime provides the devices, and an ordinary user cannot
-# create device nodes on a real file system (img's overlayfs backend fails to apply a base
-# that has them when it runs as `tests`).
+# create device nodes on a real file system (img's overlayfs backend run as `tests` leaves
+# them out of its snapshots, so the trees the tools see would differ).
 setup_base() {
   cp "$fixture" "$work/rootfs.tar"
   tar --delete --wildcards -f "$work/rootfs.tar" './dev/?*'

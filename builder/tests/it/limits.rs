@@ -352,6 +352,65 @@ fn unpack_makes_fifos_and_devices_as_umoci_does() {
     }
 }
 
+/// A base image with devices in it (Debian's debootstrap trees have /dev/console) is a base on
+/// both backends: root's snapshots hold the devices; an ordinary user's overlayfs snapshot,
+/// where the kernel refuses to make them, leaves them out and names each, as Docker's rootless
+/// untar does. The image built keeps the base's layer as it came, devices included.
+#[test]
+fn a_base_image_with_devices_builds_on_both_backends() {
+    if !crate::can_run() {
+        return;
+    }
+    let rig = empty_rig();
+    let layer = tests::LayerBuilder::new()
+        .dir("dev", 0o755)
+        .char_dev("dev/console", 5, 1)
+        .mode(0o600)
+        .fifo("dev/initctl")
+        .mode(0o600)
+        .dir("etc", 0o755)
+        .file("etc/os-release", 0o644, "ID=test\n")
+        .finish_gzip();
+    let archive = archive(&rig, "devices", &[&layer]);
+    rig.img_ok(&["load", "-i", archive.to_str().unwrap()]);
+    let ctx = crate::context("FROM localhost/devices\nCOPY f /f\n", &[("f", "new")]);
+    for backend in crate::BACKENDS {
+        let tag = format!("on-{backend}");
+        let out = rig.img(&[
+            "build",
+            "--no-cache",
+            "--backend",
+            backend,
+            "-t",
+            &tag,
+            ctx.path().to_str().unwrap(),
+        ]);
+        let stderr = text(&out);
+        assert!(out.status.success(), "{backend}: {stderr}");
+        let skipped = stderr.contains("skipping device dev/console (char 5:1)");
+        let unprivileged_overlay = crate::test_user().is_some() && backend == "overlayfs";
+        assert_eq!(skipped, unprivileged_overlay, "{backend}: {stderr}");
+        let saved = rig.dir.path().join(format!("{tag}.tar"));
+        rig.img_ok(&[
+            "save",
+            "--format",
+            "oci-archive",
+            "-o",
+            saved.to_str().unwrap(),
+            &tag,
+        ]);
+        let image = images::ImageView::of_oci_archive(&saved, "latest").unwrap();
+        let console = image
+            .tree
+            .get("dev/console")
+            .expect("the base layer's device");
+        assert_eq!(console.kind, tests::manifest::Kind::CharDevice, "{backend}");
+        let device = console.device.as_ref().map(|d| (d.major, d.minor));
+        assert_eq!(device, Some((5, 1)), "{backend}");
+        assert!(image.tree.get("f").is_some());
+    }
+}
+
 /// A file a RUN step makes sparse through the mount stays sparse in the layer's snapshot and
 /// in `-o type=local`, and the layer (its zeros written out in full, as Docker writes them)
 /// passes the default ratio where it is loaded again, and unpacks sparse there.

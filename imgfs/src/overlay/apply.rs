@@ -300,7 +300,28 @@ impl Extractor<'_> {
                     tar::EntryType::Block => libc::S_IFBLK,
                     _ => libc::S_IFIFO,
                 };
-                mknodat(&dfd, name, fmt, libc::makedev(major, minor))?;
+                match mknodat(&dfd, name, fmt, libc::makedev(major, minor)) {
+                    // Only root of the initial user namespace makes devices; in an ordinary
+                    // user's namespace they are left out, as Docker's and containerd's untar
+                    // do there (a base image's /dev/console, say), but not quietly. The
+                    // layer's blob keeps them for the images built on it.
+                    Err(Error::Io { source, .. })
+                        if source.raw_os_error() == Some(libc::EPERM) && fmt != libc::S_IFIFO =>
+                    {
+                        tracing::warn!(
+                            "skipping device {} ({} {major}:{minor}): no permission to make \
+                             devices here",
+                            dir.rel.join(os(name)).display(),
+                            if fmt == libc::S_IFCHR {
+                                "char"
+                            } else {
+                                "block"
+                            },
+                        );
+                        return Ok(());
+                    }
+                    r => r?,
+                }
             }
             _ => {
                 let (mut content, expected) = crate::layer::import::file_content(entry, limits)?;
