@@ -318,6 +318,42 @@ pub struct MetaDb {
     log_syncs: std::sync::atomic::AtomicU64,
 }
 
+/// Write-ahead logs past which a writer's clean close turns them into a table. Below that the
+/// next open replays them quickly; above, every open until a flush pays for it (a read-only one
+/// again each time): 0.18 s for the 7 MiB a build installing python3 leaves, 0.77 s after one
+/// installing build-essential, and every img command opens the store.
+const FLUSH_AT_CLOSE: u64 = 1 << 20;
+
+impl Drop for MetaDb {
+    /// A writer flushes what its logs hold into a table as it closes, when that is worth it
+    /// and the disk has room for it (a flush that cannot finish must not start:
+    /// `crate::space`). Nothing is lost without the flush: the next open replays the logs.
+    fn drop(&mut self) {
+        if self.read_only {
+            return;
+        }
+        let logs = wal_bytes(&self.path);
+        if logs < FLUSH_AT_CLOSE {
+            return;
+        }
+        if self
+            .space
+            .take(logs.saturating_mul(2), META_SLACK, String::new)
+            .is_err()
+        {
+            return;
+        }
+        let mut wait = rocksdb::FlushOptions::default();
+        wait.set_wait(true);
+        if let Err(e) = self.db.flush_opt(&wait) {
+            tracing::debug!(
+                "flushing the metadata logs of {} at close: {e}",
+                self.path.display()
+            );
+        }
+    }
+}
+
 /// A group of writes applied atomically.
 #[derive(Default)]
 pub struct Batch {

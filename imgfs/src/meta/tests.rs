@@ -1,4 +1,5 @@
-//! Unit tests of the key schema: every key the builders make decodes back to what made it.
+//! Unit tests of the key schema (every key the builders make decodes back to what made it)
+//! and of what a writer leaves when it closes.
 
 use super::key::{self, Base, Key};
 use crate::ids::{ChunkDigest, DataId, Ino, PackId, SnapshotId};
@@ -64,4 +65,29 @@ fn malformed_keys_do_not_parse() {
     assert_eq!(Key::parse(&long), None);
     assert_eq!(Key::parse(b""), None);
     assert_eq!(Key::parse(b"Z123"), None);
+}
+
+/// A writer that logged more than `FLUSH_AT_CLOSE` leaves a table, not logs, when it closes:
+/// the next open (every img command opens its store) has nothing to replay, and loses nothing.
+#[test]
+fn a_writer_that_logged_much_leaves_its_logs_flushed_at_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta");
+    let db = super::MetaDb::create(&path).unwrap();
+    let value = vec![7u8; 1024];
+    for i in 0..3 * 1024u32 {
+        let mut b = super::Batch::default();
+        b.put(&i.to_be_bytes(), &value);
+        db.write(b, false).unwrap();
+    }
+    db.flush_wal().unwrap();
+    assert!(super::wal_bytes(&path) > super::FLUSH_AT_CLOSE);
+    drop(db);
+    assert!(
+        super::wal_bytes(&path) < 64 << 10,
+        "{} bytes of logs left",
+        super::wal_bytes(&path)
+    );
+    let db = super::MetaDb::open(&path, true).unwrap();
+    assert_eq!(db.get(&3071u32.to_be_bytes()).unwrap(), Some(value));
 }
