@@ -673,6 +673,9 @@ fn ending_a_mount_frees_the_callers_of_a_server_that_stopped_answering() {
         &[],
     );
     let _unmount = Unmount(&mnt);
+    // One request answered first: the server is ready before its INIT reply went out, and a
+    // caller of a connection not yet initialized waits elsewhere (`fuse_get_req`).
+    assert!(std::fs::metadata(mnt.join("answered")).is_err());
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     // A lookup the kernel cannot answer from its caches waits for the stopped server.
