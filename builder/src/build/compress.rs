@@ -66,7 +66,9 @@ impl<W: Write + Send + 'static> GzipThread<W> {
             .try_recv()
             .unwrap_or_else(|_| Vec::with_capacity(BATCH));
         let batch = std::mem::replace(&mut self.buf, next);
-        let tx = self.tx.as_ref().expect("sent after finish");
+        let Some(tx) = self.tx.as_ref() else {
+            return Err(stopped());
+        };
         if tx.send(batch).is_err() {
             return Err(self.join().err().unwrap_or_else(|| {
                 io::Error::other("the layer's compression stopped without an error")
@@ -75,11 +77,13 @@ impl<W: Write + Send + 'static> GzipThread<W> {
         Ok(())
     }
 
+    /// Ends the input and waits for the thread; once it has failed, every later call fails.
     fn join(&mut self) -> io::Result<W> {
         self.tx = None;
-        match self.thread.take().expect("joined twice").join() {
-            Ok(result) => result,
-            Err(_) => Err(io::Error::other("the layer's compression thread panicked")),
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(io::Error::other("the layer's compression thread panicked")),
+            None => Err(stopped()),
         }
     }
 
@@ -88,6 +92,11 @@ impl<W: Write + Send + 'static> GzipThread<W> {
         self.send()?;
         self.join()
     }
+}
+
+/// What a write after the thread failed gets (the failure itself went to an earlier call).
+fn stopped() -> io::Error {
+    io::Error::other("the layer's compression stopped after an error")
 }
 
 impl<W: Write + Send + 'static> Write for GzipThread<W> {
@@ -186,11 +195,12 @@ mod tests {
             tracing::Span::none(),
         )
         .unwrap();
-        let err = threaded
-            .write_all(&data)
-            .and_then(|()| threaded.finish().map(|_| ()))
-            .unwrap_err();
+        let err = threaded.write_all(&data).unwrap_err();
         assert_eq!(err.to_string(), "disk full");
+        // A caller that goes on anyway gets an error, not a panic.
+        let again = threaded.write_all(&data).unwrap_err();
+        assert!(again.to_string().contains("stopped"), "{again}");
+        assert!(threaded.finish().is_err());
     }
 
     /// A writer that keeps a count of its owners up, to see when the thread has dropped it.
