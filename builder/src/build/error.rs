@@ -40,7 +40,7 @@ pub enum StepError {
     WriteLayer(imgfs::Error),
     #[error("failed to commit: {0}")]
     Commit(imgfs::Error),
-    /// An I/O error on a stream that has no path: a pipe, the layer's gzip encoder.
+    /// An I/O error on a stream that has no path: a pipe.
     #[error("{0}")]
     Stream(io::Error),
     /// A layer of the image could not be applied to make its snapshot.

@@ -4,7 +4,8 @@
 //! A stage's state is an image config plus its layers (`StageState`). Every instruction moves
 //! the state forward under a new cache key (`cache::CacheKey::step`); a step whose key has a
 //! record is not run. Steps that change files (RUN, COPY, ADD, WORKDIR) run on an active
-//! snapshot mounted by the backend, then the snapshot's diff becomes a gzip layer blob and the
+//! snapshot mounted by the backend, then the snapshot's diff becomes a layer blob (a plain tar,
+//! compressed only when pushed: `image::distribute`) and the
 //! snapshot is committed under the layer's chain ID, where the next step (or the next build, or
 //! `FROM` of the image) finds it without extracting anything.
 //!
@@ -12,7 +13,6 @@
 //! so independent stages build concurrently.
 
 pub mod cache;
-mod compress;
 mod error;
 mod progress;
 mod step;

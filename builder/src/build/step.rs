@@ -6,7 +6,6 @@ use std::str::FromStr;
 
 use oci_spec::image::Digest;
 
-use super::compress::GzipThread;
 use super::{
     Board, BuildError, BuildRequest, Engine, LayerRecord, StageOutcome, StageState, StepError,
 };
@@ -26,11 +25,8 @@ const DEFAULT_SHELL: [&str; 2] = ["/bin/sh", "-c"];
 /// The PATH a RUN step gets when the image sets none (what Docker uses).
 const DEFAULT_PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// The gzip level of the layers img writes (see `fs_step_on`).
-const LAYER_GZIP_LEVEL: u32 = 2;
-
-/// The layer media type img writes.
-const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// The media type of the layers a build writes: uncompressed (`fs_step_on`).
+const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
 
 pub(super) struct StageRunner<'e, 'a> {
     engine: &'e Engine<'a>,
@@ -651,54 +647,46 @@ impl<'e, 'a> StageRunner<'e, 'a> {
         unmounted.map_err(|e| self.fail(ins, StepError::Unmount(e)))?;
 
         let mut state = self.state.clone();
-        // The diff writes into the encoder, which writes into the blob writer: each writer's
-        // calls count as its own phase (`timing`).
-        let (store, compress) = (
-            tracing::info_span!("store"),
-            tracing::info_span!("compress"),
-        );
+        // The layer is stored as the tar the diff writes, under its diff ID; a push compresses
+        // it (`image::distribute`), as BuildKit compresses a layer only when it exports it.
+        // The blob writer's calls count as `store`, the rest of the diff's as `diff` (`timing`).
+        let store = tracing::info_span!("store");
         let writer = self
             .engine
             .images
             .blob_writer()
             .map_err(|e| self.fail(ins, e))?;
-        let writer = InSpan::new(writer, store.clone());
-        // Level 2, not 1: zlib-rs's level 1 never falls back to stored blocks, so incompressible
-        // data grows by 4% and every pull pays a full inflate for it (233 ms against 62 ms per
-        // 52 MB of random bytes); level 2 stores such blocks, and a root file system layer comes
-        // out 14% smaller (43 against 50 MB per 100 MB), for 1.15 against 0.74 s of compression.
-        // The compression and the blob's write run on their own thread, which counts its time
-        // as `compress` and `store`; the wait for it after the commit is the step's OTHER.
-        let mut gz = GzipThread::spawn(writer, LAYER_GZIP_LEVEL, compress)
-            .map_err(|e| self.fail(ins, StepError::Stream(e)))?;
+        let mut writer = InSpan::new(writer, store.clone());
         let report = tracing::info_span!("diff")
-            .in_scope(|| backend.diff(key, &mut gz))
+            .in_scope(|| backend.diff(key, &mut writer))
             .map_err(|e| self.fail(ins, StepError::WriteLayer(e)))?;
         if report.entries == 0 {
             // Nothing changed: no layer, as BuildKit does.
-            drop(gz);
+            drop(writer);
             backend.remove(key).map_err(|e| self.fail(ins, e))?;
             state.config.push_empty_layer(history);
             return Ok(state);
         }
         let diff_id = Digest::from_str(&report.diff_id).map_err(|e| self.fail(ins, e))?;
-        state.config.push_layer(diff_id, history);
+        state.config.push_layer(diff_id.clone(), history);
         let name = state
             .snapshot_name()
             .expect("a state with a layer has a chain id");
-        // The snapshot's name is its chain ID, known once the diff is hashed: commit it while
-        // the layer's compression finishes on its own thread.
-        match tracing::info_span!("commit").in_scope(|| backend.commit(&name, key)) {
+        // The snapshot's name is its chain ID, known once the diff is hashed. It is committed
+        // while the blob is synced and named on another thread: both wait on the disk.
+        let (committed, blob) = std::thread::scope(|s| {
+            let blob = s.spawn(|| store.in_scope(|| writer.into_inner().commit(Some(&diff_id))));
+            let committed = tracing::info_span!("commit").in_scope(|| backend.commit(&name, key));
+            (committed, blob.join())
+        });
+        match committed {
             Ok(_) => {}
             // The same tree was built before (the cache record was pruned, say): keep that one.
             Err(imgfs::Error::Exists(_)) => backend.remove(key).map_err(|e| self.fail(ins, e))?,
             Err(e) => return Err(self.fail(ins, StepError::Commit(e))),
         }
-        let writer = gz
-            .finish()
-            .map_err(|e| self.fail(ins, StepError::Stream(e)))?;
-        let blob = store
-            .in_scope(|| writer.into_inner().commit(None))
+        let blob = blob
+            .expect("storing a blob does not panic")
             .map_err(|e| self.fail(ins, e))?;
         state.layers.push(LayerRecord {
             digest: blob.digest,

@@ -1,13 +1,12 @@
 //! Where a build's time went: the `tracing` spans the engine opens (`step`, and in a step
-//! `base`, `pull`, `apply`, `run`, `copy`, `diff`, `compress`, `store`, `commit`, `mount`,
+//! `base`, `pull`, `apply`, `run`, `copy`, `diff`, `store`, `commit`, `mount`,
 //! `unmount`, `cache_lookup`), summed per step by `Timing`, a `tracing_subscriber` layer, and printed by
 //! `img build --progress=plain` as a table (`Breakdown::table`).
 //!
 //! Each phase counts its own time only: a span entered inside another on the same thread pauses
-//! it. The layer pipeline's writers enter their own span for every write (`InSpan`): the diff
-//! writes a tar on the step's thread while gzip (`compress`) and the blob writer (`store`) run
-//! on a thread of their own (`build::compress`), so those two overlap DIFF and COMMIT, and the
-//! step's wait for them to finish is the step's OTHER. Entering a span per write costs a few
+//! it. The layer's blob writer enters its own span for every write (`InSpan`), so the diff's
+//! time excludes the blob's (`store`); the blob's final sync runs on a thread of its own beside
+//! the commit, so STORE can overlap COMMIT. Entering a span per write costs a few
 //! hundred nanoseconds with the layer installed, and nothing without it (the spans are disabled
 //! then).
 
@@ -27,11 +26,10 @@ use tracing_subscriber::registry::LookupSpan;
 /// The table's phase columns and the spans each one sums. `base` is what a stage's FROM and a
 /// `COPY --from` cost: waiting for a stage, pulling an image, applying its layers, mounting the
 /// source of a `COPY --from`.
-const COLUMNS: [(&str, &[&str]); 7] = [
+const COLUMNS: [(&str, &[&str]); 6] = [
     ("BASE", &["base", "pull", "apply"]),
     ("RUN/COPY", &["run", "copy"]),
     ("DIFF", &["diff"]),
-    ("COMPRESS", &["compress"]),
     ("STORE", &["store"]),
     ("COMMIT", &["commit"]),
     ("MOUNT", &["mount", "unmount"]),

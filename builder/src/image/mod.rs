@@ -7,6 +7,7 @@
 //! <state>/blobs/sha256/<hex>   content-addressed blobs: layers, configs, manifests
 //! <state>/blobs/sha256/.tmp-*  blobs being written; renamed to their digest when complete
 //! <state>/images.json          names index: normalized reference -> manifest descriptor
+//! <state>/compressed.json      uncompressed layer -> its gzip blob (`distribute`)
 //! ```
 //!
 //! Layers' file trees live in snapshot backends keyed by chain ID ([`chain_id`]); this module only
@@ -14,6 +15,7 @@
 
 mod archive;
 mod config;
+mod distribute;
 mod lock;
 mod platform;
 mod reference;
@@ -26,6 +28,7 @@ pub use archive::{
     ArchiveError, ArchiveFormat, DiffIdMismatch, ImportOptions, Loaded, import_rootfs, load, save,
 };
 pub use config::{ContainerConfig, Empty, HealthConfig, History, ImageConfig, RootFs, format_time};
+pub use distribute::{Distribution, GZIP_LEVEL};
 pub use lock::{Contention, LockError, StateLock};
 pub use platform::{Platform, PlatformError, host_platform};
 pub use reference::{Reference, ReferenceError};

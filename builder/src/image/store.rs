@@ -120,7 +120,8 @@ impl Image {
             .map_or_else(|| "<none>".to_string(), Reference::familiar)
     }
 
-    /// Bytes of the manifest, config and layers as stored (compressed), shared layers counted.
+    /// Bytes of the manifest, config and layers as stored (a built image's layers uncompressed,
+    /// a pulled one's compressed), shared layers counted.
     pub fn size(&self) -> u64 {
         self.manifest_descriptor.size()
             + self.manifest.config().size()
@@ -696,9 +697,16 @@ impl ImageStore {
         let manifest: ImageManifest = self.read_json(descriptor.digest())?;
         let reachable = self.reachable(extra_roots)?;
         let mut garbage = Garbage::default();
+        let layers: HashSet<&str> = manifest
+            .layers()
+            .iter()
+            .map(|l| l.digest().digest())
+            .collect();
+        let compressed = self.compressed_of(|hex| layers.contains(hex))?;
         let candidates = std::iter::once(descriptor.digest())
             .chain(std::iter::once(manifest.config().digest()))
-            .chain(manifest.layers().iter().map(|l| l.digest()));
+            .chain(manifest.layers().iter().map(|l| l.digest()))
+            .chain(&compressed);
         let mut seen = HashSet::new();
         for digest in candidates {
             if reachable.contains(digest.digest()) || !seen.insert(digest.digest().to_string()) {
@@ -713,11 +721,13 @@ impl ImageStore {
             }
         }
         self.delete(&garbage)?;
+        self.forget_missing_compressed()?;
         Ok(garbage)
     }
 
     /// The hex digests of every blob reachable from a name or from `extra_roots` (e.g. the build
-    /// cache's layers), following manifests and indexes.
+    /// cache's layers), following manifests and indexes, and the compressed blobs of the
+    /// uncompressed layers among them (`distribute`).
     fn reachable(&self, extra_roots: &[Digest]) -> Result<HashSet<String>, StoreError> {
         let index = self.read_index()?;
         let mut seen = HashSet::new();
@@ -735,6 +745,9 @@ impl ImageStore {
                 continue;
             }
             stack.extend(self.children(&digest)?);
+        }
+        for compressed in self.compressed_of(|hex| seen.contains(hex))? {
+            seen.insert(compressed.digest().to_string());
         }
         Ok(seen)
     }
@@ -813,6 +826,7 @@ impl ImageStore {
     pub fn prune(&self, extra_roots: &[Digest]) -> Result<Garbage, StoreError> {
         let garbage = self.reclaimable(extra_roots)?;
         self.delete(&garbage)?;
+        self.forget_missing_compressed()?;
         Ok(garbage)
     }
 

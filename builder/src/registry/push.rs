@@ -1,7 +1,9 @@
 //! `Registry::push`: config and layers uploaded only where the registry lacks them (HEAD first,
 //! then a cross-repository mount when another repository of the registry is known to hold the
-//! blob, then an upload streamed from the store), several at once, then the manifest with the
-//! exact bytes img stored, so the pushed digest is the local one.
+//! blob, then an upload streamed from the store), several at once, then the manifest. What is
+//! pushed is the image's `distribution`: layers a build stored uncompressed go gzip-compressed,
+//! the same bytes at every push; an image whose layers are all compressed already (pulled,
+//! loaded) goes with the exact manifest bytes img stored, so its pushed digest is the local one.
 
 use futures_util::{StreamExt, TryStreamExt};
 use oci_spec::image::{Descriptor, Digest};
@@ -20,7 +22,8 @@ use crate::image::{ImageStore, Reference};
 #[derive(Debug)]
 pub struct Pushed {
     pub reference: Reference,
-    /// The manifest digest, the same in the registry as in the local store.
+    /// The pushed manifest's digest: the local one unless layers were compressed for the push
+    /// (then the same at every push of the image).
     pub digest: Digest,
     /// Each blob and what happened to it.
     pub blobs: Vec<(Digest, BlobEvent)>,
@@ -55,11 +58,12 @@ impl Registry {
         }
         let reference = reference.with_tag(reference.tag().expect("checked above"));
         let conn = self.connection(&reference)?;
-        let manifest_bytes = store.read_blob(&image.manifest_digest)?;
+        let distribution = store.distribution(&image)?;
+        let manifest_bytes = distribution.manifest_bytes;
         let sources = BlobSources::open(store.state_dir());
 
         let mut blobs: Vec<&Descriptor> = Vec::new();
-        for d in std::iter::once(image.manifest.config()).chain(image.manifest.layers()) {
+        for d in &distribution.blobs {
             if !blobs.iter().any(|b| b.digest() == d.digest()) {
                 blobs.push(d);
             }
@@ -74,7 +78,7 @@ impl Registry {
             .try_collect(),
         )?;
 
-        let content_type = image.manifest_descriptor.media_type().to_string();
+        let content_type = distribution.manifest_descriptor.media_type().to_string();
         let what = format!("manifest of {reference}");
         let url = format!(
             "{}/v2/{}/manifests/{}",
@@ -108,7 +112,7 @@ impl Registry {
         let uploaded = results.iter().map(|(_, _, n)| n).sum();
         Ok(Pushed {
             reference,
-            digest: image.manifest_digest.clone(),
+            digest: distribution.manifest_descriptor.digest().clone(),
             blobs: results.into_iter().map(|(d, e, _)| (d, e)).collect(),
             uploaded,
         })

@@ -94,6 +94,8 @@ pub struct Base {
     _dir: tempfile::TempDir,
     pub layout: PathBuf,
     pub docker_archive: PathBuf,
+    /// The layout as an OCI archive: its layer gzip-compressed, as a pulled image's are.
+    pub oci_archive: PathBuf,
 }
 
 pub fn base() -> &'static Base {
@@ -126,10 +128,14 @@ pub fn base() -> &'static Base {
         )
         .unwrap();
         fs::set_permissions(&docker_archive, fs::Permissions::from_mode(0o644)).unwrap();
+        let oci_archive = dir.path().join("busybox-oci.tar");
+        images::oci_archive(&layout, &oci_archive).unwrap();
+        fs::set_permissions(&oci_archive, fs::Permissions::from_mode(0o644)).unwrap();
         Base {
             _dir: dir,
             layout,
             docker_archive,
+            oci_archive,
         }
     })
 }
@@ -152,7 +158,16 @@ impl Rig {
             buildah,
         };
         let base = base();
-        rig.img_ok(&["load", "-i", base.docker_archive.to_str().unwrap()]);
+        // From the OCI archive: a gzip layer, as an image pulled from a registry has, so a
+        // push sends it as it is (a docker-archive's layers are plain tars, which a push
+        // compresses: `image::distribute`).
+        // The archive's `ref.name` is a bare tag, which names no image: tag it by its ID.
+        let loaded = rig.img_ok(&["load", "-i", base.oci_archive.to_str().unwrap()]);
+        let id = loaded
+            .trim()
+            .strip_prefix("Loaded image ID: ")
+            .unwrap_or_else(|| panic!("img load printed {loaded:?}"));
+        rig.img_ok(&["tag", id, "busybox"]);
         if let Some(user) = test_user() {
             // The state is the user's own, not a subordinate id's or root's.
             let meta = fs::metadata(rig.state.join("images.json")).unwrap();

@@ -86,6 +86,79 @@ pub(crate) fn fresh_state() -> tempfile::TempDir {
     crate::img_dir()
 }
 
+/// The manifest the registry serves for `name`, as skopeo reads it.
+fn pushed_manifest(name: &str) -> Value {
+    let raw = images::run(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{name}"),
+    ]))
+    .unwrap();
+    serde_json::from_slice(&raw.stdout).unwrap()
+}
+
+/// A build stores its layers as plain tars under their diff IDs; a push sends them
+/// gzip-compressed, compressing each once: every push of the image gets the same digest, and
+/// what comes back is the image that was built.
+#[test]
+fn a_built_image_goes_compressed_and_under_one_digest_at_every_push() {
+    if !can_run() {
+        return;
+    }
+    let registry = TestRegistry::start().unwrap();
+    let host = registry.host();
+    let rig = Rig::create();
+    let ctx = crate::context(
+        "FROM busybox\nRUN head -c 300000 /dev/zero > /zeros && echo top > /top\n",
+        &[],
+    );
+    rig.img_ok(&["build", "-t", "lazy:1", ctx.path().to_str().unwrap()]);
+    let local = inspect(&rig.state, "lazy:1");
+    let top = &local["Manifest"]["layers"][1];
+    assert_eq!(top["mediaType"], "application/vnd.oci.image.layer.v1.tar");
+    assert_eq!(top["digest"], local["RootFS"]["diff_ids"][1]);
+    assert!(top["size"].as_u64().unwrap() > 300_000, "{top}");
+
+    let first = rig.img_ok(&["push", "lazy:1", &format!("{host}/lazy/a:1")]);
+    let compressed = std::fs::read_to_string(rig.state.join("compressed.json")).unwrap();
+    let second = rig.img_ok(&["push", "lazy:1", &format!("{host}/lazy/b:1")]);
+    assert_eq!(printed_digest(&first), printed_digest(&second));
+    assert_ne!(printed_digest(&first), local["Digest"].as_str().unwrap());
+    // The second push compressed nothing: the map is as the first left it.
+    assert_eq!(
+        std::fs::read_to_string(rig.state.join("compressed.json")).unwrap(),
+        compressed
+    );
+
+    let sent = pushed_manifest(&format!("{host}/lazy/b:1"));
+    let layers = sent["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    for layer in layers {
+        assert_eq!(
+            layer["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        );
+    }
+    assert!(layers[1]["size"].as_u64().unwrap() < 100_000, "{sent}");
+    assert_eq!(sent["config"]["digest"], local["Id"]);
+
+    // Pulled elsewhere: the image that was built, under the pushed digest.
+    let other = fresh_state();
+    let pulled = ok(
+        img_in(
+            other.path(),
+            &[],
+            None,
+            &["pull", &format!("{host}/lazy/a:1")],
+        ),
+        "img pull",
+    );
+    assert_eq!(printed_digest(&pulled), printed_digest(&first));
+    let back = inspect(other.path(), &format!("{host}/lazy/a:1"));
+    assert_eq!(back["Id"], local["Id"]);
+}
+
 #[test]
 fn push_then_pull_gives_the_same_digest_and_peers_read_the_image() {
     if !can_run() {
@@ -529,12 +602,12 @@ fn a_failed_pull_leaves_no_snapshot_of_the_layers_it_applied() {
     let rig = Rig::create();
     let ctx = crate::context("FROM busybox\nRUN echo top > /top\n", &[]);
     rig.img_ok(&["build", "-t", "two", ctx.path().to_str().unwrap()]);
-    let two = inspect(&rig.state, "two");
-    let top = two["Manifest"]["layers"][1]["digest"]
+    rig.img_ok(&["push", "two", &format!("{}/test/two:1", registry.host())]);
+    // The pushed top layer: compressed for the push, so not the local blob.
+    let top = pushed_manifest(&format!("{}/test/two:1", registry.host()))["layers"][1]["digest"]
         .as_str()
         .unwrap()
         .to_string();
-    rig.img_ok(&["push", "two", &format!("{}/test/two:1", registry.host())]);
     let proxy = FaultProxy::start(
         registry.host(),
         vec![Rule {

@@ -2,6 +2,7 @@
 
 mod archive;
 mod config;
+mod distribute;
 mod hostile;
 mod lock;
 mod reference;
