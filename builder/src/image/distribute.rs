@@ -7,7 +7,8 @@
 //! `<state>/compressed.json` remembers it, so the next push of the same layer (another tag,
 //! another image, another registry) sends the same bytes under the same digest without
 //! compressing again, and the manifest it pushes is the same. Layers that came compressed
-//! (pulled, loaded, imported) and images in Docker's manifest format are sent as they are.
+//! (pulled, imported, loaded from an archive that held them so) and images in Docker's
+//! manifest format are sent as they are.
 //!
 //! The map is a cache: an entry whose blob is gone is compressed again, to the same bytes (the
 //! same input at the same level gives the same gzip stream), and garbage collection keeps a

@@ -2,8 +2,8 @@
 //! then a cross-repository mount when another repository of the registry is known to hold the
 //! blob, then an upload streamed from the store), several at once, then the manifest. What is
 //! pushed is the image's `distribution`: layers a build stored uncompressed go gzip-compressed,
-//! the same bytes at every push; an image whose layers are all compressed already (pulled,
-//! loaded) goes with the exact manifest bytes img stored, so its pushed digest is the local one.
+//! the same bytes at every push; an image whose layers are all compressed already (a pulled
+//! one) goes with the exact manifest bytes img stored, so its pushed digest is the local one.
 
 use futures_util::{StreamExt, TryStreamExt};
 use oci_spec::image::{Descriptor, Digest};
