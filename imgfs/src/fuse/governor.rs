@@ -19,8 +19,12 @@
 //! governor gives the ring threads SCHED_IDLE only while they are busy and not kept waiting
 //! for a CPU. Every `BUSY_PERIOD` while requests come in (`QUIET_PERIOD` otherwise) it reads
 //! how long each ring thread waited to run (/proc/self/task/TID/schedstat):
-//! - a ring thread that waited more than `STARVED` under SCHED_IDLE puts them all back under
-//!   SCHED_OTHER for a while (`HOLD_MIN`, doubling up to `HOLD_MAX` while it happens again);
+//! - a ring thread that waited more than `STARVED` under SCHED_IDLE, or more runnable threads
+//!   on the machine than CPUs (`procs_running` of /proc/stat, the governor itself counted),
+//!   puts them all back under SCHED_OTHER for a while (`HOLD_MIN`, doubling up to `HOLD_MAX`
+//!   while it happens again). schedstat adds a wait to a thread's total only once the thread
+//!   has run, so a ring thread kept off every CPU shows no wait until then: the count of
+//!   runnable threads sees the busy CPUs at once;
 //! - after `QUIET_AFTER` without requests the ring threads go back to SCHED_OTHER, so the
 //!   first request after a quiet spell never waits behind other work.
 //!
@@ -67,6 +71,20 @@ fn schedstat(tid: libc::pid_t) -> Option<(u64, u64)> {
     let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
     let mut fields = text.split_ascii_whitespace().map(|f| f.parse::<u64>().ok());
     Some((fields.next()??, fields.next()??))
+}
+
+/// Whether every CPU has something to run besides the caller: more runnable threads on the
+/// machine (/proc/stat's `procs_running`, which counts the caller) than CPUs. `false` when
+/// it cannot tell.
+fn cpus_busy(cpus: usize) -> bool {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|stat| {
+            stat.lines()
+                .find_map(|l| l.strip_prefix("procs_running "))
+                .and_then(|n| n.trim().parse::<usize>().ok())
+        })
+        .is_some_and(|running| running > cpus)
 }
 
 /// Whether this process may move a thread out of SCHED_IDLE again: tried on a thread of its
@@ -173,6 +191,7 @@ impl Governor {
         let mut hold = HOLD_MIN;
         let mut hold_until = Instant::now();
         let mut period = QUIET_PERIOD;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         loop {
             {
                 let mut stop = lock(&self.stop);
@@ -208,8 +227,14 @@ impl Governor {
             if ran > 0 {
                 last_busy = t;
             }
-            if idle && waited > STARVED {
-                tracing::debug!(?waited, ?hold, "ring threads kept from a CPU: SCHED_OTHER");
+            let busy = (idle || ran > 0) && cpus_busy(cpus);
+            if idle && (waited > STARVED || busy) {
+                tracing::debug!(
+                    ?waited,
+                    busy,
+                    ?hold,
+                    "ring threads kept from a CPU: SCHED_OTHER"
+                );
                 self.set_all(&tids, false);
                 idle = false;
                 hold_until = t + hold;
@@ -220,7 +245,7 @@ impl Governor {
                 idle = false;
             } else if idle && t.duration_since(idle_since) >= HOLD_MAX {
                 hold = HOLD_MIN;
-            } else if !idle && ran > 0 && t >= hold_until {
+            } else if !idle && ran > 0 && !busy && t >= hold_until {
                 self.set_all(&tids, true);
                 idle = true;
                 idle_since = t;
