@@ -678,6 +678,24 @@ fn ending_a_mount_frees_the_callers_of_a_server_that_stopped_answering() {
     assert!(std::fs::metadata(mnt.join("answered")).is_err());
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    // The signal stops a thread at its next entry into the kernel: a worker polling /dev/fuse
+    // could still answer the lookup below. Wait until every thread is stopped.
+    let stopped = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .all(|task| {
+                let stat =
+                    std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap_or_default();
+                stat.rsplit_once(") ")
+                    .and_then(|(_, after)| after.chars().next())
+                    .is_some_and(|state| state == 'T' || state == 't')
+            })
+    };
+    let start = std::time::Instant::now();
+    while !stopped() {
+        assert!(start.elapsed().as_secs() < 20, "the server never stopped");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     // A lookup the kernel cannot answer from its caches waits for the stopped server.
     let missing = mnt.join("missing");
     let (tid_tx, tid_rx) = std::sync::mpsc::channel();
