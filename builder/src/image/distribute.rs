@@ -15,8 +15,8 @@
 //! compressed blob exactly as long as its tar is kept.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::{self, BufReader, Write};
+use std::fs::File;
+use std::io::{self, BufReader};
 use std::path::PathBuf;
 
 use flate2::write::GzEncoder;
@@ -24,7 +24,7 @@ use oci_spec::image::{Descriptor, Digest, ImageManifest, MediaType};
 use serde::{Deserialize, Serialize};
 
 use super::config::canonical_json;
-use super::store::{Blob, Image, ImageStore, StoreError};
+use super::store::{Blob, Image, ImageStore, StoreError, read_json_file, write_json_file};
 use super::{Compression, sha256_digest};
 
 const MAP_FILE: &str = "compressed.json";
@@ -52,7 +52,7 @@ pub struct Distribution {
 
 /// `<state>/compressed.json`: uncompressed layer digest -> its gzip blob.
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct CompressedMap {
+pub(super) struct CompressedMap {
     version: u32,
     #[serde(default)]
     gzip: BTreeMap<String, MapEntry>,
@@ -64,59 +64,39 @@ struct MapEntry {
     size: u64,
 }
 
+impl CompressedMap {
+    /// The compressed blobs of the uncompressed ones in `sources` (hex digests) that the map
+    /// names: what garbage collection keeps along with them.
+    pub(super) fn compressed_of(&self, sources: impl Fn(&str) -> bool) -> Vec<Digest> {
+        self.gzip
+            .iter()
+            .filter(|(source, _)| source.parse::<Digest>().is_ok_and(|d| sources(d.digest())))
+            .map(|(_, entry)| entry.digest.clone())
+            .collect()
+    }
+}
+
 impl ImageStore {
     fn map_path(&self) -> PathBuf {
         self.state_dir().join(MAP_FILE)
     }
 
-    fn read_map(&self) -> Result<CompressedMap, StoreError> {
-        let path = self.map_path();
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|source| StoreError::BadIndex { path, source }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(CompressedMap {
-                version: MAP_VERSION,
-                ..CompressedMap::default()
-            }),
-            Err(e) => Err(StoreError::Io {
-                op: "read",
-                path,
-                source: e,
-            }),
-        }
-    }
-
-    fn write_map(&self, map: &CompressedMap) -> Result<(), StoreError> {
-        let mut bytes = serde_json::to_vec_pretty(map).expect("the compressed map serializes");
-        bytes.push(b'\n');
-        let path = self.map_path();
-        imgfs::atomic::write_atomically(&path, 0o600, |f| f.write_all(&bytes)).map_err(|source| {
-            StoreError::Io {
-                op: "write",
-                path,
-                source,
-            }
+    pub(super) fn read_compressed_map(&self) -> Result<CompressedMap, StoreError> {
+        read_json_file(self.map_path(), || CompressedMap {
+            version: MAP_VERSION,
+            ..CompressedMap::default()
         })
     }
 
-    /// The compressed blobs of the uncompressed ones in `sources` (hex digests) that the map
-    /// names: what garbage collection keeps along with them.
-    pub(super) fn compressed_of(
-        &self,
-        sources: impl Fn(&str) -> bool,
-    ) -> Result<Vec<Digest>, StoreError> {
-        let map = self.read_map()?;
-        Ok(map
-            .gzip
-            .iter()
-            .filter(|(source, _)| source.parse::<Digest>().is_ok_and(|d| sources(d.digest())))
-            .map(|(_, entry)| entry.digest.clone())
-            .collect())
+    fn write_map(&self, map: &CompressedMap) -> Result<(), StoreError> {
+        write_json_file(self.map_path(), map)
     }
 
     /// Drops the map's entries whose compressed blob is gone (after a garbage collection).
-    pub(super) fn forget_missing_compressed(&self) -> Result<(), StoreError> {
-        let mut map = self.read_map()?;
+    pub(super) fn forget_missing_compressed(
+        &self,
+        mut map: CompressedMap,
+    ) -> Result<(), StoreError> {
         let before = map.gzip.len();
         let mut kept = BTreeMap::new();
         for (source, entry) in std::mem::take(&mut map.gzip) {
@@ -153,7 +133,7 @@ impl ImageStore {
             return stored();
         }
 
-        let mut map = self.read_map()?;
+        let mut map = self.read_compressed_map()?;
         let mut todo: Vec<Digest> = Vec::new();
         for layer in image.manifest.layers().iter().filter(|d| plain(d)) {
             let known = map.gzip.get(&layer.digest().to_string());

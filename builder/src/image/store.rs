@@ -24,6 +24,7 @@ use sha2::{Digest as _, Sha256};
 use tempfile::NamedTempFile;
 
 use super::config::{ImageConfig, canonical_json};
+use super::distribute::CompressedMap;
 use super::reference::{Reference, ReferenceError};
 use super::{digest_from_hasher, image_manifest, is_index, is_manifest};
 
@@ -76,6 +77,28 @@ pub enum StoreError {
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
     let path = path.to_path_buf();
     move |source| StoreError::Io { op, path, source }
+}
+
+/// Reads one of the state's JSON files, or `missing()` when there is none yet.
+pub(super) fn read_json_file<T: DeserializeOwned>(
+    path: PathBuf,
+    missing: impl FnOnce() -> T,
+) -> Result<T, StoreError> {
+    match fs::read(&path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map_err(|source| StoreError::BadIndex { path, source })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(missing()),
+        Err(e) => Err(io_err("read", &path)(e)),
+    }
+}
+
+/// Replaces one of the state's JSON files in one step (pretty-printed, owner-only).
+pub(super) fn write_json_file<T: Serialize>(path: PathBuf, value: &T) -> Result<(), StoreError> {
+    let mut bytes = serde_json::to_vec_pretty(value).expect("state files serialize");
+    bytes.push(b'\n');
+    imgfs::atomic::write_atomically(&path, 0o600, |f| f.write_all(&bytes))
+        .map_err(io_err("write", &path))
 }
 
 /// A stored blob: its digest and size.
@@ -405,24 +428,14 @@ impl ImageStore {
     }
 
     fn read_index(&self) -> Result<NamesIndex, StoreError> {
-        let path = self.index_path();
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|source| StoreError::BadIndex { path, source }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(NamesIndex {
-                version: INDEX_VERSION,
-                ..NamesIndex::default()
-            }),
-            Err(e) => Err(io_err("read", &path)(e)),
-        }
+        read_json_file(self.index_path(), || NamesIndex {
+            version: INDEX_VERSION,
+            ..NamesIndex::default()
+        })
     }
 
     fn write_index(&self, index: &NamesIndex) -> Result<(), StoreError> {
-        let mut bytes = serde_json::to_vec_pretty(index).expect("the names index serializes");
-        bytes.push(b'\n');
-        let path = self.index_path();
-        imgfs::atomic::write_atomically(&path, 0o600, |f| f.write_all(&bytes))
-            .map_err(io_err("write", &path))
+        write_json_file(self.index_path(), index)
     }
 
     /// Points `name` at the image manifest `manifest`. The manifest, its config and its layers
@@ -695,14 +708,15 @@ impl ImageStore {
     pub fn remove(&self, name: &str, extra_roots: &[Digest]) -> Result<Garbage, StoreError> {
         let descriptor = self.untag(name)?;
         let manifest: ImageManifest = self.read_json(descriptor.digest())?;
-        let reachable = self.reachable(extra_roots)?;
+        let map = self.read_compressed_map()?;
+        let reachable = self.reachable(extra_roots, &map)?;
         let mut garbage = Garbage::default();
         let layers: HashSet<&str> = manifest
             .layers()
             .iter()
             .map(|l| l.digest().digest())
             .collect();
-        let compressed = self.compressed_of(|hex| layers.contains(hex))?;
+        let compressed = map.compressed_of(|hex| layers.contains(hex));
         let candidates = std::iter::once(descriptor.digest())
             .chain(std::iter::once(manifest.config().digest()))
             .chain(manifest.layers().iter().map(|l| l.digest()))
@@ -721,14 +735,18 @@ impl ImageStore {
             }
         }
         self.delete(&garbage)?;
-        self.forget_missing_compressed()?;
+        self.forget_missing_compressed(map)?;
         Ok(garbage)
     }
 
     /// The hex digests of every blob reachable from a name or from `extra_roots` (e.g. the build
     /// cache's layers), following manifests and indexes, and the compressed blobs of the
     /// uncompressed layers among them (`distribute`).
-    fn reachable(&self, extra_roots: &[Digest]) -> Result<HashSet<String>, StoreError> {
+    fn reachable(
+        &self,
+        extra_roots: &[Digest],
+        map: &CompressedMap,
+    ) -> Result<HashSet<String>, StoreError> {
         let index = self.read_index()?;
         let mut seen = HashSet::new();
         let mut stack: Vec<Digest> = index
@@ -746,7 +764,7 @@ impl ImageStore {
             }
             stack.extend(self.children(&digest)?);
         }
-        for compressed in self.compressed_of(|hex| seen.contains(hex))? {
+        for compressed in map.compressed_of(|hex| seen.contains(hex)) {
             seen.insert(compressed.digest().to_string());
         }
         Ok(seen)
@@ -791,7 +809,15 @@ impl ImageStore {
     /// Blobs that no name and none of `extra_roots` reach, and leftover temporary files: what
     /// `prune` would delete (`img du`).
     pub fn reclaimable(&self, extra_roots: &[Digest]) -> Result<Garbage, StoreError> {
-        let reachable = self.reachable(extra_roots)?;
+        self.reclaimable_with(extra_roots, &self.read_compressed_map()?)
+    }
+
+    fn reclaimable_with(
+        &self,
+        extra_roots: &[Digest],
+        map: &CompressedMap,
+    ) -> Result<Garbage, StoreError> {
+        let reachable = self.reachable(extra_roots, map)?;
         let mut garbage = Garbage::default();
         let entries = fs::read_dir(&self.blobs).map_err(io_err("list", &self.blobs))?;
         for entry in entries {
@@ -824,9 +850,10 @@ impl ImageStore {
     /// Deletes what `reclaimable` reports. Temporary files count as leftovers, so no other
     /// writer may be running: hold the state lock.
     pub fn prune(&self, extra_roots: &[Digest]) -> Result<Garbage, StoreError> {
-        let garbage = self.reclaimable(extra_roots)?;
+        let map = self.read_compressed_map()?;
+        let garbage = self.reclaimable_with(extra_roots, &map)?;
         self.delete(&garbage)?;
-        self.forget_missing_compressed()?;
+        self.forget_missing_compressed(map)?;
         Ok(garbage)
     }
 

@@ -88,12 +88,17 @@ pub(crate) fn fresh_state() -> tempfile::TempDir {
 
 /// The manifest the registry serves for `name`, as skopeo reads it.
 fn pushed_manifest(name: &str) -> Value {
-    let raw = images::run(Command::new("skopeo").args([
-        "inspect",
-        "--raw",
-        "--tls-verify=false",
-        &format!("docker://{name}"),
-    ]))
+    skopeo_inspect(name, &["--raw"])
+}
+
+/// `skopeo inspect` of `docker://name` (over plain HTTP), parsed.
+fn skopeo_inspect(name: &str, flags: &[&str]) -> Value {
+    let raw = images::run(
+        Command::new("skopeo")
+            .arg("inspect")
+            .args(flags)
+            .args(["--tls-verify=false", &format!("docker://{name}")]),
+    )
     .unwrap();
     serde_json::from_slice(&raw.stdout).unwrap()
 }
@@ -175,13 +180,7 @@ fn push_then_pull_gives_the_same_digest_and_peers_read_the_image() {
     assert_eq!(printed_digest(&pushed), local["Digest"].as_str().unwrap());
 
     // skopeo sees the manifest img stored, byte for byte.
-    let inspected = images::run(Command::new("skopeo").args([
-        "inspect",
-        "--tls-verify=false",
-        &format!("docker://{target}"),
-    ]))
-    .unwrap();
-    let inspected: Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    let inspected = skopeo_inspect(&target, &[]);
     assert_eq!(inspected["Digest"], local["Digest"]);
 
     // umoci unpacks skopeo's copy to the tree img unpacks.
@@ -769,14 +768,7 @@ fn pull_picks_the_platform_from_a_docker_manifest_list() {
     let name = format!("{}/list/busybox:1", registry.host());
     // skopeo converts the index and its manifests to Docker's schema 2 on the way.
     push_two_platform_index(&rig, &name, Some("v2s2"));
-    let raw = images::run(Command::new("skopeo").args([
-        "inspect",
-        "--raw",
-        "--tls-verify=false",
-        &format!("docker://{name}"),
-    ]))
-    .unwrap();
-    let list: Value = serde_json::from_slice(&raw.stdout).unwrap();
+    let list = pushed_manifest(&name);
     assert_eq!(
         list["mediaType"],
         "application/vnd.docker.distribution.manifest.list.v2+json"
