@@ -591,6 +591,24 @@ fn a_failing_ring_ends_the_connection_instead_of_leaving_callers_waiting() {
             .args(["-t", "fusectl", "none", fusectl.to_str().unwrap()])
             .status();
     }
+    ring_failure_ends_the_connection(false);
+}
+
+/// Without fusectl (a host without systemd does not mount it), the failing ring ends the
+/// connection by a forced unmount. The mount runs in a mount namespace of its own where
+/// fusectl is unmounted, and is reached through /proc/PID/root.
+#[test]
+fn a_failing_ring_ends_the_connection_where_fusectl_is_not_mounted() {
+    if !fuse_available() || !uring_enabled() {
+        return;
+    }
+    ring_failure_ends_the_connection(true);
+}
+
+/// Mounts with the ring-failure hook (in a mount namespace without fusectl when
+/// `hide_fusectl`), writes until a write fails, and checks that the failure came within a
+/// minute, as ENOTCONN or ECONNABORTED, and that the mount is gone and nothing committed.
+fn ring_failure_ends_the_connection(hide_fusectl: bool) {
     let (_dir, store, mnt) = store_with_empty_base();
     let s = store.to_str().unwrap();
     let args = [
@@ -602,18 +620,60 @@ fn a_failing_ring_ends_the_connection_instead_of_leaving_callers_waiting() {
         "--commit",
         "one",
     ];
-    let child = foreground_mount(&args, &mnt, &[("IMGFS_TEST_URING_FAIL_AFTER", "200")]);
+    let fail_after = [("IMGFS_TEST_URING_FAIL_AFTER", "200")];
+    let (child, seen_at) = if hide_fusectl {
+        // unshare and sh exec: the child's pid is the mount's server.
+        let script = format!(
+            "umount /sys/fs/fuse/connections 2>/dev/null; ls /sys/fs/fuse/connections | grep -q . && exit 3; exec {} mount \"$@\"",
+            env!("CARGO_BIN_EXE_imgfs")
+        );
+        let child = Command::new("unshare")
+            .args([
+                "-m",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                &script,
+                "sh",
+            ])
+            .args(args)
+            .arg(&mnt)
+            .envs(fail_after)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let root = Path::new("/proc").join(child.id().to_string()).join("root");
+        let seen_at = root.join(mnt.strip_prefix("/").unwrap());
+        let info = Path::new("/proc")
+            .join(child.id().to_string())
+            .join("mountinfo");
+        let start = std::time::Instant::now();
+        let want = format!(" {} ", mnt.canonicalize().unwrap().display());
+        while !std::fs::read_to_string(&info).is_ok_and(|i| i.contains(&want)) {
+            assert!(start.elapsed().as_secs() < 20, "mount did not come up");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        (child, seen_at)
+    } else {
+        (foreground_mount(&args, &mnt, &fail_after), mnt.clone())
+    };
     // Callers get an error once a ring fails, at the latest within the watchdog's time.
-    let m = mnt.clone();
+    let m = seen_at.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let failed = (0..10_000).find_map(|i| std::fs::write(m.join(format!("f{i}")), "x").err());
         let _ = tx.send(failed);
     });
-    let failed = rx
-        .recv_timeout(std::time::Duration::from_secs(60))
-        .expect("callers still wait after the ring failed")
-        .expect("a ring failed, yet every write succeeded");
+    let Ok(failed) = rx.recv_timeout(std::time::Duration::from_secs(60)) else {
+        // Killing the server ends the connection, so the waiting writer and this process can
+        // end.
+        let mut child = child;
+        let _ = child.kill();
+        panic!("callers still wait after the ring failed");
+    };
+    let failed = failed.expect("a ring failed, yet every write succeeded");
     // ECONNABORTED for requests the abort found, ENOTCONN for later ones.
     assert!(
         [Some(libc::ECONNABORTED), Some(libc::ENOTCONN)].contains(&failed.raw_os_error()),
@@ -623,7 +683,11 @@ fn a_failing_ring_ends_the_connection_instead_of_leaving_callers_waiting() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("serving the mount failed"), "{stderr}");
-    assert!(!is_mounted(&mnt), "the dead mount is taken away");
+    if hide_fusectl {
+        assert!(stderr.contains("by a forced unmount"), "{stderr}");
+    } else {
+        assert!(!is_mounted(&mnt), "the dead mount is taken away");
+    }
     let info = imgfs(&["info", "--store", s, "one"]);
     assert!(!info.status.success(), "nothing is committed");
 }

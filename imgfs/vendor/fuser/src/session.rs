@@ -145,6 +145,9 @@ pub struct Session<FS: Filesystem> {
     /// (img's patch) The mount's device number (src/uring.rs `mount_device`): a failing ring
     /// ends the connection through it, and `Session::device` gives it to the file system.
     pub(crate) device: Option<(u32, u32)>,
+    /// (img's patch) The mount point, resolved: where a failing ring forces an unmount when
+    /// fusectl cannot end the connection (src/uring.rs `abort_connection`).
+    mount_point: Option<std::path::PathBuf>,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -197,6 +200,7 @@ impl<FS: Filesystem> Session<FS> {
             config: options.clone(),
             uring_payload: None,
             device,
+            mount_point: resolved,
         };
 
         session.handshake()?;
@@ -227,6 +231,7 @@ impl<FS: Filesystem> Session<FS> {
             config,
             uring_payload: None,
             device: None,
+            mount_point: None,
         };
 
         session.handshake()?;
@@ -267,8 +272,14 @@ impl<FS: Filesystem> Session<FS> {
             config,
             uring_payload,
             device,
+            mount_point,
         } = self;
-        let connection = device.map(crate::uring::connection_id);
+        let connection = device.map(|device| {
+            Arc::new(crate::uring::Connection {
+                device,
+                mount_point,
+            })
+        });
         let uring_ch = ch.clone();
 
         let n_threads = config.n_threads.unwrap_or(1);
@@ -351,6 +362,7 @@ impl<FS: Filesystem> Session<FS> {
                 let q = queue.clone();
                 let o = config.ring_observer.clone();
                 let fail = fail_after.clone();
+                let connection = connection.clone();
                 queues.push(queue);
                 ring_threads.push(
                     thread::Builder::new()

@@ -403,20 +403,57 @@ fn unescape(field: &str) -> Vec<u8> {
     out
 }
 
-/// Ends FUSE connection `id` through fusectl (the kernel then fails every pending and later
-/// request with ENOTCONN, and the /dev/fuse workers see the end of the session), as libfuse
-/// ends the session when a ring fails. Needs fusectl mounted at /sys/fs/fuse/connections and
-/// root; otherwise the requests queued on the failed ring wait until the mount goes away.
-fn abort_connection(id: Option<u32>) {
-    let Some(id) = id else {
+/// The FUSE connection a session's rings serve: what a failing ring needs to end it.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    /// The mount's device number (`mount_device`).
+    pub(crate) device: (u32, u32),
+    /// The mount point, resolved, when it was known.
+    pub(crate) mount_point: Option<std::path::PathBuf>,
+}
+
+/// Ends `connection` (the kernel then fails every pending and later request with ENOTCONN, and
+/// the /dev/fuse workers see the end of the session), as libfuse ends the session when a ring
+/// fails. Through fusectl (/sys/fs/fuse/connections/ID/abort) where it is mounted; where it is
+/// not (a host without systemd, which mounts it), by a forced unmount of the mount point,
+/// which aborts a FUSE connection first thing (the kernel's `fuse_umount_begin`) whether the
+/// unmount then succeeds or finds the mount busy. Either needs root (of the mount's user
+/// namespace for the unmount); otherwise the requests queued on the failed ring wait until
+/// the mount goes away.
+fn abort_connection(connection: Option<&Connection>) {
+    let Some(connection) = connection else {
         error!("cannot end the FUSE connection: its id is unknown");
         return;
     };
+    let id = connection_id(connection.device);
     let path = format!("/sys/fs/fuse/connections/{id}/abort");
-    match std::fs::write(&path, b"1") {
-        Ok(()) => error!("ended FUSE connection {id} after a ring failure"),
-        Err(e) => error!("cannot end FUSE connection {id} ({path}: {e}); requests on the failed ring will wait until the mount is gone"),
-    }
+    let fusectl = match std::fs::write(&path, b"1") {
+        Ok(()) => {
+            error!("ended FUSE connection {id} after a ring failure");
+            return;
+        }
+        Err(e) => e,
+    };
+    let forced = match &connection.mount_point {
+        // Only while the mount point still shows this connection's mount.
+        Some(mp) if mount_device(mp) == Some(connection.device) => {
+            match nix::mount::umount2(mp.as_path(), nix::mount::MntFlags::MNT_FORCE) {
+                Ok(()) | Err(nix::errno::Errno::EBUSY) => {
+                    error!(
+                        "ended FUSE connection {id} after a ring failure, by a forced unmount of {} ({path}: {fusectl})",
+                        mp.display()
+                    );
+                    return;
+                }
+                Err(e) => format!("forced unmount of {}: {e}", mp.display()),
+            }
+        }
+        Some(mp) => format!("{} no longer shows the mount", mp.display()),
+        None => "its mount point is unknown".to_string(),
+    };
+    error!(
+        "cannot end FUSE connection {id} ({path}: {fusectl}; {forced}); requests on the failed ring will wait until the mount is gone"
+    );
 }
 
 /// (img's patch) Told about the ring threads of a session (`Config::ring_observer`), so that the
@@ -446,7 +483,7 @@ impl Eq for dyn RingObserver {}
 pub(crate) fn serve<FS: Filesystem>(
     queue: Arc<Queue>,
     se: SessionEventLoop<FS>,
-    connection: Option<u32>,
+    connection: Option<Arc<Connection>>,
     observer: Option<Arc<dyn RingObserver>>,
     fail_after: Option<Arc<AtomicU64>>,
 ) -> io::Result<()> {
@@ -456,7 +493,7 @@ pub(crate) fn serve<FS: Filesystem>(
     }
     let res = serve_queue(queue, se, fail_after.as_deref());
     if res.is_err() {
-        abort_connection(connection);
+        abort_connection(connection.as_deref());
     }
     res
 }
