@@ -67,6 +67,10 @@ enum Command {
         /// Archive to read (default: standard input).
         #[arg(short = 'i', long)]
         input: Option<PathBuf>,
+        /// The snapshot backend the images are unpacked into, for the builds and mounts that
+        /// use them.
+        #[arg(long, default_value = "fuse", env = "IMG_BACKEND")]
+        backend: builder::state::BackendKind,
         #[command(flatten)]
         limits: builder::limits::LimitArgs,
     },
@@ -106,6 +110,7 @@ impl Command {
         match self {
             Command::Build(args) => Some(&args.limits),
             Command::Pull(args) => Some(&args.limits),
+            Command::Import(args) => Some(&args.limits),
             Command::Load { limits, .. } | Command::Unpack { limits, .. } => Some(limits),
             _ => None,
         }
@@ -255,7 +260,7 @@ fn run(cli: Cli, breakdown: Option<&Breakdown>) -> Result<()> {
         Command::Tag { source, target } => images::tag(&state, &source, &target),
         Command::Inspect { names } => images::inspect(&state, &names),
         Command::Save(args) => images::save(&state, args),
-        Command::Load { input, .. } => images::load(&state, input),
+        Command::Load { input, backend, .. } => images::load(&state, input, backend),
         Command::Import(args) => images::import(&state, args),
         Command::Unpack { name, dir, .. } => images::unpack(&state, &name, &dir),
         Command::Prune => images::prune(&state),

@@ -162,14 +162,17 @@ fn tree_outputs_come_from_the_builds_own_backend() {
     if !can_run() {
         return;
     }
-    let rig = Rig::create();
+    let rig = Rig::create_on("overlayfs");
     let ctx = context(
         "FROM busybox\nRUN mkdir -p /app && echo one > /app/one && ln /app/one /app/two\n\
          RUN rm /etc/hostname && chmod 4755 /app\n",
         &[],
     );
     let imgfs_store = rig.state.join("imgfs");
-    assert!(!imgfs_store.exists(), "img load made an imgfs store");
+    assert!(
+        !imgfs_store.exists(),
+        "img load --backend overlayfs made an imgfs store"
+    );
     let mut tars = Vec::new();
     let mut trees = Vec::new();
     for backend in crate::BACKENDS.iter().rev() {

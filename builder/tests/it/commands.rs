@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::{Rig, can_run, context};
+use crate::{Rig, base, can_run, context};
 
 #[test]
 fn tag_ls_inspect_and_rm() {
@@ -189,6 +189,92 @@ fn import_then_unpack_gives_the_tree_back() {
         inspect[0]["Config"]["Cmd"],
         serde_json::json!(["echo", "hi"])
     );
+}
+
+/// `img load` and `img import` unpack the image into the backend `--backend` or IMG_BACKEND
+/// names (default fuse), as `docker load` and `docker import` do: a build FROM it then applies
+/// no layer.
+#[test]
+fn load_and_import_unpack_the_image_into_the_backend_named() {
+    if !can_run() {
+        return;
+    }
+    let rig = Rig::create();
+    // `img du`'s snapshot lines, as (backend, ID).
+    let snapshots = |rig: &Rig| -> Vec<(String, String)> {
+        rig.img_ok(&["du"])
+            .lines()
+            .filter(|l| l.contains(" snapshot of an image's layers"))
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f[3].to_string(), f[0].to_string())
+            })
+            .collect()
+    };
+    let loaded = snapshots(&rig);
+    assert_eq!(loaded.len(), 1, "Rig::create loads busybox: {loaded:?}");
+    assert_eq!(loaded[0].0, "fuse");
+
+    let tar = tests::fixtures::busybox_rootfs_tar().unwrap();
+    let out = crate::img_command(rig.dir.path())
+        .arg("-s")
+        .arg(&rig.state)
+        .env("IMG_BACKEND", "overlayfs")
+        .args(["import", tar.to_str().unwrap(), "imported"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let on_overlayfs = |rig: &Rig| -> Vec<String> {
+        let all = snapshots(rig);
+        assert!(all.iter().any(|s| s == &loaded[0]), "{all:?}");
+        all.into_iter()
+            .filter(|(b, _)| b == "overlayfs")
+            .map(|(_, id)| id)
+            .collect()
+    };
+    let after_import = on_overlayfs(&rig);
+    assert_eq!(after_import.len(), 1, "{after_import:?}");
+
+    let archive = base().oci_archive.to_str().unwrap();
+    rig.img_ok(&["load", "--backend", "overlayfs", "-i", archive]);
+    let after_load = on_overlayfs(&rig);
+    assert_eq!(after_load.len(), 2, "{after_load:?}");
+    assert!(
+        after_load.contains(&loaded[0].1),
+        "busybox's snapshot, on overlayfs too: {after_load:?}"
+    );
+
+    // The build's BASE column (applying the image's layers) is zero.
+    let ctx = context("FROM imported\nRUN echo built >/built\n", &[]);
+    let out = rig.img(&[
+        "build",
+        "--backend",
+        "overlayfs",
+        "--progress=plain",
+        "-t",
+        "built",
+        ctx.path().to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let header: Vec<&str> = stderr
+        .lines()
+        .find(|l| l.starts_with("STEP "))
+        .expect("a time table")
+        .split_whitespace()
+        .collect();
+    assert_eq!(header[1], "BASE", "{stderr}");
+    let total: Vec<&str> = stderr
+        .lines()
+        .find(|l| l.starts_with("total "))
+        .expect("a total line")
+        .split_whitespace()
+        .collect();
+    assert_eq!(total[1], "0.000", "the build applied layers:\n{stderr}");
 }
 
 /// `img prune` frees what `img du` calls reclaimable, and du agrees afterwards.

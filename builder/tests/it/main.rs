@@ -148,7 +148,13 @@ pub struct Rig {
 }
 
 impl Rig {
+    /// A state holding busybox, unpacked into the default backend (fuse).
     pub fn create() -> Rig {
+        Rig::create_on("fuse")
+    }
+
+    /// A state holding busybox, unpacked into `backend` only.
+    pub fn create_on(backend: &str) -> Rig {
         let dir = img_dir();
         let state = dir.path().join("img");
         let buildah = Buildah::new(&dir.path().join("buildah"), "vfs");
@@ -162,7 +168,8 @@ impl Rig {
         // push sends it as it is (a docker-archive's layers are plain tars, which a push
         // compresses: `image::distribute`).
         // The archive's `ref.name` is a bare tag, which names no image: tag it by its ID.
-        let loaded = rig.img_ok(&["load", "-i", base.oci_archive.to_str().unwrap()]);
+        let archive = base.oci_archive.to_str().unwrap();
+        let loaded = rig.img_ok(&["load", "--backend", backend, "-i", archive]);
         let id = loaded
             .trim()
             .strip_prefix("Loaded image ID: ")

@@ -231,6 +231,25 @@ fn push_then_pull_gives_the_same_digest_and_peers_read_the_image() {
     assert!(pulled.contains("Size: "), "{pulled}");
     let ls = ok(img_in(other.path(), &[], None, &["ls"]), "img ls");
     assert!(ls.contains(local["Digest"].as_str().unwrap()), "{ls}");
+    let du = ok(img_in(other.path(), &[], None, &["du"]), "img du");
+    assert!(du.contains("fuse snapshot of an image's layers"), "{du}");
+    // --backend picks the backend the layers are applied to.
+    let overlay = fresh_state();
+    ok(
+        img_in(
+            overlay.path(),
+            &[],
+            None,
+            &["pull", "--backend", "overlayfs", &target],
+        ),
+        "img pull --backend overlayfs",
+    );
+    let du = ok(img_in(overlay.path(), &[], None, &["du"]), "img du");
+    assert!(
+        du.contains("overlayfs snapshot of an image's layers"),
+        "{du}"
+    );
+    assert!(!du.contains("fuse snapshot"), "{du}");
 
     // Pushing again uploads nothing; pushing to another repository mounts the blobs.
     let again = ok(

@@ -36,7 +36,7 @@ pub struct Args {
     #[arg(long)]
     target: Option<String>,
     /// Where steps run: imgfs over FUSE, or kernel overlayfs.
-    #[arg(long, default_value = "fuse")]
+    #[arg(long, default_value = "fuse", env = "IMG_BACKEND")]
     backend: BackendKind,
     /// Run every step, ignoring the build cache.
     #[arg(long)]

@@ -210,7 +210,10 @@ pub fn save(state: &State, args: SaveArgs) -> Result<()> {
     }
 }
 
-pub fn load(state: &State, input: Option<PathBuf>) -> Result<()> {
+/// Loads images from an archive and unpacks each into `backend` (`unpack_into`). An image
+/// whose layers cannot be unpacked (over the limits, not the tree its config describes) is
+/// untagged again.
+pub fn load(state: &State, input: Option<PathBuf>, backend: BackendKind) -> Result<()> {
     let reader: Box<dyn Read> = match &input {
         Some(p) => Box::new(BufReader::new(
             File::open(p).with_context(|| format!("failed to open {}", p.display()))?,
@@ -218,24 +221,14 @@ pub fn load(state: &State, input: Option<PathBuf>) -> Result<()> {
         None => Box::new(io::stdin().lock()),
     };
     let loaded = image::load(&state.images, reader)?;
-    // Each layer is read through under the limits now, as a pull applies it, so a layer over
-    // them is refused by the load that brought it; a refused image is untagged.
-    let mut checked = std::collections::HashSet::new();
+    let backend = state.backend(backend)?;
     for l in &loaded {
-        let img = state.images.resolve(l.id.as_ref())?;
-        for layer in img.manifest.layers() {
-            if !checked.insert(layer.digest().clone()) {
-                continue;
+        if let Err(e) = unpack_into(state, backend.as_ref(), l.id.as_ref()) {
+            let shown = l.name.as_ref().map_or(l.id.to_string(), |n| n.familiar());
+            if let Some(n) = &l.name {
+                let _ = state.images.untag(&n.to_string());
             }
-            let mut blob = state.images.open_blob(layer.digest())?;
-            if let Err(e) = builder::limits::check_layer(&mut blob, &state.limits, state.dir()) {
-                let shown = l.name.as_ref().map_or(l.id.to_string(), |n| n.familiar());
-                if let Some(n) = &l.name {
-                    let _ = state.images.untag(&n.to_string());
-                }
-                return Err(anyhow::Error::new(e)
-                    .context(format!("failed to load {shown}: layer {}", layer.digest())));
-            }
+            return Err(e.context(format!("failed to load {shown}")));
         }
     }
     for l in &loaded {
@@ -244,6 +237,16 @@ pub fn load(state: &State, input: Option<PathBuf>) -> Result<()> {
             None => println!("Loaded image ID: {}", l.id),
         }
     }
+    Ok(())
+}
+
+/// Makes image `name`'s file tree a committed snapshot of `backend`, applying the layers it
+/// lacks, as `docker load`, `docker import` and `img pull` unpack what they bring in: the first
+/// build FROM the image then starts at once, and each layer is read through under the layer
+/// limits by the command that brought it (a layer over them is refused there).
+fn unpack_into(state: &State, backend: &dyn imgfs::Snapshotter, name: &str) -> Result<()> {
+    let img = state.images.resolve(name)?;
+    builder::build::ensure_image_snapshot(backend, &state.images, &img)?;
     Ok(())
 }
 
@@ -259,6 +262,11 @@ pub struct ImportArgs {
     /// USER, VOLUME, WORKDIR), as `docker import --change` does.
     #[arg(short = 'c', long = "change")]
     changes: Vec<String>,
+    /// The snapshot backend the image is unpacked into, for the builds and mounts that use it.
+    #[arg(long, default_value = "fuse", env = "IMG_BACKEND")]
+    backend: BackendKind,
+    #[command(flatten)]
+    pub limits: builder::limits::LimitArgs,
 }
 
 pub fn import(state: &State, args: ImportArgs) -> Result<()> {
@@ -288,6 +296,11 @@ pub fn import(state: &State, args: ImportArgs) -> Result<()> {
         &name,
         ImportOptions { config, comment },
     )?;
+    let backend = state.backend(args.backend)?;
+    if let Err(e) = unpack_into(state, backend.as_ref(), loaded.id.as_ref()) {
+        let _ = state.images.untag(&name.to_string());
+        return Err(e.context(format!("failed to import {}", name.familiar())));
+    }
     println!("{}", loaded.id);
     Ok(())
 }

@@ -37,7 +37,7 @@ pub struct MountArgs {
     #[arg(long)]
     writable: bool,
     /// The snapshot backend to mount from.
-    #[arg(long, default_value = "fuse")]
+    #[arg(long, default_value = "fuse", env = "IMG_BACKEND")]
     backend: BackendKind,
     /// Serve the mount in this process (what `img mount` starts).
     #[arg(long, hide = true)]

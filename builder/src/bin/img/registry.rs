@@ -35,6 +35,9 @@ pub struct PullArgs {
     /// The platform to pick from a multi-platform image (OS/ARCH[/VARIANT]).
     #[arg(long)]
     platform: Option<String>,
+    /// The snapshot backend the image is unpacked into, for the builds and mounts that use it.
+    #[arg(long, default_value = "fuse", env = "IMG_BACKEND")]
+    backend: BackendKind,
     #[command(flatten)]
     flags: RegistryFlags,
     #[command(flatten)]
@@ -79,7 +82,7 @@ pub fn pull(state: &State, args: PullArgs) -> Result<()> {
     // (~80 ms of CPU) on one thread, creating or opening the snapshot store (fsyncs) on this one.
     let (connected, backend) = std::thread::scope(|s| {
         let connect = s.spawn(|| registry.connect(&args.name));
-        let backend = state.backend(BackendKind::Fuse);
+        let backend = state.backend(args.backend);
         (connect.join().expect("connecting does not panic"), backend)
     });
     connected?;
