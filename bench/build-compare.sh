@@ -191,7 +191,9 @@ reset() { # tool name
   case $t in
     img-*)
       rm -rf "$work/state-$t" "$work/home/state-$t"
-      img_in "$t" load -i "$work/debian.tar" >/dev/null ;;
+      # Into the backend the builds use, as `docker load` unpacks into the daemon's storage.
+      local backend=${t#img-}
+      img_in "$t" load --backend "${backend%-user}" -i "$work/debian.tar" >/dev/null ;;
     buildkit)
       docker_cli rmi -f "bench-$n" >/dev/null 2>&1 || true
       docker_cli builder prune -af >/dev/null ;;

@@ -113,25 +113,20 @@ pub fn remove(state: &State) -> Vec<Removed> {
     let (live, dead): (Vec<_>, Vec<_>) = records.into_iter().partition(|(_, r)| r.alive());
     let me = std::process::id();
     let live: Vec<u32> = live.iter().map(|(_, r)| r.pid).chain([me]).collect();
-    // (pid, containers, snapshots) per dead img.
-    let mut out: Vec<(u32, usize, usize)> = Vec::new();
-    let entry = |out: &mut Vec<(u32, usize, usize)>, pid: u32| -> usize {
-        match out.iter().position(|r| r.0 == pid) {
-            Some(i) => i,
-            None => {
-                out.push((pid, 0, 0));
-                out.len() - 1
-            }
-        }
-    };
+    // What each dead img left, by pid.
+    #[derive(Default)]
+    struct Left {
+        containers: usize,
+        snapshots: usize,
+    }
+    let mut left: std::collections::BTreeMap<u32, Left> = Default::default();
     // Containers first: they hold the mounts the snapshots are under. A container whose owner
     // left no record (an older img) is as stale, since its owner does not hold the lock.
     if state.dir().join("runc").is_dir() {
         match state.executor() {
             Ok(exec) => {
                 for owner in exec.remove_containers(&|pid| !live.contains(&pid)) {
-                    let i = entry(&mut out, owner);
-                    out[i].1 += 1;
+                    left.entry(owner).or_default().containers += 1;
                 }
             }
             Err(e) => tracing::warn!("cannot look for containers left by a dead img: {e}"),
@@ -141,8 +136,7 @@ pub fn remove(state: &State) -> Vec<Removed> {
         match remove_snapshots(state, &rec) {
             Ok(n) => {
                 if n > 0 {
-                    let i = entry(&mut out, rec.pid);
-                    out[i].2 += n;
+                    left.entry(rec.pid).or_default().snapshots += n;
                 }
                 let _ = std::fs::remove_file(&path);
             }
@@ -152,12 +146,12 @@ pub fn remove(state: &State) -> Vec<Removed> {
             ),
         }
     }
-    let mut removed: Vec<Removed> = out
+    let mut removed: Vec<Removed> = left
         .into_iter()
-        .map(|(pid, containers, snapshots)| Removed::Build {
+        .map(|(pid, left)| Removed::Build {
             pid,
-            containers,
-            snapshots,
+            containers: left.containers,
+            snapshots: left.snapshots,
         })
         .collect();
     match state.remove_abandoned_mounts() {

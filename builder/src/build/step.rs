@@ -647,14 +647,15 @@ impl<'e, 'a> StageRunner<'e, 'a> {
         unmounted.map_err(|e| self.fail(ins, StepError::Unmount(e)))?;
 
         let mut state = self.state.clone();
-        // The layer is stored as the tar the diff writes, under its diff ID; a push compresses
+        // The layer is stored as the tar the diff writes, under the diff ID the diff computes
+        // as it writes (the writer does not hash it again); a push compresses
         // it (`image::distribute`), as BuildKit compresses a layer only when it exports it.
         // The blob writer's calls count as `store`, the rest of the diff's as `diff` (`timing`).
         let store = tracing::info_span!("store");
         let writer = self
             .engine
             .images
-            .blob_writer()
+            .layer_writer()
             .map_err(|e| self.fail(ins, e))?;
         let mut writer = InSpan::new(writer, store.clone());
         let report = tracing::info_span!("diff")

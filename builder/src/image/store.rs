@@ -195,7 +195,8 @@ pub struct ImageStore {
 /// Writes a blob while hashing it; `commit` names it by its digest.
 pub struct BlobWriter {
     file: BufWriter<NamedTempFile>,
-    hasher: Sha256,
+    /// `None` for a layer writer (`ImageStore::layer_writer`), whose producer hashes.
+    hasher: Option<Sha256>,
     size: u64,
     dir: PathBuf,
     /// Bytes the kernel was told to start writing out (`start_writeback`).
@@ -209,7 +210,9 @@ const WRITEBACK_STEP: u64 = 8 << 20;
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(&buf[..n]);
+        }
         self.size += n as u64;
         let flushed = self.flushed();
         if flushed - self.kicked >= WRITEBACK_STEP {
@@ -242,8 +245,15 @@ impl BlobWriter {
 
     /// Makes the written bytes durable under their digest. With `expected`, a different digest is
     /// an error and nothing is stored. Dropping a writer without committing stores nothing.
+    ///
+    /// # Panics
+    /// A layer writer (`ImageStore::layer_writer`) without `expected`: it has no digest of its own.
     pub fn commit(self, expected: Option<&Digest>) -> Result<Blob, StoreError> {
-        let digest = digest_from_hasher(self.hasher);
+        let digest = match (self.hasher, expected) {
+            (Some(hasher), _) => digest_from_hasher(hasher),
+            (None, Some(expected)) => expected.clone(),
+            (None, None) => panic!("a layer writer commits under its producer's digest"),
+        };
         if let Some(expected) = expected
             && *expected != digest
         {
@@ -365,15 +375,27 @@ impl ImageStore {
         })
     }
 
-    /// Starts writing a blob of unknown digest, e.g. a layer as it is exported.
+    /// Starts writing a blob of unknown digest, hashing it as it comes.
     pub fn blob_writer(&self) -> Result<BlobWriter, StoreError> {
+        self.writer(Some(Sha256::new()))
+    }
+
+    /// Starts writing a layer whose producer hashes it as it writes (a snapshot's diff, which
+    /// reports its diff ID): the writer does not hash the same bytes a second time, and
+    /// `commit` must be given that digest. The producer's hash is over exactly the bytes it
+    /// writes here, so what is stored still matches its name.
+    pub fn layer_writer(&self) -> Result<BlobWriter, StoreError> {
+        self.writer(None)
+    }
+
+    fn writer(&self, hasher: Option<Sha256>) -> Result<BlobWriter, StoreError> {
         let tmp = tempfile::Builder::new()
             .prefix(TMP_PREFIX)
             .tempfile_in(&self.blobs)
             .map_err(io_err("create temporary file in", &self.blobs))?;
         Ok(BlobWriter {
             file: BufWriter::with_capacity(1 << 20, tmp),
-            hasher: Sha256::new(),
+            hasher,
             size: 0,
             dir: self.blobs.clone(),
             kicked: 0,

@@ -48,6 +48,21 @@ fn only_sha256_digests_name_blobs() {
     ));
 }
 
+/// A layer writer leaves the hashing to the layer's producer: it stores the bytes under the
+/// digest it is given, the one the producer computed over the same bytes.
+#[test]
+fn a_layer_writer_stores_under_its_producers_digest() {
+    let (_dir, store) = state();
+    let layer = b"a layer's tar, hashed by the diff that wrote it";
+    let digest = sha256_digest(layer);
+    let mut writer = store.layer_writer().unwrap();
+    writer.write_all(layer).unwrap();
+    let blob = writer.commit(Some(&digest)).unwrap();
+    assert_eq!(blob.digest, digest);
+    assert_eq!(blob.size, layer.len() as u64);
+    assert_eq!(store.read_blob(&digest).unwrap(), layer);
+}
+
 #[test]
 fn a_killed_writer_leaves_only_a_temporary_file_that_prune_removes() {
     let (_dir, store) = state();
