@@ -4,7 +4,7 @@
 //! ```text
 //! <state>/lock            flock + holder's pid (image::StateLock)
 //! <state>/images.json     names -> manifests; <state>/blobs/sha256/… the OCI content
-//! <state>/cache/          build cache records (build::cache)
+//! <state>/cache/          build cache records (build::cache); sums/: COPY --from digests
 //! <state>/imgfs/          the imgfs store (--backend fuse)
 //! <state>/overlayfs/      the overlayfs backend's snapshots (--backend overlayfs)
 //! <state>/runc/           runc's state and the bundles of running steps
@@ -526,6 +526,7 @@ impl State {
         {
             self.cache.remove(&key).map_err(StateError::Cache)?;
         }
+        self.cache.clear_sums().map_err(StateError::Cache)?;
         self.images.prune(&[])?;
         let used = self.used_chains()?;
         for (kind, backend) in self.existing_backends()? {

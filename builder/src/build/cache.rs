@@ -49,6 +49,9 @@ impl CacheKey {
     }
 }
 
+/// The subdirectory of `put_sum`'s digests.
+const SUMS: &str = "sums";
+
 /// Records under `<state>/cache/`, one JSON file per key, written atomically.
 pub struct Cache {
     dir: PathBuf,
@@ -101,6 +104,31 @@ impl Cache {
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
+    }
+
+    /// The content digest remembered under `key` by `put_sum`, if any.
+    pub fn sum(&self, key: &CacheKey) -> Option<String> {
+        fs::read_to_string(self.dir.join(SUMS).join(key.as_str())).ok()
+    }
+
+    /// Remembers the content digest of what a `COPY --from` reads from a committed snapshot,
+    /// under `<state>/cache/sums/`. A committed snapshot never changes, so neither does the
+    /// digest of a path in it: a rebuild finds the step's record without mounting the snapshot
+    /// to hash the files again.
+    pub fn put_sum(&self, key: &CacheKey, digest: &str) -> io::Result<()> {
+        let dir = self.dir.join(SUMS);
+        fs::create_dir_all(&dir)?;
+        imgfs::atomic::write_atomically(&dir.join(key.as_str()), 0o600, |f| {
+            f.write_all(digest.as_bytes())
+        })
+    }
+
+    /// Forgets every remembered digest (`img prune`): they only save work.
+    pub fn clear_sums(&self) -> io::Result<()> {
+        match fs::remove_dir_all(self.dir.join(SUMS)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     pub fn remove(&self, key: &CacheKey) -> io::Result<()> {

@@ -250,17 +250,7 @@ impl<'e, 'a> StageRunner<'e, 'a> {
         key: CacheKey,
         make: impl FnOnce(&mut Self) -> Result<StageState, BuildError>,
     ) -> Result<(), BuildError> {
-        let hit = if self.req.no_cache {
-            None
-        } else {
-            tracing::info_span!("cache_lookup").in_scope(|| {
-                self.engine
-                    .cache
-                    .get::<StageState>(&key)
-                    .filter(|state| self.layers_present(state))
-            })
-        };
-        if let Some(state) = hit {
+        if let Some(state) = self.cache_hit(&key) {
             tracing::Span::current().record("cached", true);
             self.engine
                 .progress
@@ -280,6 +270,19 @@ impl<'e, 'a> StageRunner<'e, 'a> {
         self.state = state;
         self.key = key;
         Ok(())
+    }
+
+    /// The usable cache record under `key`, unless the build ignores the cache.
+    fn cache_hit(&self, key: &CacheKey) -> Option<StageState> {
+        if self.req.no_cache {
+            return None;
+        }
+        tracing::info_span!("cache_lookup").in_scope(|| {
+            self.engine
+                .cache
+                .get::<StageState>(key)
+                .filter(|state| self.layers_present(state))
+        })
     }
 
     /// A cache record is only usable while the image store still has its layer blobs (`img
@@ -443,7 +446,53 @@ impl<'e, 'a> StageRunner<'e, 'a> {
             dest.push('/');
         }
 
-        let source = tracing::info_span!("base").in_scope(|| self.source_root(ins, copy))?;
+        let from = match &copy.from {
+            Some(from) => {
+                Some(tracing::info_span!("base").in_scope(|| self.copy_source_state(ins, from))?)
+            }
+            None => None,
+        };
+        // What a COPY --from reads from a committed snapshot hashes the same every time: its
+        // digest is remembered per snapshot, and a rebuild whose record is there needs no mount.
+        let sum_key = from
+            .as_ref()
+            .and_then(StageState::snapshot_name)
+            .filter(|_| !paths.is_empty())
+            .map(|chain| {
+                CacheKey::base("copy-from-sum").step(&[
+                    &chain,
+                    &paths.join("\0"),
+                    if copy.sources.len() > 1 {
+                        "several"
+                    } else {
+                        "one"
+                    },
+                ])
+            });
+        let parent = self.key.clone();
+        let key_of = |digest: &str| {
+            let mut digest = digest.to_owned();
+            for h in &heredocs {
+                digest.push_str(&format!(
+                    "|{}:{}",
+                    h.name,
+                    crate::image::sha256_digest(h.content.as_bytes())
+                ));
+            }
+            parent.step(&[
+                if add { "ADD" } else { "COPY" },
+                &format!("{:?} {:?} {:?} {dest}", copy.chown, copy.chmod, copy.from),
+                &digest,
+            ])
+        };
+        if let Some(sum) = sum_key.as_ref().and_then(|k| self.engine.cache.sum(k)) {
+            let key = key_of(&sum);
+            if self.cache_hit(&key).is_some() {
+                return self.cached_or(ins, key, |_| unreachable!("a cache hit runs nothing"));
+            }
+        }
+        let source =
+            tracing::info_span!("base").in_scope(|| self.source_root(ins, from.as_ref()))?;
         let result = (|| {
             let tree = match (&source, &self.req.context) {
                 (SourceRoot::Context(_), Some(ctx)) => ctx.source_tree(),
@@ -458,22 +507,16 @@ impl<'e, 'a> StageRunner<'e, 'a> {
                 r.dest_is_dir |= copy.sources.len() > 1;
                 Some(r)
             };
-            let mut digest = match &resolved {
+            let digest = match &resolved {
                 Some(r) => context::content_hash(&tree, r).map_err(|e| self.fail(ins, e))?,
                 None => String::new(),
             };
-            for h in &heredocs {
-                digest.push_str(&format!(
-                    "|{}:{}",
-                    h.name,
-                    crate::image::sha256_digest(h.content.as_bytes())
-                ));
+            if let Some(k) = &sum_key
+                && let Err(e) = self.engine.cache.put_sum(k, &digest)
+            {
+                tracing::warn!("cannot remember the digest of a COPY --from source: {e}");
             }
-            let key = self.key.step(&[
-                if add { "ADD" } else { "COPY" },
-                &format!("{:?} {:?} {:?} {dest}", copy.chown, copy.chmod, copy.from),
-                &digest,
-            ]);
+            let key = key_of(&digest);
             let chown = copy.chown.clone();
             self.cached_or(ins, key, |me| {
                 let history = me.history(ins);
@@ -506,13 +549,41 @@ impl<'e, 'a> StageRunner<'e, 'a> {
         result
     }
 
-    /// The root COPY reads from: the context, or a mounted view of a stage or image.
+    /// The state a `COPY --from` reads: a stage's (once it is built) or an image's.
+    fn copy_source_state(
+        &mut self,
+        ins: &Instruction,
+        from: &str,
+    ) -> Result<StageState, BuildError> {
+        match self.df.stage_index(from).filter(|&i| i != self.index) {
+            Some(i) => Ok(self
+                .board
+                .wait(i)
+                .map_err(|_| BuildError::Dependency(super::stage_label(self.df, i)))?
+                .state),
+            None => {
+                let image = self.engine.image(from).map_err(|e| {
+                    self.fail(
+                        ins,
+                        StepError::From {
+                            from: from.to_owned(),
+                            source: Box::new(e),
+                        },
+                    )
+                })?;
+                Ok(super::image_state(&image))
+            }
+        }
+    }
+
+    /// The root COPY reads from: the context, or a mounted view of `from`, the state of its
+    /// `--from` stage or image.
     fn source_root(
         &mut self,
         ins: &Instruction,
-        copy: &CopyInstruction,
+        from: Option<&StageState>,
     ) -> Result<SourceRoot, BuildError> {
-        let Some(from) = &copy.from else {
+        let Some(state) = from else {
             return match &self.req.context {
                 Some(ctx) => Ok(SourceRoot::Context(ctx.root().to_owned())),
                 None => Err(self.fail(
@@ -524,27 +595,7 @@ impl<'e, 'a> StageRunner<'e, 'a> {
                 )),
             };
         };
-        let state = match self.df.stage_index(from).filter(|&i| i != self.index) {
-            Some(i) => {
-                self.board
-                    .wait(i)
-                    .map_err(|_| BuildError::Dependency(super::stage_label(self.df, i)))?
-                    .state
-            }
-            None => {
-                let image = self.engine.image(from).map_err(|e| {
-                    self.fail(
-                        ins,
-                        StepError::From {
-                            from: from.clone(),
-                            source: Box::new(e),
-                        },
-                    )
-                })?;
-                super::image_state(&image)
-            }
-        };
-        let Some(snapshot) = self.ensure_snapshot(ins, &state)? else {
+        let Some(snapshot) = self.ensure_snapshot(ins, state)? else {
             let dir = tempfile::tempdir_in(&self.engine.scratch)
                 .map_err(|e| self.fail(ins, StepError::io(&self.engine.scratch)(e)))?;
             return Ok(SourceRoot::Empty(dir));

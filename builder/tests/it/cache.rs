@@ -89,3 +89,51 @@ fn dockerignored_files_do_not_invalidate_the_cache() {
     assert!(!log.contains("RAN-AFTER-COPY"), "{log}");
     assert_eq!(first, again);
 }
+
+const FROM_DOCKERFILE: &str = r#"FROM busybox AS src
+COPY a.txt /a.txt
+COPY b.txt /b.txt
+FROM busybox
+COPY --from=src /a.txt /a.txt
+RUN echo "RAN""-AFTER-FROM" && cat /a.txt > /copy
+"#;
+
+/// A `COPY --from` is cached by the content it copies, as BuildKit caches it: a change in the
+/// source stage that the COPY does not read keeps the steps after it cached. The digest of
+/// what it reads is remembered per source snapshot (`<state>/cache/sums`), so a rebuild with
+/// nothing changed does not mount the source to hash it again; `img prune` forgets them.
+#[test]
+fn copy_from_is_cached_by_the_content_it_copies() {
+    if !can_run() {
+        return;
+    }
+    for backend in BACKENDS {
+        let rig = Rig::create();
+        let ctx = context(FROM_DOCKERFILE, &[("a.txt", "a1\n"), ("b.txt", "b1\n")]);
+        let sums = rig.state.join("cache/sums");
+        let remembered = || std::fs::read_dir(&sums).map_or(0, |d| d.count());
+        let (log, first) = build(&rig, ctx.path(), backend, &[]);
+        assert!(log.contains("RAN-AFTER-FROM"), "{backend}: {log}");
+        assert_eq!(remembered(), 1, "{backend}: one source digest");
+
+        let (log, again) = build(&rig, ctx.path(), backend, &[]);
+        assert!(!log.contains("RAN-"), "{backend}: {log}");
+        assert_eq!(first, again, "{backend}");
+
+        // b.txt is not copied: the source stage changes, what the COPY reads does not.
+        std::fs::write(ctx.path().join("b.txt"), "b2\n").unwrap();
+        let (log, _) = build(&rig, ctx.path(), backend, &[]);
+        assert!(!log.contains("RAN-"), "{backend}: {log}");
+        assert_eq!(remembered(), 2, "{backend}: a digest per source snapshot");
+
+        std::fs::write(ctx.path().join("a.txt"), "a2\n").unwrap();
+        let (log, changed) = build(&rig, ctx.path(), backend, &[]);
+        assert!(log.contains("RAN-AFTER-FROM"), "{backend}: {log}");
+        assert_ne!(first, changed, "{backend}");
+
+        rig.img_ok(&["prune"]);
+        assert_eq!(remembered(), 0, "{backend}: prune forgets the digests");
+        let (log, _) = build(&rig, ctx.path(), backend, &[]);
+        assert!(log.contains("RAN-AFTER-FROM"), "{backend}: {log}");
+    }
+}
