@@ -219,6 +219,17 @@ impl State {
         self.open_backend(kind, false)
     }
 
+    /// The writable snapshot backend `kind`, opened (and locked) at its first use: a build whose
+    /// every step is cached never opens the store (for the fuse backend, a rocksdb open that
+    /// writes and syncs a manifest).
+    pub fn lazy_backend(&self, kind: BackendKind) -> LazyBackend<'_> {
+        LazyBackend {
+            state: self,
+            kind,
+            opened: std::sync::OnceLock::new(),
+        }
+    }
+
     /// The snapshot backend `kind` for mounting committed snapshots only: no lock is taken, so
     /// builds and other commands can use the backend meanwhile.
     pub fn backend_read_only(&self, kind: BackendKind) -> Result<Box<dyn Snapshotter>, StateError> {
@@ -543,5 +554,96 @@ impl State {
             }
         }
         Ok(before)
+    }
+}
+
+/// `State::lazy_backend`: a writable backend opened at the first call that needs it. A failed
+/// open fails that call and every later one, with the open's error.
+pub struct LazyBackend<'a> {
+    state: &'a State,
+    kind: BackendKind,
+    opened: std::sync::OnceLock<Result<Box<dyn Snapshotter>, String>>,
+}
+
+impl LazyBackend<'_> {
+    fn get(&self) -> Result<&dyn Snapshotter, &str> {
+        self.opened
+            .get_or_init(|| {
+                tracing::debug!(backend = %self.kind, "opening the snapshot backend");
+                self.state.backend(self.kind).map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map(|b| b.as_ref())
+            .map_err(String::as_str)
+    }
+
+    fn store(&self) -> imgfs::Result<&dyn Snapshotter> {
+        self.get().map_err(|e| imgfs::Error::Io {
+            context: "opening the snapshot backend".to_owned(),
+            source: std::io::Error::other(e.to_owned()),
+        })
+    }
+
+    fn io(&self) -> std::io::Result<&dyn Snapshotter> {
+        self.get().map_err(|e| std::io::Error::other(e.to_owned()))
+    }
+}
+
+impl Snapshotter for LazyBackend<'_> {
+    fn backend(&self) -> &'static str {
+        match self.kind {
+            BackendKind::Fuse => "fuse",
+            BackendKind::Overlayfs => "overlayfs",
+        }
+    }
+    fn prepare(&self, key: &str, parent: Option<&str>) -> imgfs::Result<imgfs::SnapshotInfo> {
+        self.store()?.prepare(key, parent)
+    }
+    fn view(&self, key: &str, parent: &str) -> imgfs::Result<imgfs::SnapshotInfo> {
+        self.store()?.view(key, parent)
+    }
+    fn commit(&self, name: &str, key: &str) -> imgfs::Result<imgfs::SnapshotInfo> {
+        self.store()?.commit(name, key)
+    }
+    fn remove(&self, key: &str) -> imgfs::Result<()> {
+        self.store()?.remove(key)
+    }
+    fn stat(&self, key: &str) -> imgfs::Result<imgfs::SnapshotInfo> {
+        self.store()?.stat(key)
+    }
+    fn walk(&self) -> imgfs::Result<Vec<imgfs::SnapshotInfo>> {
+        self.store()?.walk()
+    }
+    fn usage(&self, key: &str) -> imgfs::Result<imgfs::Usage> {
+        self.store()?.usage(key)
+    }
+    fn apply(
+        &self,
+        name: &str,
+        parent: Option<&str>,
+        layer: &mut dyn std::io::Read,
+        limits: &imgfs::layer::ImportLimits,
+    ) -> imgfs::Result<imgfs::AppliedLayer> {
+        self.store()?.apply(name, parent, layer, limits)
+    }
+    fn diff(
+        &self,
+        key: &str,
+        out: &mut dyn std::io::Write,
+    ) -> imgfs::Result<imgfs::layer::ExportReport> {
+        self.store()?.diff(key, out)
+    }
+    fn export(
+        &self,
+        key: &str,
+        out: &mut dyn std::io::Write,
+    ) -> imgfs::Result<imgfs::layer::ExportReport> {
+        self.store()?.export(key, out)
+    }
+    fn mount(&self, key: &str, target: &Path) -> std::io::Result<Box<dyn imgfs::Mounted>> {
+        self.io()?.mount(key, target)
+    }
+    fn mount_volatile(&self, key: &str, target: &Path) -> std::io::Result<Box<dyn imgfs::Mounted>> {
+        self.io()?.mount_volatile(key, target)
     }
 }

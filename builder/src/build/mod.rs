@@ -444,6 +444,7 @@ pub fn ensure_snapshot(
         let name = chain[i].to_string();
         let parent = (i > 0).then(|| chain[i - 1].to_string());
         let layer = &state.layers[i];
+        tracing::debug!(layer = %layer.digest, snapshot = name, "applying a layer");
         let mut blob = images
             .open_blob(&layer.digest)
             .map_err(|source| StepError::Layer {

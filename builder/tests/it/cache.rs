@@ -137,3 +137,40 @@ fn copy_from_is_cached_by_the_content_it_copies() {
         assert!(log.contains("RAN-AFTER-FROM"), "{backend}: {log}");
     }
 }
+
+/// A build whose every step is cached opens no snapshot store (for fuse, a rocksdb open that
+/// writes and syncs); one that runs a step, or writes the image's tree, opens it.
+#[test]
+fn a_fully_cached_build_leaves_the_backend_closed() {
+    if !can_run() {
+        return;
+    }
+    for backend in BACKENDS {
+        let rig = Rig::create();
+        let ctx = context(FROM_DOCKERFILE, &[("a.txt", "a1\n"), ("b.txt", "b1\n")]);
+        let opened = |extra: &[&str]| {
+            let mut args = vec!["-d", "build", "--backend", backend, "-t", "lazy"];
+            args.extend_from_slice(extra);
+            args.push(ctx.path().to_str().unwrap());
+            let out = rig.img(&args);
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(out.status.success(), "{backend}: {stderr}");
+            stderr.contains("opening the snapshot backend")
+        };
+        assert!(opened(&[]), "{backend}: the first build runs steps");
+        assert!(
+            !opened(&[]),
+            "{backend}: a cached rebuild opened the backend"
+        );
+        let tar = rig.dir.path().join(format!("{backend}.tar"));
+        let output = format!("type=tar,dest={}", tar.display());
+        if let Some(user) = crate::test_user() {
+            nix::unistd::chown(rig.dir.path(), Some(user.uid), Some(user.gid)).unwrap();
+        }
+        assert!(
+            opened(&["-o", &output]),
+            "{backend}: the tree output needs it"
+        );
+        assert!(std::fs::metadata(&tar).unwrap().len() > 0);
+    }
+}

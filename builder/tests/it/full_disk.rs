@@ -350,7 +350,19 @@ fn img_build_pull_unpack_and_mounts_get_enospc_and_rm_prune_work_on_the_full_dis
         assert_enospc(write_file(&mnt.join("big"), 80 << 20), backend);
         assert!(mnt.join("bin/busybox").is_file(), "{backend}: mount gone");
         std::fs::remove_file(mnt.join("big")).unwrap();
-        write_file(&mnt.join("after"), 1 << 20).expect("a write after deleting");
+        // The deleted file's space comes back once the kernel forgets its inode (a FORGET,
+        // queued behind other requests on a busy machine), not at the unlink itself.
+        let start = std::time::Instant::now();
+        loop {
+            match write_file(&mnt.join("after"), 1 << 20) {
+                Err(e)
+                    if e.raw_os_error() == Some(libc::ENOSPC) && start.elapsed().as_secs() < 20 =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(100))
+                }
+                r => break r.expect("a write after deleting"),
+            }
+        }
         run_ok(img(&state).arg("umount").arg(&mnt));
 
         // A pull larger than the disk.

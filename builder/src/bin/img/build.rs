@@ -355,10 +355,11 @@ fn build_and_report(state: &State, args: Args, signals: Signals) -> Result<()> {
     let executor = state.executor()?.interruptible(interrupt.clone());
     let cache = &state.cache;
     let scratch = state.scratch();
-    // A store can be open once per process: the build and its outputs share the backend.
-    let backend = state.backend(args.backend)?;
+    // A store can be open once per process: the build and its outputs share the backend,
+    // which is opened only if a step or an output needs it.
+    let backend = state.lazy_backend(args.backend);
     let mut engine = Engine::new(
-        backend.as_ref(),
+        &backend,
         &state.images,
         &executor,
         cache,
@@ -403,7 +404,7 @@ fn build_and_report(state: &State, args: Args, signals: Signals) -> Result<()> {
                 })?;
             }
             Output::Tar(dest) | Output::Local(dest) => {
-                write_tree(state, backend.as_ref(), &built, out, dest)?;
+                write_tree(state, &backend, &built, out, dest)?;
             }
         }
     }
