@@ -460,6 +460,7 @@ impl<'e, 'a> StageRunner<'e, 'a> {
             .filter(|_| !paths.is_empty())
             .map(|chain| {
                 CacheKey::base("copy-from-sum").step(&[
+                    if add { "ADD" } else { "COPY" },
                     &chain,
                     &paths.join("\0"),
                     if copy.sources.len() > 1 {
