@@ -108,27 +108,7 @@ impl LayerLimits {
     }
 }
 
-/// Reads the layer `blob` through to its end under `limits`, storing nothing, with the room
-/// left on the file system of `dir`: what `img load` checks of each layer it brings, so that a
-/// layer over the limits is refused by the load rather than by the first build from it,
-/// without making a snapshot in a backend the user may never build with.
-pub fn check_layer(
-    blob: &mut dyn std::io::Read,
-    limits: &LayerLimits,
-    dir: &Path,
-) -> imgfs::Result<()> {
-    let limits = limits.import_limits(available(dir));
-    imgfs::layer::import::read_layer(blob, &limits, &mut |entry, _| {
-        // A file's declared size is checked without reading it.
-        if entry.header().entry_type().is_file() || entry.header().entry_type().is_gnu_sparse() {
-            imgfs::layer::import::file_content(entry, &limits)?;
-        }
-        Ok(())
-    })?;
-    Ok(())
-}
-
-/// The layer limit options of `img pull|load|build|unpack`; each one set replaces the config's.
+/// The layer limit options of `img pull|load|import|build|unpack`; each one set replaces the config's.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct LimitArgs {
     /// Refuse a layer with more entries than this [default: "max_layer_entries" in the state
