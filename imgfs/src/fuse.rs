@@ -698,11 +698,14 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let sync = || match self.volatile {
-            true => Ok(()),
-            false => self.tree.fsync(),
-        };
-        self.serve("fsync", reply, sync, |r, ()| r.ok());
+        if self.volatile {
+            // Nothing to make durable. ENOSYS tells the kernel to stop sending FSYNC on this
+            // connection (it still writes dirty pages back first, and tells the caller the
+            // fsync succeeded): dpkg fsyncs every file it unpacks, a round trip each.
+            reply.error(Errno::ENOSYS);
+            return;
+        }
+        self.serve("fsync", reply, || self.tree.fsync(), |r, ()| r.ok());
     }
 
     fn opendir(&self, _req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -824,11 +827,17 @@ impl Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let sync = || match self.volatile {
-            true => Ok(()),
-            false => self.tree.fsync_metadata(),
-        };
-        self.serve("fsyncdir", reply, sync, |r, ()| r.ok());
+        if self.volatile {
+            // As `fsync`: the kernel stops sending FSYNCDIR and reports success.
+            reply.error(Errno::ENOSYS);
+            return;
+        }
+        self.serve(
+            "fsyncdir",
+            reply,
+            || self.tree.fsync_metadata(),
+            |r, ()| r.ok(),
+        );
     }
 
     fn statfs(&self, _req: &Request, _i: INodeNo, reply: ReplyStatfs) {

@@ -32,8 +32,9 @@ pub struct MountOptions {
     /// fails as a broken ring would, which must end the connection (fuser's
     /// `Config::uring_fail_after`; `imgfs mount` sets it from `IMGFS_TEST_URING_FAIL_AFTER`).
     pub uring_fail_after: Option<u64>,
-    /// Answer fsync, fdatasync and fsyncdir at once, without syncing the snapshot's scratch
-    /// data or the metadata log (overlayfs's `volatile`): for snapshots that are discarded
+    /// Answer fsync, fdatasync and fsyncdir without syncing the snapshot's scratch data or the
+    /// metadata log (overlayfs's `volatile`): the first of each is answered ENOSYS, after which
+    /// the kernel sends no more and reports success itself. For snapshots that are discarded
     /// after a crash anyway and made durable whole by their commit, such as a build step's.
     /// `imgfs mount --volatile` turns it on; off by default.
     pub volatile: bool,

@@ -409,9 +409,11 @@ fn a_volatile_mount_syncs_nothing_until_its_commit() {
     let plain = fsync_under_stats(s, &mnt, "plain", &[]);
     assert!(served(&plain, "fsync") >= 2, "{plain}");
     assert!(!plain.contains("metadata log syncs: 0\n"), "{plain}");
+    // The first fsync and fsyncdir are answered ENOSYS, after which the kernel sends no more
+    // and tells callers their fsyncs succeeded (fsync_under_stats checks they do).
     let volatile = fsync_under_stats(s, &mnt, "volatile", &["--volatile"]);
-    assert!(served(&volatile, "fsync") >= 2, "{volatile}");
-    assert!(served(&volatile, "fsyncdir") >= 1, "{volatile}");
+    assert!(served(&volatile, "fsync") <= 1, "{volatile}");
+    assert!(served(&volatile, "fsyncdir") <= 1, "{volatile}");
     assert!(
         volatile.contains("metadata log syncs: 0\n"),
         "the fsyncs were answered without syncing: {volatile}"
