@@ -699,9 +699,8 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         if self.volatile {
-            // Nothing to make durable. ENOSYS tells the kernel to stop sending FSYNC on this
-            // connection (it still writes dirty pages back first, and tells the caller the
-            // fsync succeeded): dpkg fsyncs every file it unpacks, a round trip each.
+            // Nothing to make durable: ENOSYS stops the kernel sending FSYNC (it still writes
+            // dirty pages back, and reports success). dpkg fsyncs every file it unpacks.
             reply.error(Errno::ENOSYS);
             return;
         }
