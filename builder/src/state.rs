@@ -243,9 +243,11 @@ impl State {
     ) -> Result<Box<dyn Snapshotter>, StateError> {
         let path = self.dir.join(kind.dir());
         let opened: imgfs::Result<Box<dyn Snapshotter>> = match (kind, read_only) {
-            (BackendKind::Fuse, false) => {
-                FuseSnapshotter::open_or_create(&path).map(|b| Box::new(b) as _)
-            }
+            (BackendKind::Fuse, false) => FuseSnapshotter::open_or_create(&path).map(|b| {
+                // `IMG_FUSE_STEPS=fuse` serves build steps over FUSE alone: for comparisons.
+                let overlaid = std::env::var_os("IMG_FUSE_STEPS").is_none_or(|v| v != "fuse");
+                Box::new(b.with_overlaid_steps(overlaid)) as _
+            }),
             (BackendKind::Fuse, true) => {
                 FuseSnapshotter::open_read_only(&path).map(|b| Box::new(b) as _)
             }

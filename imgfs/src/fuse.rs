@@ -1,5 +1,4 @@
-//! The FUSE adapter: serves one snapshot's `Tree` to the kernel. The only module that imports
-//! fuser.
+//! The FUSE adapter, the only module that imports fuser: serves one snapshot's `Tree`.
 //!
 //! Every handler runs its body through `serve`, which turns a library error into an errno in one
 //! place (`errno`) and a panic into EIO plus a log line, so no request can take the mount down.
@@ -11,6 +10,7 @@ mod convert;
 pub mod fusectl;
 mod governor;
 mod mount;
+mod overlaid;
 mod snapshotter;
 
 use std::collections::HashMap;

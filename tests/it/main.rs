@@ -3,6 +3,7 @@
 
 mod imgfs_layers;
 mod mount;
+mod overlaid;
 mod posix;
 mod runc;
 mod snapshotters;

@@ -10,7 +10,7 @@ use imgfs::{
 };
 use tests::LayerBuilder;
 use tests::fixtures;
-use tests::layer::hostile;
+use tests::layer::{hostile, listing};
 
 fn imgfs_store(dir: &Path) -> FuseSnapshotter {
     FuseSnapshotter::new(Store::create(&dir.join("imgfs"), StoreOptions::default()).unwrap())
@@ -54,37 +54,6 @@ fn apply(s: &dyn Snapshotter, name: &str, parent: Option<&str>, tar: &[u8]) -> i
 fn diff(s: &dyn Snapshotter, key: &str) -> Vec<u8> {
     let mut out = Vec::new();
     s.diff(key, &mut out).unwrap();
-    out
-}
-
-/// A layer as one line per entry: path, type, mode, owner, mtime, size or link target.
-fn listing(tar: &[u8]) -> Vec<String> {
-    let mut a = tar::Archive::new(tar);
-    let mut out = Vec::new();
-    for e in a.entries().unwrap() {
-        let mut e = e.unwrap();
-        let h = e.header().clone();
-        let mut line = format!(
-            "{} {:?} {:o} {}:{} {} {}",
-            String::from_utf8_lossy(&e.path_bytes()),
-            h.entry_type(),
-            h.mode().unwrap(),
-            h.uid().unwrap(),
-            h.gid().unwrap(),
-            h.mtime().unwrap(),
-            h.size().unwrap(),
-        );
-        if let Some(t) = e.link_name_bytes() {
-            line.push_str(&format!(" -> {}", String::from_utf8_lossy(&t)));
-        }
-        if let Some(exts) = e.pax_extensions().unwrap() {
-            for x in exts {
-                let x = x.unwrap();
-                line.push_str(&format!(" {}={:?}", x.key().unwrap(), x.value_bytes()));
-            }
-        }
-        out.push(line);
-    }
     out
 }
 

@@ -1,6 +1,7 @@
 //! Where a build's time went: the `tracing` spans the engine opens (`step`, and in a step
 //! `base`, `pull`, `apply`, `run`, `copy`, `diff`, `store`, `commit`, `mount`,
-//! `unmount`, `cache_lookup`), summed per step by `Timing`, a `tracing_subscriber` layer, and printed by
+//! `unmount`, `cache_lookup`; and imgfs's `fold`, in the unmount of a step the fuse backend
+//! ran on overlayfs, which counts as commit), summed per step by `Timing`, a `tracing_subscriber` layer, and printed by
 //! `img build --progress=plain` as a table (`Breakdown::table`).
 //!
 //! Each phase counts its own time only: a span entered inside another on the same thread pauses
@@ -31,7 +32,7 @@ const COLUMNS: [(&str, &[&str]); 6] = [
     ("RUN/COPY", &["run", "copy"]),
     ("DIFF", &["diff"]),
     ("STORE", &["store"]),
-    ("COMMIT", &["commit"]),
+    ("COMMIT", &["commit", "fold"]),
     ("MOUNT", &["mount", "unmount"]),
 ];
 
@@ -69,7 +70,8 @@ impl Breakdown {
         }
     }
 
-    /// The layer that fills this breakdown. It sees only the build engine's spans.
+    /// The layer that fills this breakdown. It sees only the build engine's spans, and imgfs's
+    /// `fold`.
     pub fn layer<S>(&self) -> impl Layer<S> + Send + Sync + 'static
     where
         S: Subscriber + for<'a> LookupSpan<'a>,
@@ -78,7 +80,9 @@ impl Breakdown {
             breakdown: self.clone(),
         }
         .with_filter(tracing_subscriber::filter::filter_fn(|m| {
-            m.is_span() && m.target().starts_with("builder::build")
+            m.is_span()
+                && (m.target().starts_with("builder::build")
+                    || m.target().starts_with("imgfs::") && m.name() == "fold")
         }))
     }
 

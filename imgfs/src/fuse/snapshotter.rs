@@ -15,6 +15,8 @@ use crate::store::{Store, StoreOptions, Usage};
 pub struct FuseSnapshotter {
     store: Store,
     options: MountOptions,
+    /// Whether `mount_volatile` stacks kernel overlayfs over the snapshot (`overlaid`).
+    overlaid_steps: bool,
 }
 
 impl FuseSnapshotter {
@@ -25,6 +27,7 @@ impl FuseSnapshotter {
         } else {
             Store::create(root, StoreOptions::default())?
         };
+        super::overlaid::remove_leftovers(&store)?;
         Ok(FuseSnapshotter::new(store))
     }
 
@@ -39,7 +42,17 @@ impl FuseSnapshotter {
         FuseSnapshotter {
             store,
             options: MountOptions::default(),
+            overlaid_steps: true,
         }
+    }
+
+    /// Whether `mount_volatile` mounts kernel overlayfs over a read-only FUSE view of the
+    /// snapshot and folds what was written into it at unmount (the default), or serves the
+    /// snapshot over FUSE alone, every write a FUSE request. Where the kernel refuses the
+    /// overlay, it is FUSE alone either way.
+    pub fn with_overlaid_steps(mut self, on: bool) -> FuseSnapshotter {
+        self.overlaid_steps = on;
+        self
     }
 
     /// The options every mount of this backend gets.
@@ -137,6 +150,19 @@ impl Snapshotter for FuseSnapshotter {
     }
 
     fn mount_volatile(&self, key: &str, target: &Path) -> io::Result<Box<dyn Mounted>> {
+        // The kernel serves a step's writes at its own speed; they reach imgfs once, at the
+        // unmount (`overlaid`). The overlay is volatile, and the fold writes into the chunk
+        // store, which the commit syncs.
+        if self.overlaid_steps && !self.store.is_read_only() {
+            match super::overlaid::mount(&self.store, key, target, &self.options) {
+                Ok(m) => return Ok(Box::new(m)),
+                Err(e) if e.kind() == io::ErrorKind::ResourceBusy => return Err(e),
+                Err(e) => tracing::info!(
+                    key,
+                    "mounting the step's snapshot over FUSE alone: overlayfs over imgfs failed: {e}"
+                ),
+            }
+        }
         // The commit needs nothing more: it copies the scratch data into packs it fsyncs and
         // writes its metadata in a synced batch, which syncs the log before it.
         let options = MountOptions {

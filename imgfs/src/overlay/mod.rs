@@ -19,7 +19,7 @@
 
 mod apply;
 mod diff;
-mod sys;
+pub(crate) mod sys;
 #[cfg(test)]
 mod tests;
 
@@ -543,8 +543,6 @@ impl OverlaySnapshotter {
         let rec = state.get(key).map_err(to_io)?.clone();
         let mut lowers = self.lowers(&state, rec.parent).map_err(to_io)?;
         drop(state);
-        let mut opts = String::new();
-        let mut flags = nix::mount::MsFlags::empty();
         let upper = match rec.kind {
             Kind::Active if self.lock.is_none() => {
                 return Err(io::Error::new(
@@ -571,42 +569,6 @@ impl OverlaySnapshotter {
         while lowers.len() < want {
             lowers.push(self.root.join("empty"));
         }
-        opts.push_str("lowerdir=");
-        let lower: Vec<String> = lowers.iter().map(|p| escape_option(p)).collect();
-        opts.push_str(&lower.join(":"));
-        if let Some((fs, work)) = &upper {
-            opts.push_str(&format!(
-                ",upperdir={},workdir={}",
-                escape_option(fs),
-                escape_option(work)
-            ));
-        } else {
-            flags |= nix::mount::MsFlags::MS_RDONLY;
-        }
-        opts.push_str(",index=off,metacopy=off");
-        if sys::trusted_xattrs() {
-            opts.push_str(",redirect_dir=off");
-        } else {
-            // Without CAP_SYS_ADMIN overlayfs keeps whiteouts and opaque marks in user.* xattrs.
-            // redirect_dir=off still follows redirects (redirect_always_follow), which reads
-            // trusted.* xattrs, so the kernel wants nofollow beside userxattr.
-            opts.push_str(",redirect_dir=nofollow,userxattr");
-        }
-        // overlayfs's own volatile mode skips every sync to the upper dir, which `commit` makes
-        // up for with one syncfs. Kernels before 5.10 refuse the option: they get a plain mount.
-        let plain = opts.clone();
-        if volatile && upper.is_some() {
-            opts.push_str(",volatile");
-        }
-        if opts.len() >= 4096 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "snapshot {key}: {} layers make overlay options longer than a page",
-                    lowers.len()
-                ),
-            ));
-        }
         {
             let mut mounted = self.mounted.lock().expect("poisoned");
             if rec.kind == Kind::Active && mounted.contains(&rec.id) {
@@ -615,28 +577,11 @@ impl OverlaySnapshotter {
                     format!("snapshot {key} is already mounted"),
                 ));
             }
-            if let Some((_, work)) = &upper {
-                // A volatile mount leaves this dir behind, and overlayfs refuses the work dir
-                // while it exists, to stop a remount after a crash; a crash before the commit
-                // makes the snapshot one to remove anyway (`Snapshotter::mount_volatile`).
-                let marker = work.join("work/incompat/volatile");
-                if marker.exists() {
-                    std::fs::remove_dir_all(&marker)?;
-                }
-            }
-            let mount = |opts: &str| {
-                nix::mount::mount(Some("overlay"), target, Some("overlay"), flags, Some(opts))
-            };
-            match mount(&opts) {
-                Err(nix::Error::EINVAL) if opts != plain => mount(&plain),
-                r => r,
-            }
-            .map_err(|e| {
-                io::Error::new(
-                    io::Error::from(e).kind(),
-                    format!("mount snapshot {key} on {}: {e}", target.display()),
-                )
-            })?;
+            let upper = upper
+                .as_ref()
+                .map(|(fs, work)| (fs.as_path(), work.as_path()));
+            mount_overlay(target, &lowers, upper, volatile)
+                .map_err(|e| io::Error::new(e.kind(), format!("snapshot {key}: {e}")))?;
             mounted.insert(rec.id);
         }
         Ok(Box::new(OverlayMount {
@@ -646,6 +591,76 @@ impl OverlaySnapshotter {
             done: false,
         }))
     }
+}
+
+/// Mounts an overlay of `lowers` (nearest first, at least one; two without an upper) at
+/// `target`, writable into `upper` (the upper and work dirs) if given, read-only otherwise.
+/// Every overlay img mounts has the options below, so that an upper dir holds full copies of
+/// what changed and no redirects (see the module's doc); `volatile` adds overlayfs's
+/// `volatile` where the kernel has it.
+pub(crate) fn mount_overlay(
+    target: &Path,
+    lowers: &[PathBuf],
+    upper: Option<(&Path, &Path)>,
+    volatile: bool,
+) -> io::Result<()> {
+    let mut flags = nix::mount::MsFlags::empty();
+    let lower: Vec<String> = lowers.iter().map(|p| escape_option(p)).collect();
+    let mut opts = format!("lowerdir={}", lower.join(":"));
+    if let Some((fs, work)) = upper {
+        opts.push_str(&format!(
+            ",upperdir={},workdir={}",
+            escape_option(fs),
+            escape_option(work)
+        ));
+    } else {
+        flags |= nix::mount::MsFlags::MS_RDONLY;
+    }
+    opts.push_str(",index=off,metacopy=off");
+    if sys::trusted_xattrs() {
+        opts.push_str(",redirect_dir=off");
+    } else {
+        // Without CAP_SYS_ADMIN overlayfs keeps whiteouts and opaque marks in user.* xattrs.
+        // redirect_dir=off still follows redirects (redirect_always_follow), which reads
+        // trusted.* xattrs, so the kernel wants nofollow beside userxattr.
+        opts.push_str(",redirect_dir=nofollow,userxattr");
+    }
+    // overlayfs's own volatile mode skips every sync to the upper dir, which a commit makes
+    // up for. Kernels before 5.10 refuse the option: they get a plain mount.
+    let plain = opts.clone();
+    if volatile && upper.is_some() {
+        opts.push_str(",volatile");
+    }
+    if opts.len() >= 4096 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} layers make overlay options longer than a page",
+                lowers.len()
+            ),
+        ));
+    }
+    if let Some((_, work)) = upper {
+        // A volatile mount leaves this dir behind, and overlayfs refuses the work dir while it
+        // exists, to stop a remount after a crash; a crash before the commit makes the
+        // snapshot one to remove anyway (`Snapshotter::mount_volatile`).
+        let marker = work.join("work/incompat/volatile");
+        if marker.exists() {
+            std::fs::remove_dir_all(&marker)?;
+        }
+    }
+    let mount =
+        |opts: &str| nix::mount::mount(Some("overlay"), target, Some("overlay"), flags, Some(opts));
+    match mount(&opts) {
+        Err(nix::Error::EINVAL) if opts != plain => mount(&plain),
+        r => r,
+    }
+    .map_err(|e| {
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("mount overlay on {}: {e}", target.display()),
+        )
+    })
 }
 
 /// Escapes the characters overlayfs's option parser treats specially in a path.

@@ -1,0 +1,188 @@
+//! Build steps of the fuse backend on kernel overlayfs over imgfs (`FuseSnapshotter::
+//! mount_volatile`): what a step writes through the overlay must end up in the snapshot exactly
+//! as if the step had written it through imgfs's own FUSE mount. Needs root, as every overlay
+//! mount of the test suite does.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use imgfs::layer::ImportLimits;
+use imgfs::{FuseSnapshotter, Snapshotter, Store, StoreOptions};
+use tests::LayerBuilder;
+
+fn base_layer() -> Vec<u8> {
+    LayerBuilder::new()
+        .dir("d", 0o755)
+        .file("d/x", 0o644, b"x")
+        .file("d/y", 0o644, b"y")
+        .dir("e", 0o755)
+        .file("e/z", 0o644, b"z")
+        .dir("e/sub", 0o755)
+        .file("e/sub/w", 0o644, b"w")
+        .file("a", 0o644, b"aaaa")
+        .file("t", 0o644, [7u8; 200_000])
+        .finish()
+}
+
+/// The file system type of the mount at `path`, from /proc/self/mountinfo.
+fn fs_type(path: &Path) -> String {
+    let want = path.canonicalize().unwrap();
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == want.to_str())
+        .unwrap_or_else(|| panic!("{} is not mounted", want.display()));
+    let after = line.split(" - ").nth(1).unwrap();
+    after.split(' ').next().unwrap().to_string()
+}
+
+/// What a build step might do, through the mount at `m`: every kind of entry created, changed,
+/// renamed and removed, in lower directories and new ones. Times are set last, the same for
+/// every run, so that two runs give the same layer.
+fn step(m: &Path) {
+    fs::create_dir(m.join("new")).unwrap();
+    fs::write(m.join("new/f"), b"new file").unwrap();
+    xattr::set(m.join("new/f"), "user.note", b"kept").unwrap();
+    std::os::unix::fs::chown(m.join("new/f"), Some(1000), Some(1001)).unwrap();
+    fs::hard_link(m.join("new/f"), m.join("new/g")).unwrap();
+    fs::rename(m.join("new/g"), m.join("new/g2")).unwrap();
+    let mut a = fs::OpenOptions::new()
+        .append(true)
+        .open(m.join("a"))
+        .unwrap();
+    std::io::Write::write_all(&mut a, b"more").unwrap();
+    drop(a);
+    fs::set_permissions(m.join("d/y"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::rename(m.join("d/y"), m.join("d/yy")).unwrap();
+    fs::remove_file(m.join("d/x")).unwrap();
+    fs::remove_dir_all(m.join("e")).unwrap();
+    fs::create_dir(m.join("e")).unwrap();
+    fs::write(m.join("e/n"), b"in the new e").unwrap();
+    std::os::unix::fs::symlink("a", m.join("s")).unwrap();
+    nix::unistd::mkfifo(
+        &m.join("p"),
+        nix::sys::stat::Mode::from_bits(0o640).unwrap(),
+    )
+    .unwrap();
+    let sparse = fs::File::create(m.join("sparse")).unwrap();
+    sparse.set_len(8 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_at(&sparse, b"middle", 4 << 20).unwrap();
+    drop(sparse);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(m.join("t"))
+        .unwrap()
+        .set_len(1000)
+        .unwrap();
+    let paths = [
+        "", "a", "d", "d/yy", "e", "e/n", "new", "new/f", "new/g2", "s", "p", "sparse", "t",
+    ];
+    let t = nix::sys::time::TimeSpec::new(1_000_000_000, 123_456_789);
+    for p in paths {
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &m.join(p),
+            &t,
+            &t,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+    }
+}
+
+/// Runs `step` in a volatile mount of a child of the base, commits it and returns its layer
+/// and the whole tree exported, with the mount's file system type.
+fn run_step(s: &FuseSnapshotter, mnt: &Path) -> (Vec<u8>, Vec<u8>, String) {
+    s.apply(
+        "base",
+        None,
+        &mut &base_layer()[..],
+        &ImportLimits::default(),
+    )
+    .unwrap();
+    s.prepare("step", Some("base")).unwrap();
+    let m = s.mount_volatile("step", mnt).unwrap();
+    let kind = fs_type(mnt);
+    step(mnt);
+    m.unmount().unwrap();
+    s.commit("layer", "step").unwrap();
+    let (mut layer, mut whole) = (Vec::new(), Vec::new());
+    s.diff("layer", &mut layer).unwrap();
+    s.export("layer", &mut whole).unwrap();
+    (layer, whole, kind)
+}
+
+fn store(dir: &Path, name: &str) -> FuseSnapshotter {
+    FuseSnapshotter::new(Store::create(&dir.join(name), StoreOptions::default()).unwrap())
+}
+
+#[test]
+fn a_step_on_overlayfs_over_imgfs_leaves_what_imgfs_alone_would() {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let overlaid = store(dir.path(), "overlaid");
+    let plain = store(dir.path(), "plain").with_overlaid_steps(false);
+    let (layer, whole, kind) = run_step(&overlaid, &mnt);
+    assert_eq!(kind, "overlay", "the step ran on overlayfs");
+    let (want_layer, want_whole, kind) = run_step(&plain, &mnt);
+    assert!(
+        kind.starts_with("fuse"),
+        "the step ran on imgfs alone: {kind}"
+    );
+    let names = tests::layer::listing(&layer);
+    assert_eq!(names, tests::layer::listing(&want_layer));
+    assert!(layer == want_layer, "same entries, different bytes");
+    assert!(whole == want_whole, "the exports differ");
+    for want in ["d/.wh.x", "d/.wh.y", "e/.wh..wh..opq", "new/g2", "sparse"] {
+        assert!(
+            names.iter().any(|l| l.starts_with(&format!("{want} "))),
+            "{want} in {names:#?}"
+        );
+    }
+    // Nothing of the step is left beside the store.
+    let steps = dir.path().join("overlaid/steps");
+    assert_eq!(fs::read_dir(&steps).unwrap().count(), 0);
+    // The snapshot reads back through imgfs alone: a committed one mounts over FUSE.
+    let m = overlaid.mount("layer", &mnt).unwrap();
+    assert_eq!(fs::read(mnt.join("new/g2")).unwrap(), b"new file");
+    assert_eq!(fs::metadata(mnt.join("new/g2")).unwrap().nlink(), 2);
+    assert_eq!(fs::read(mnt.join("t")).unwrap(), vec![7u8; 1000]);
+    assert_eq!(
+        xattr::get(mnt.join("new/f"), "user.note")
+            .unwrap()
+            .as_deref(),
+        Some(&b"kept"[..])
+    );
+    assert!(!mnt.join("e/sub").exists());
+    m.unmount().unwrap();
+}
+
+#[test]
+fn what_a_killed_step_left_goes_when_the_store_is_next_opened() {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let root = dir.path().join("store");
+    drop(FuseSnapshotter::open_or_create(&root).unwrap());
+    // A step's scratch dir as a killed process leaves it: its upper dir with what the step
+    // wrote, and its FUSE lower still mounted (a tmpfs stands in for the dead mount).
+    let left = root.join("steps/42");
+    fs::create_dir_all(left.join("upper/usr")).unwrap();
+    fs::write(left.join("upper/usr/f"), b"half a step").unwrap();
+    fs::create_dir_all(left.join("lower")).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &left.join("lower"),
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    let s = FuseSnapshotter::open_or_create(&root).unwrap();
+    let gone = !left.exists();
+    if !gone {
+        let _ = nix::mount::umount2(&left.join("lower"), nix::mount::MntFlags::MNT_DETACH);
+    }
+    assert!(gone, "{} is still there", left.display());
+    drop(s);
+}
