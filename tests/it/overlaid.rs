@@ -113,6 +113,22 @@ fn run_step(s: &FuseSnapshotter, mnt: &Path) -> (Vec<u8>, Vec<u8>, String) {
     (layer, whole, kind)
 }
 
+/// Whether `dir` has ext4's FS_TOPDIR_FL (`chattr +T`).
+fn is_top_dir(dir: &Path) -> bool {
+    let f = fs::File::open(dir).unwrap();
+    let mut flags: libc::c_int = 0;
+    // SAFETY: the ioctl writes one int at the pointer, which outlives the call.
+    let r = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::FS_IOC_GETFLAGS,
+            &mut flags,
+        )
+    };
+    assert_eq!(r, 0, "FS_IOC_GETFLAGS on {}", dir.display());
+    flags & 0x0002_0000 != 0
+}
+
 fn store(dir: &Path, name: &str) -> FuseSnapshotter {
     FuseSnapshotter::new(Store::create(&dir.join(name), StoreOptions::default()).unwrap())
 }
@@ -144,6 +160,11 @@ fn a_step_on_overlayfs_over_imgfs_leaves_what_imgfs_alone_would() {
     // Nothing of the step is left beside the store.
     let steps = dir.path().join("overlaid/steps");
     assert_eq!(fs::read_dir(&steps).unwrap().count(), 0);
+    if nix::sys::statfs::statfs(&steps).unwrap().filesystem_type()
+        == nix::sys::statfs::EXT4_SUPER_MAGIC
+    {
+        assert!(is_top_dir(&steps), "ext4 spreads the steps' dirs over groups");
+    }
     // The snapshot reads back through imgfs alone: a committed one mounts over FUSE.
     let m = overlaid.mount("layer", &mnt).unwrap();
     assert_eq!(fs::read(mnt.join("new/g2")).unwrap(), b"new file");

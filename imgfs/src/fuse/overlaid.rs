@@ -58,6 +58,8 @@ pub(super) fn mount(
         overlay: false,
         fold: false,
     };
+    std::fs::create_dir_all(steps_dir(store))?;
+    sys::spread_subdirs(&steps_dir(store));
     let (lower, upper, work) = m.dirs();
     for d in [&lower, &upper, &work] {
         std::fs::create_dir_all(d)?;

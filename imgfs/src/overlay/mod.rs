@@ -104,6 +104,7 @@ impl OverlaySnapshotter {
     pub fn create(root: &Path) -> Result<OverlaySnapshotter> {
         std::fs::create_dir_all(root.join("snapshots"))
             .map_err(|e| io_err(format!("create {}", root.display()), e))?;
+        sys::spread_subdirs(&root.join("snapshots"));
         if root.join(RECORDS).exists() {
             return Err(Error::Exists(format!(
                 "overlayfs backend {}",
