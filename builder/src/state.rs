@@ -80,14 +80,19 @@ impl BackendKind {
             BackendKind::Overlayfs => "overlayfs",
         }
     }
+
+    /// The name users pick the backend by (`--backend`, `$IMG_BACKEND`).
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Fuse => "fuse",
+            BackendKind::Overlayfs => "overlayfs",
+        }
+    }
 }
 
 impl fmt::Display for BackendKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            BackendKind::Fuse => "fuse",
-            BackendKind::Overlayfs => "overlayfs",
-        })
+        f.write_str(self.name())
     }
 }
 
@@ -593,10 +598,7 @@ impl LazyBackend<'_> {
 
 impl Snapshotter for LazyBackend<'_> {
     fn backend(&self) -> &'static str {
-        match self.kind {
-            BackendKind::Fuse => "fuse",
-            BackendKind::Overlayfs => "overlayfs",
-        }
+        self.kind.name()
     }
     fn prepare(&self, key: &str, parent: Option<&str>) -> imgfs::Result<imgfs::SnapshotInfo> {
         self.store()?.prepare(key, parent)

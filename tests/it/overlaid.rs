@@ -163,7 +163,10 @@ fn a_step_on_overlayfs_over_imgfs_leaves_what_imgfs_alone_would() {
     if nix::sys::statfs::statfs(&steps).unwrap().filesystem_type()
         == nix::sys::statfs::EXT4_SUPER_MAGIC
     {
-        assert!(is_top_dir(&steps), "ext4 spreads the steps' dirs over groups");
+        assert!(
+            is_top_dir(&steps),
+            "ext4 spreads the steps' dirs over groups"
+        );
     }
     // The snapshot reads back through imgfs alone: a committed one mounts over FUSE.
     let m = overlaid.mount("layer", &mnt).unwrap();
@@ -206,4 +209,24 @@ fn what_a_killed_step_left_goes_when_the_store_is_next_opened() {
     }
     assert!(gone, "{} is still there", left.display());
     drop(s);
+}
+
+#[test]
+fn a_step_whose_overlay_cannot_be_made_runs_on_imgfs_alone() {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let s = store(dir.path(), "store");
+    // A file where the steps' scratch dirs go: the overlay cannot be set up.
+    fs::write(dir.path().join("store/steps"), b"in the way").unwrap();
+    let (layer, _, kind) = run_step(&s, &mnt);
+    assert!(
+        kind.starts_with("fuse"),
+        "the step ran on imgfs alone: {kind}"
+    );
+    let names = tests::layer::listing(&layer);
+    assert!(
+        names.iter().any(|l| l.starts_with("e/.wh..wh..opq ")),
+        "{names:#?}"
+    );
 }

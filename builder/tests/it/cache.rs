@@ -14,9 +14,7 @@ fn build(rig: &Rig, ctx: &std::path::Path, backend: &str, extra: &[&str]) -> (St
     let mut args = vec!["build", "--backend", backend, "-t", "cached"];
     args.extend_from_slice(extra);
     args.push(ctx.to_str().unwrap());
-    let out = rig.img(&args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{stderr}");
+    let stderr = rig.img_ok_stderr(&args);
     let digest = rig
         .img_ok(&["inspect", "cached"])
         .lines()

@@ -211,6 +211,14 @@ impl Rig {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `img` that must succeed; returns its standard error (what builds print).
+    pub fn img_ok_stderr(&self, args: &[&str]) -> String {
+        let out = self.img(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "img {args:?} failed:\n{stderr}");
+        stderr
+    }
+
     /// Builds `context` with img on `backend` as `tag` and reads the image back through an OCI
     /// archive, as another tool would.
     pub fn img_build(&self, context: &Path, backend: &str, tag: &str, extra: &[&str]) -> ImageView {

@@ -101,21 +101,25 @@ fn copy_root_attrs(root: &Inode, upper: &Path) -> io::Result<()> {
 
 /// Removes what overlaid steps of processes that are gone left in the store: their FUSE lower
 /// mounts (detached, their server being dead) and their dirs. Called with the store open for
-/// writing, so no live process uses them.
-pub(super) fn remove_leftovers(store: &Store) -> Result<()> {
+/// writing, so no live process uses them. What cannot be removed is said and left: it costs
+/// disk space, not correctness, since a step never reuses a dir.
+pub(super) fn remove_leftovers(store: &Store) {
     let steps = steps_dir(store);
-    let list = match std::fs::read_dir(&steps) {
-        Ok(list) => list,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err(&steps, e)),
+    let Ok(list) = std::fs::read_dir(&steps) else {
+        return;
     };
-    for ent in list {
-        let dir = ent.map_err(|e| io_err(&steps, e))?.path();
+    for ent in list.flatten() {
+        let dir = ent.path();
         let _ = nix::mount::umount2(&dir.join("lower"), nix::mount::MntFlags::MNT_DETACH);
-        std::fs::remove_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
-        tracing::info!(dir = %dir.display(), "removed the scratch dir of a build step that was cut short");
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {
+                tracing::info!(dir = %dir.display(), "removed the scratch dir of a build step that was cut short")
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), "cannot remove the scratch dir of a build step that was cut short: {e}")
+            }
+        }
     }
-    Ok(())
 }
 
 fn io_err(path: &Path, source: io::Error) -> Error {

@@ -17,6 +17,8 @@ pub struct FuseSnapshotter {
     options: MountOptions,
     /// Whether `mount_volatile` stacks kernel overlayfs over the snapshot (`overlaid`).
     overlaid_steps: bool,
+    /// Set once a step could not have its overlay, which is said once per backend.
+    overlay_refused: std::sync::atomic::AtomicBool,
 }
 
 impl FuseSnapshotter {
@@ -27,7 +29,7 @@ impl FuseSnapshotter {
         } else {
             Store::create(root, StoreOptions::default())?
         };
-        super::overlaid::remove_leftovers(&store)?;
+        super::overlaid::remove_leftovers(&store);
         Ok(FuseSnapshotter::new(store))
     }
 
@@ -43,6 +45,7 @@ impl FuseSnapshotter {
             store,
             options: MountOptions::default(),
             overlaid_steps: true,
+            overlay_refused: Default::default(),
         }
     }
 
@@ -157,10 +160,17 @@ impl Snapshotter for FuseSnapshotter {
             match super::overlaid::mount(&self.store, key, target, &self.options) {
                 Ok(m) => return Ok(Box::new(m)),
                 Err(e) if e.kind() == io::ErrorKind::ResourceBusy => return Err(e),
-                Err(e) => tracing::info!(
-                    key,
-                    "mounting the step's snapshot over FUSE alone: overlayfs over imgfs failed: {e}"
-                ),
+                Err(e) => {
+                    let said = self
+                        .overlay_refused
+                        .swap(true, std::sync::atomic::Ordering::Relaxed);
+                    if !said {
+                        tracing::warn!(
+                            "build steps run on imgfs's FUSE mount alone, which is slower for \
+                             steps that write many files: overlayfs over imgfs failed: {e}"
+                        );
+                    }
+                }
             }
         }
         // The commit needs nothing more: it copies the scratch data into packs it fsyncs and
