@@ -70,19 +70,25 @@ fn write_entry<W: Write>(tree: &Tree, w: &mut LayerWriter<W>, ino: Ino, path: &[
     {
         return Ok(());
     }
-    let mut reader = FileReader {
-        tree,
-        ino,
-        pos: 0,
-        size: if inode.kind == FileKind::File {
-            inode.size
-        } else {
-            0
-        },
-        error: None,
+    let size = if inode.kind == FileKind::File {
+        inode.size
+    } else {
+        0
     };
+    // The tar writer copies 8 KiB at a time, and each `Tree::read` looks the file's extents and
+    // chunks up again: reading up to 1 MiB at once makes that once per 16 chunks.
+    let mut reader = std::io::BufReader::with_capacity(
+        size.clamp(1, 1 << 20) as usize,
+        FileReader {
+            tree,
+            ino,
+            pos: 0,
+            size,
+            error: None,
+        },
+    );
     let r = w.entry(path, &meta, &inode.xattrs, &inode.target, &mut reader);
-    if let Some(e) = reader.error {
+    if let Some(e) = reader.into_inner().error {
         return Err(e);
     }
     r.map_err(io)
