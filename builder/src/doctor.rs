@@ -202,7 +202,7 @@ pub fn checks(host: &Host) -> Vec<Check> {
     );
 
     if let Some(dir) = &host.probe_dir {
-        let what = "kernel overlayfs in a user namespace (--backend overlayfs)";
+        let what = "kernel overlayfs in a user namespace (--backend overlayfs, and fast RUN steps on fuse)";
         out.push(match overlay_in_userns(dir) {
             Ok(()) => ok(what),
             Err(e @ ProbeError::Scratch { .. }) => bad(
