@@ -104,6 +104,11 @@ fn run_step(s: &FuseSnapshotter, mnt: &Path) -> (Vec<u8>, Vec<u8>, String) {
     s.prepare("step", Some("base")).unwrap();
     let m = s.mount_volatile("step", mnt).unwrap();
     let kind = fs_type(mnt);
+    let again = tempfile::tempdir_in("/var/tmp").unwrap();
+    assert!(
+        s.mount_volatile("step", again.path()).is_err() && s.mount("step", again.path()).is_err(),
+        "an active snapshot mounts once at a time"
+    );
     step(mnt);
     m.unmount().unwrap();
     s.commit("layer", "step").unwrap();

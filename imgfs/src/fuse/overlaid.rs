@@ -43,14 +43,20 @@ pub(super) fn mount(
 ) -> io::Result<OverlaidMount> {
     let rec = store.stat(key).map_err(io::Error::other)?;
     let dir = steps_dir(store).join(rec.id.0.to_string());
-    if dir.exists() {
-        return Err(io::Error::new(
+    // The snapshot is claimed for writing from here to the fold, as a FUSE mount of it would
+    // be, so that nothing else writes to it meanwhile.
+    let busy = || {
+        io::Error::new(
             io::ErrorKind::ResourceBusy,
             format!("snapshot {key} is already mounted"),
-        ));
+        )
+    };
+    if dir.exists() {
+        return Err(busy());
     }
+    let writer = store.tree(key).map_err(|_| busy())?;
     let mut m = OverlaidMount {
-        store: store.clone(),
+        writer: Some(writer),
         key: key.to_string(),
         target: target.to_path_buf(),
         dir,
@@ -133,7 +139,8 @@ fn io_err(path: &Path, source: io::Error) -> Error {
 /// upper dir into the snapshot and removes the scratch dir; dropping does the same and logs
 /// what failed.
 pub struct OverlaidMount {
-    store: Store,
+    /// The snapshot, open for writing: what the fold writes through.
+    writer: Option<Tree>,
     key: String,
     target: PathBuf,
     dir: PathBuf,
@@ -170,19 +177,17 @@ impl OverlaidMount {
             return Ok(());
         }
         let (_, upper, _) = self.dirs();
-        let folded = if std::mem::take(&mut self.fold) {
-            tracing::info_span!("fold").in_scope(|| {
-                let tree = self.store.tree(&self.key)?;
-                fold(&tree, &upper)
-            })
-        } else {
-            Ok(())
+        let folded = match (std::mem::take(&mut self.fold), self.writer.take()) {
+            (true, Some(tree)) => tracing::info_span!("fold").in_scope(|| fold(&tree, &upper)),
+            _ => Ok(()),
         };
         // The upper dir goes whether the fold worked or not: a failed fold leaves the snapshot
-        // half-written, which the caller removes.
-        let removed = std::fs::remove_dir_all(&self.dir);
-        folded.map_err(|e| io::Error::other(format!("snapshot {}: {e}", self.key)))?;
-        removed
+        // half-written, which the caller removes. What cannot be removed waits for the next
+        // open of the store (`remove_leftovers`); the snapshot is whole without it.
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), "cannot remove a build step's scratch dir: {e}");
+        }
+        folded.map_err(|e| io::Error::other(format!("snapshot {}: {e}", self.key)))
     }
 }
 
