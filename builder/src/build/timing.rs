@@ -1,8 +1,8 @@
 //! Where a build's time went: the `tracing` spans the engine opens (`step`, and in a step
-//! `base`, `pull`, `apply`, `run`, `copy`, `diff`, `store`, `commit`, `mount`,
-//! `unmount`, `cache_lookup`; and imgfs's `fold`, in the unmount of a step the fuse backend
-//! ran on overlayfs, which counts as commit), summed per step by `Timing`, a `tracing_subscriber` layer, and printed by
-//! `img build --progress=plain` as a table (`Breakdown::table`).
+//! `base`, `pull`, `apply`, `run`, `copy`, `diff`, `store`, `commit`, `mount`, `unmount`,
+//! `cache_lookup`; and imgfs's `fold`, in the unmount of a step the fuse backend ran on
+//! overlayfs, which counts as commit), summed per step by `Timing`, a `tracing_subscriber`
+//! layer, and printed by `img build --progress=plain` as a table (`Breakdown::table`).
 //!
 //! Each phase counts its own time only: a span entered inside another on the same thread pauses
 //! it. The layer's blob writer enters its own span for every write (`InSpan`), so the diff's

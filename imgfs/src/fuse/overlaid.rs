@@ -117,12 +117,11 @@ pub(super) fn remove_leftovers(store: &Store) {
     for ent in list.flatten() {
         let dir = ent.path();
         let _ = nix::mount::umount2(&dir.join("lower"), nix::mount::MntFlags::MNT_DETACH);
+        let shown = dir.display();
         match std::fs::remove_dir_all(&dir) {
-            Ok(()) => {
-                tracing::info!(dir = %dir.display(), "removed the scratch dir of a build step that was cut short")
-            }
+            Ok(()) => tracing::info!(dir = %shown, "removed a cut-short build step's scratch"),
             Err(e) => {
-                tracing::warn!(dir = %dir.display(), "cannot remove the scratch dir of a build step that was cut short: {e}")
+                tracing::warn!(dir = %shown, "cannot remove a cut-short build step's scratch: {e}")
             }
         }
     }
@@ -185,7 +184,8 @@ impl OverlaidMount {
         // half-written, which the caller removes. What cannot be removed waits for the next
         // open of the store (`remove_leftovers`); the snapshot is whole without it.
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-            tracing::warn!(dir = %self.dir.display(), "cannot remove a build step's scratch dir: {e}");
+            let dir = self.dir.display();
+            tracing::warn!(dir = %dir, "cannot remove a build step's scratch dir: {e}");
         }
         folded.map_err(|e| io::Error::other(format!("snapshot {}: {e}", self.key)))
     }
@@ -204,7 +204,8 @@ impl Mounted for OverlaidMount {
 impl Drop for OverlaidMount {
     fn drop(&mut self) {
         if let Err(e) = self.finish() {
-            tracing::error!(target = %self.target.display(), error = %e, "could not unmount a build step's snapshot");
+            let target = self.target.display();
+            tracing::error!(%target, error = %e, "could not unmount a build step's snapshot");
         }
     }
 }
