@@ -33,17 +33,34 @@ pub const START_LABEL: &str = "imgfs.mount.start";
 
 /// The start time of process `pid` in clock ticks after boot (`/proc/PID/stat`'s starttime,
 /// which anyone may read), or `None` if there is no such process or it is a zombie, which
-/// serves nothing.
+/// serves nothing. A killed process's main thread can be a zombie while its other threads are
+/// still exiting and still hold its files (a store's lock among them): that process is not
+/// gone yet.
 pub fn process_start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses; the fields after the last
     // ')' are plain: state is field 3, starttime field 22.
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    if fields.first() == Some(&"Z") {
+    if fields.first() == Some(&"Z") && !other_threads_live(pid) {
         return None;
     }
     fields.get(19)?.parse().ok()
+}
+
+/// Whether process `pid` has a thread besides its main one that is not a zombie.
+fn other_threads_live(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        t.file_name().to_str() != Some(&pid.to_string())
+            && std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                stat.rfind(')')
+                    .and_then(|i| stat[i + 1..].split_whitespace().next().map(|s| s != "Z"))
+                    .unwrap_or(false)
+            })
+    })
 }
 
 /// An active snapshot whose owning mount process is gone.
@@ -205,5 +222,55 @@ impl Store {
         // Every snapshot of a gone owner is removed now: its marker has nothing left to say.
         remove_dead_markers(self.root());
         Ok(abandoned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn leader_state(pid: u32) -> Option<String> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = &stat[stat.rfind(')')? + 1..];
+        rest.split_whitespace().next().map(str::to_owned)
+    }
+
+    /// A killed img's main thread can end before its other threads, which still hold the
+    /// store's lock: until they end, the process counts as alive.
+    #[test]
+    fn a_process_whose_main_thread_ended_first_lives_until_its_last_thread_ends() {
+        // The main thread ends with exit(2), not exit_group(2), while a thread sleeps on.
+        let script = format!(
+            "import ctypes, threading, time\n\
+             threading.Thread(target=time.sleep, args=(2,)).start()\n\
+             ctypes.CDLL(None).syscall({}, 0)\n",
+            libc::SYS_exit
+        );
+        let mut child = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", &script])
+            .spawn()
+            .expect("python3 (tools/setup installs it)");
+        let pid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while leader_state(pid).as_deref() != Some("Z") {
+            assert!(Instant::now() < deadline, "the main thread did not end");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            process_start_time(pid).is_some(),
+            "a thread still runs: the process is not gone"
+        );
+        while process_start_time(pid).is_some() {
+            assert!(Instant::now() < deadline, "the process did not end");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            leader_state(pid).as_deref(),
+            Some("Z"),
+            "a zombie, not yet reaped"
+        );
+        child.wait().unwrap();
     }
 }
