@@ -4,6 +4,7 @@
 mod imgfs_layers;
 mod mount;
 mod overlaid;
+mod owner;
 mod posix;
 mod runc;
 mod snapshotters;
