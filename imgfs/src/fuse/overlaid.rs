@@ -14,12 +14,12 @@ use std::collections::HashMap;
 use std::fs::Metadata;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::ids::Ino;
-use crate::overlay::{mount_overlay, sys};
+use crate::overlay::{mount_overlay, sys, umount_overlay};
 use crate::records::{FileKind, Inode, Timestamp};
 use crate::snapshot::Mounted;
 use crate::store::Store;
@@ -161,12 +161,7 @@ impl OverlaidMount {
 
     fn finish(&mut self) -> io::Result<()> {
         if self.overlay {
-            nix::mount::umount2(&self.target, nix::mount::MntFlags::empty()).map_err(|e| {
-                io::Error::new(
-                    io::Error::from(e).kind(),
-                    format!("unmount {}: {e}", self.target.display()),
-                )
-            })?;
+            umount_overlay(&self.target)?;
             self.overlay = false;
         }
         if let Some(lower) = self.lower.take() {
@@ -273,7 +268,7 @@ fn fold_dir(tree: &Tree, abs: &Path, dir: Ino, links: &mut Links) -> Result<()> 
         if existing.is_some() {
             tree.remove_any(dir, &name)?;
         }
-        let kind = kind_of(&m);
+        let kind = sys::file_kind(&m);
         let mut inode = new_inode(kind, &path, &m)?;
         let ino = match kind {
             FileKind::File => {
@@ -310,25 +305,6 @@ fn fold_dir(tree: &Tree, abs: &Path, dir: Ino, links: &mut Links) -> Result<()> 
         }
     }
     Ok(())
-}
-
-fn kind_of(m: &Metadata) -> FileKind {
-    let ft = m.file_type();
-    if ft.is_file() {
-        FileKind::File
-    } else if ft.is_dir() {
-        FileKind::Dir
-    } else if ft.is_symlink() {
-        FileKind::Symlink
-    } else if ft.is_char_device() {
-        FileKind::CharDev
-    } else if ft.is_block_device() {
-        FileKind::BlockDev
-    } else if ft.is_fifo() {
-        FileKind::Fifo
-    } else {
-        FileKind::Socket
-    }
 }
 
 fn times(m: &Metadata) -> (Timestamp, Timestamp, Timestamp) {

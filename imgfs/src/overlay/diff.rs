@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::fs::Metadata;
 use std::io::{self, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::layer::writer::{EntryMeta, LayerWriter};
@@ -158,22 +158,7 @@ impl<W: Write> Walker<'_, W> {
     }
 
     fn entry(&mut self, abs: &Path, path: &[u8], m: &Metadata) -> Result<()> {
-        let ft = m.file_type();
-        let kind = if ft.is_file() {
-            FileKind::File
-        } else if ft.is_dir() {
-            FileKind::Dir
-        } else if ft.is_symlink() {
-            FileKind::Symlink
-        } else if ft.is_char_device() {
-            FileKind::CharDev
-        } else if ft.is_block_device() {
-            FileKind::BlockDev
-        } else if ft.is_fifo() {
-            FileKind::Fifo
-        } else {
-            FileKind::Socket
-        };
+        let kind = sys::file_kind(m);
         let meta = EntryMeta {
             kind,
             perm: m.mode() & 0o7777,

@@ -664,6 +664,16 @@ pub(crate) fn mount_overlay(
     })
 }
 
+/// Unmounts the overlay at `target` (not lazily: a busy mount is an error), saying where.
+pub(crate) fn umount_overlay(target: &Path) -> io::Result<()> {
+    nix::mount::umount2(target, nix::mount::MntFlags::empty()).map_err(|e| {
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("unmount {}: {e}", target.display()),
+        )
+    })
+}
+
 /// Escapes the characters overlayfs's option parser treats specially in a path.
 fn escape_option(p: &Path) -> String {
     let mut out = String::new();
@@ -691,12 +701,7 @@ impl OverlayMount {
         }
         // Writes through overlayfs go straight to the upper dir, so once the umount returns
         // they are all in the snapshot (the page cache holds them until the next sync).
-        nix::mount::umount2(&self.target, nix::mount::MntFlags::empty()).map_err(|e| {
-            io::Error::new(
-                io::Error::from(e).kind(),
-                format!("unmount {}: {e}", self.target.display()),
-            )
-        })?;
+        umount_overlay(&self.target)?;
         self.done = true;
         self.mounted.lock().expect("poisoned").remove(&self.id);
         Ok(())

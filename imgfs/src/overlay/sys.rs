@@ -232,3 +232,24 @@ pub(crate) fn spread_subdirs(dir: &Path) {
         libc::ioctl(f.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags);
     }
 }
+
+/// The kind of the entry `m` describes (not following a symlink, as `symlink_metadata` gives).
+pub(crate) fn file_kind(m: &Metadata) -> crate::records::FileKind {
+    use crate::records::FileKind;
+    let ft = m.file_type();
+    if ft.is_file() {
+        FileKind::File
+    } else if ft.is_dir() {
+        FileKind::Dir
+    } else if ft.is_symlink() {
+        FileKind::Symlink
+    } else if ft.is_char_device() {
+        FileKind::CharDev
+    } else if ft.is_block_device() {
+        FileKind::BlockDev
+    } else if ft.is_fifo() {
+        FileKind::Fifo
+    } else {
+        FileKind::Socket
+    }
+}
