@@ -238,6 +238,12 @@ fn imgfs_import_and_a_mount_writer_get_enospc_and_rm_and_fsck_work_on_the_full_d
     );
     assert_eq!(std::fs::read(mnt.join("hello")).unwrap(), b"hello\n");
     std::fs::remove_file(mnt.join("big")).unwrap();
+    // The kernel sends the failed writer's RELEASE asynchronously, and imgfs frees the
+    // unlinked file's data only once it is closed: wait for the space (or time out).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while disk.free() < 8 << 20 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     write_file(&mnt.join("after"), 4 << 20).expect("a write after deleting");
     run_ok(imgfs().arg("umount").arg(&mnt));
 
