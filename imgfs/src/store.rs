@@ -428,6 +428,11 @@ impl Store {
         }
     }
 
+    /// Whether the snapshot `id` has written nothing of its own (its tree is its parent's).
+    pub(crate) fn is_unchanged(&self, id: SnapshotId) -> Result<bool> {
+        Ok(self.inner.meta.changes(id).next().transpose()?.is_none())
+    }
+
     /// Removes a snapshot that has no children, and frees every chunk that only it referred to.
     pub fn remove(&self, name: &str) -> Result<()> {
         let rec = self.stat(name)?;

@@ -25,18 +25,6 @@ fn base_layer() -> Vec<u8> {
         .finish()
 }
 
-/// The file system type of the mount at `path`, from /proc/self/mountinfo.
-fn fs_type(path: &Path) -> String {
-    let want = path.canonicalize().unwrap();
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let line = info
-        .lines()
-        .rfind(|l| l.split(' ').nth(4) == want.to_str())
-        .unwrap_or_else(|| panic!("{} is not mounted", want.display()));
-    let after = line.split(" - ").nth(1).unwrap();
-    after.split(' ').next().unwrap().to_string()
-}
-
 /// What a build step might do, through the mount at `m`: every kind of entry created, changed,
 /// renamed and removed, in lower directories and new ones. Times are set last, the same for
 /// every run, so that two runs give the same layer.
@@ -91,9 +79,86 @@ fn step(m: &Path) {
     }
 }
 
-/// Runs `step` in a volatile mount of a child of the base, commits it and returns its layer
-/// and the whole tree exported, with the mount's file system type.
-fn run_step(s: &FuseSnapshotter, mnt: &Path) -> (Vec<u8>, Vec<u8>, String) {
+/// A second step, on top of the first: it changes what the first one wrote (a file removed
+/// from its new dir, a dir of it replaced, a symlink of it turned into a dir, a file it copied
+/// up changed again) and what the base has.
+fn step2(m: &Path) {
+    fs::remove_file(m.join("e/n")).unwrap();
+    fs::write(m.join("e/n2"), b"second").unwrap();
+    fs::remove_dir_all(m.join("new")).unwrap();
+    fs::create_dir(m.join("new")).unwrap();
+    fs::write(m.join("new/h"), b"h").unwrap();
+    fs::remove_file(m.join("s")).unwrap();
+    fs::create_dir(m.join("s")).unwrap();
+    let mut a = fs::OpenOptions::new()
+        .append(true)
+        .open(m.join("a"))
+        .unwrap();
+    std::io::Write::write_all(&mut a, b", again").unwrap();
+    drop(a);
+    fs::rename(m.join("d/yy"), m.join("d/z")).unwrap();
+    fs::set_permissions(m.join("d"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::hard_link(m.join("sparse"), m.join("d/sparse-link")).unwrap();
+    let t = nix::sys::time::TimeSpec::new(1_100_000_000, 5);
+    for p in [
+        "",
+        "a",
+        "d",
+        "d/z",
+        "e",
+        "e/n2",
+        "new",
+        "new/h",
+        "s",
+        "d/sparse-link",
+    ] {
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &m.join(p),
+            &t,
+            &t,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+    }
+}
+
+/// A step that only reads: it leaves no layer.
+fn read_only_step(m: &Path) {
+    assert_eq!(fs::read(m.join("new/h")).unwrap(), b"h");
+    assert!(!m.join("e/n").exists() && !m.join("new/f").exists());
+}
+
+/// The last step: one new file.
+fn step4(m: &Path) {
+    fs::write(m.join("e/last"), b"last").unwrap();
+    let t = nix::sys::time::TimeSpec::new(1_200_000_000, 0);
+    for p in ["e", "e/last"] {
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &m.join(p),
+            &t,
+            &t,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+    }
+}
+
+/// What a sequence of steps left: each step's layer (empty if it changed nothing), the
+/// whole tree exported after it, and the type and lower dirs of each step's mount.
+#[derive(Default)]
+struct Steps {
+    layers: Vec<Vec<u8>>,
+    wholes: Vec<Vec<u8>>,
+    kinds: Vec<String>,
+    lowers: Vec<usize>,
+}
+
+/// Runs `steps` one after the other on `s`, as a build does: each in a volatile mount of a
+/// fresh child of the last snapshot committed, its layer exported, committed if it changed
+/// something and removed if not.
+fn run_steps(s: &FuseSnapshotter, mnt: &Path, steps: &[fn(&Path)]) -> Steps {
     s.apply(
         "base",
         None,
@@ -101,21 +166,71 @@ fn run_step(s: &FuseSnapshotter, mnt: &Path) -> (Vec<u8>, Vec<u8>, String) {
         &ImportLimits::default(),
     )
     .unwrap();
-    s.prepare("step", Some("base")).unwrap();
-    let m = s.mount_volatile("step", mnt).unwrap();
-    let kind = fs_type(mnt);
-    let again = tempfile::tempdir_in("/var/tmp").unwrap();
-    assert!(
-        s.mount_volatile("step", again.path()).is_err() && s.mount("step", again.path()).is_err(),
-        "an active snapshot mounts once at a time"
-    );
-    step(mnt);
-    m.unmount().unwrap();
-    s.commit("layer", "step").unwrap();
-    let (mut layer, mut whole) = (Vec::new(), Vec::new());
-    s.diff("layer", &mut layer).unwrap();
-    s.export("layer", &mut whole).unwrap();
-    (layer, whole, kind)
+    let mut parent = "base".to_string();
+    let mut out = Steps::default();
+    for (i, f) in steps.iter().enumerate() {
+        let key = format!("step{i}");
+        s.prepare(&key, Some(&parent)).unwrap();
+        let m = s.mount_volatile(&key, mnt).unwrap();
+        let (kind, options) = mount_of(mnt);
+        out.kinds.push(kind);
+        out.lowers.push(lower_dirs(&options));
+        if i == 0 {
+            let again = tempfile::tempdir_in("/var/tmp").unwrap();
+            assert!(
+                s.mount_volatile(&key, again.path()).is_err()
+                    && s.mount(&key, again.path()).is_err(),
+                "an active snapshot mounts once at a time"
+            );
+        }
+        f(mnt);
+        m.unmount().unwrap();
+        let mut layer = Vec::new();
+        if s.diff(&key, &mut layer).unwrap().entries == 0 {
+            s.remove(&key).unwrap();
+            layer.clear();
+        } else {
+            parent = format!("layer{i}");
+            s.commit(&parent, &key).unwrap();
+        }
+        let mut whole = Vec::new();
+        s.export(&parent, &mut whole).unwrap();
+        out.layers.push(layer);
+        out.wholes.push(whole);
+    }
+    out
+}
+
+/// Runs `step` in a volatile mount of a child of the base, commits it and returns its layer
+/// and the whole tree exported, with the mount's file system type.
+fn run_step(s: &FuseSnapshotter, mnt: &Path) -> (Vec<u8>, Vec<u8>, String) {
+    let mut out = run_steps(s, mnt, &[step]);
+    (
+        out.layers.remove(0),
+        out.wholes.remove(0),
+        out.kinds.remove(0),
+    )
+}
+
+/// The file system type and super options of the mount at `path`, from /proc/self/mountinfo.
+fn mount_of(path: &Path) -> (String, String) {
+    let want = path.canonicalize().unwrap();
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == want.to_str())
+        .unwrap_or_else(|| panic!("{} is not mounted", want.display()));
+    let mut after = line.split(" - ").nth(1).unwrap().split(' ');
+    let kind = after.next().unwrap().to_string();
+    (kind, after.nth(1).unwrap_or_default().to_string())
+}
+
+/// How many lower dirs an overlay's super options name (0 for another file system).
+fn lower_dirs(options: &str) -> usize {
+    options
+        .split(',')
+        .find_map(|o| o.strip_prefix("lowerdir="))
+        .map_or(0, |l| l.split(':').count())
 }
 
 /// Whether `dir` has ext4's FS_TOPDIR_FL (`chattr +T`).
@@ -162,9 +277,7 @@ fn a_step_on_overlayfs_over_imgfs_leaves_what_imgfs_alone_would() {
             "{want} in {names:#?}"
         );
     }
-    // Nothing of the step is left beside the store.
     let steps = dir.path().join("overlaid/steps");
-    assert_eq!(fs::read_dir(&steps).unwrap().count(), 0);
     if nix::sys::statfs::statfs(&steps).unwrap().filesystem_type()
         == nix::sys::statfs::EXT4_SUPER_MAGIC
     {
@@ -174,7 +287,7 @@ fn a_step_on_overlayfs_over_imgfs_leaves_what_imgfs_alone_would() {
         );
     }
     // The snapshot reads back through imgfs alone: a committed one mounts over FUSE.
-    let m = overlaid.mount("layer", &mnt).unwrap();
+    let m = overlaid.mount("layer0", &mnt).unwrap();
     assert_eq!(fs::read(mnt.join("new/g2")).unwrap(), b"new file");
     assert_eq!(fs::metadata(mnt.join("new/g2")).unwrap().nlink(), 2);
     assert_eq!(fs::read(mnt.join("t")).unwrap(), vec![7u8; 1000]);
@@ -186,6 +299,104 @@ fn a_step_on_overlayfs_over_imgfs_leaves_what_imgfs_alone_would() {
     );
     assert!(!mnt.join("e/sub").exists());
     m.unmount().unwrap();
+    // Nothing of the step is left beside the store once the backend is gone.
+    drop(overlaid);
+    assert_eq!(fs::read_dir(&steps).unwrap().count(), 0);
+    assert_eq!(mounts_under(&steps), 0);
+}
+
+/// How many mounts there are at or below `dir`.
+fn mounts_under(dir: &Path) -> usize {
+    let dir = dir.canonicalize().unwrap();
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| Path::new(p).starts_with(&dir))
+        .count()
+}
+
+#[test]
+fn the_steps_of_a_build_stack_their_upper_dirs_over_one_fuse_mount() {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let overlaid = store(dir.path(), "overlaid");
+    let plain = store(dir.path(), "plain").with_overlaid_steps(false);
+    let steps: [fn(&Path); 4] = [step, step2, read_only_step, step4];
+    let got = run_steps(&overlaid, &mnt, &steps);
+    let want = run_steps(&plain, &mnt, &steps);
+    assert!(got.kinds.iter().all(|k| k == "overlay"), "{:?}", got.kinds);
+    // Each step's overlay has the upper dirs of the steps before it over the FUSE lower, the
+    // read-only one's too.
+    assert_eq!(got.lowers, [1, 2, 3, 4]);
+    for i in 0..steps.len() {
+        let names = tests::layer::listing(&got.layers[i]);
+        assert_eq!(names, tests::layer::listing(&want.layers[i]), "step {i}");
+        assert!(got.layers[i] == want.layers[i], "step {i}: different bytes");
+        assert!(
+            got.wholes[i] == want.wholes[i],
+            "step {i}: the exports differ"
+        );
+    }
+    assert!(got.layers[2].is_empty(), "the read-only step left a layer");
+    let names = tests::layer::listing(&got.layers[1]);
+    for want in [
+        "e/.wh.n",
+        "new/.wh..wh..opq",
+        "d/.wh.yy",
+        "d/sparse-link",
+        "s/",
+    ] {
+        assert!(
+            names.iter().any(|l| l.starts_with(&format!("{want} "))),
+            "{want} in {names:#?}"
+        );
+    }
+    // One stack for all four steps: one scratch dir, one FUSE mount, until the backend goes.
+    let scratch = dir.path().join("overlaid/steps");
+    assert_eq!(fs::read_dir(&scratch).unwrap().count(), 1);
+    assert_eq!(mounts_under(&scratch), 1);
+    drop(overlaid);
+    assert_eq!(fs::read_dir(&scratch).unwrap().count(), 0);
+    assert_eq!(mounts_under(&scratch), 0);
+}
+
+#[test]
+fn a_step_on_a_snapshot_written_before_gets_a_stack_of_its_own() {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let s = store(dir.path(), "store");
+    s.apply(
+        "base",
+        None,
+        &mut &base_layer()[..],
+        &ImportLimits::default(),
+    )
+    .unwrap();
+    s.prepare("step", Some("base")).unwrap();
+    let m = s.mount("step", &mnt).unwrap();
+    fs::write(mnt.join("before"), b"written over FUSE").unwrap();
+    m.unmount().unwrap();
+    let m = s.mount_volatile("step", &mnt).unwrap();
+    assert_eq!(mount_of(&mnt).0, "overlay");
+    assert_eq!(fs::read(mnt.join("before")).unwrap(), b"written over FUSE");
+    fs::write(mnt.join("after"), b"written on the overlay").unwrap();
+    m.unmount().unwrap();
+    // Its FUSE lower showed the snapshot itself, which the fold changed: the stack ended.
+    let scratch = dir.path().join("store/steps");
+    assert_eq!(fs::read_dir(&scratch).unwrap().count(), 0);
+    assert_eq!(mounts_under(&scratch), 0);
+    s.commit("layer", "step").unwrap();
+    let mut layer = Vec::new();
+    s.diff("layer", &mut layer).unwrap();
+    let names = tests::layer::listing(&layer);
+    for want in ["before", "after"] {
+        assert!(
+            names.iter().any(|l| l.starts_with(&format!("{want} "))),
+            "{want} in {names:#?}"
+        );
+    }
 }
 
 #[test]

@@ -1,14 +1,22 @@
-//! Build steps on kernel overlayfs over imgfs: `FuseSnapshotter::mount_volatile` mounts the
-//! active snapshot read-only over FUSE as the lower layer of a kernel overlay whose upper dir is
-//! a plain directory of the store's file system, so that everything a step writes (dpkg's
-//! thousands of small files, each a create, a write, a chown, a chmod, a utime and a rename) is
-//! served by the kernel, not by a FUSE round trip per operation. Unmounting folds the upper dir
-//! into the snapshot (`fold`), which then holds exactly what a FUSE mount would have recorded,
-//! and the upper dir goes. stargz-snapshotter stacks its FUSE layers under overlayfs the same way.
+//! Build steps on kernel overlayfs over imgfs: `FuseSnapshotter::mount_volatile` mounts a
+//! kernel overlay over a read-only FUSE view of the step's snapshot, whose upper dir is a plain
+//! directory of the store's file system, so that everything a step writes (dpkg's thousands of
+//! small files, each a create, a write, a chown, a chmod, a utime and a rename) is served by
+//! the kernel, not by a FUSE round trip per operation. Unmounting folds the upper dir into the
+//! snapshot (`fold`), which then holds exactly what a FUSE mount would have recorded.
+//! stargz-snapshotter stacks its FUSE layers under overlayfs the same way.
 //!
-//! Layout: `<store>/steps/<snapshot id>/` holds `lower` (the FUSE mount point), `upper` and
-//! `work`. It is scratch: a process that dies leaves it behind, and the next one to open the
-//! store for writing removes it (`remove_leftovers`), as it removes the snapshot.
+//! The lower layers outlive the step (`Stack`): the next step of a build, prepared from the
+//! snapshot this one was folded into, mounts its overlay over the same FUSE mount with the
+//! upper dirs of the steps before it stacked on top, as the overlayfs backend stacks its
+//! layers. The FUSE mount and its kernel caches then last the whole build, and what earlier
+//! steps wrote (the compiler or interpreter a package step installed) is read from the store's
+//! file system. A stack ends when its backend is dropped, at the end of a build.
+//!
+//! Layout: `<store>/steps/<id>/` holds `lower` (the FUSE mount point, or an empty dir for an
+//! empty base), `work` and one upper dir per step, `1`, `2`, ... It is scratch: a process that
+//! dies leaves it behind, and the next one to open the store for writing removes it
+//! (`remove_leftovers`), as it removes the snapshot.
 
 use std::collections::HashMap;
 use std::fs::Metadata;
@@ -16,69 +24,194 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
-use crate::ids::Ino;
+use crate::ids::{Ino, SnapshotId};
 use crate::overlay::{mount_overlay, sys, umount_overlay};
-use crate::records::{FileKind, Inode, Timestamp};
+use crate::records::{FileKind, Inode, SnapshotKind, SnapshotRecord, Timestamp};
 use crate::snapshot::Mounted;
 use crate::store::Store;
 use crate::tree::Tree;
 
 use super::{FuseMount, MountOptions};
 
+/// The most upper dirs a stack holds; the next step starts a stack of its own. Keeps the
+/// overlay's options (every lower dir's path) well under the page the kernel takes.
+const MAX_LAYERS: usize = 32;
+
+/// The most stacks kept between steps (each holds a FUSE mount and its steps' upper dirs); the
+/// oldest goes first. A build uses one per stage that is running.
+const MAX_IDLE: usize = 4;
+
 /// Where a store keeps the scratch dirs of its overlaid steps.
 fn steps_dir(store: &Store) -> PathBuf {
     store.root().join("steps")
 }
 
-/// Mounts the active snapshot `key` at `target` as an overlay over a read-only FUSE view of it.
-/// Fails if the kernel refuses the overlay (the caller then mounts the snapshot over FUSE
-/// alone); nothing is left behind then.
+/// The lower layers of an overlaid step: a read-only FUSE mount of the committed snapshot the
+/// stack started from (none for an empty one), and the upper dir of every step folded since,
+/// oldest first. Together they show the tree of the snapshot `head`. Dropping it unmounts the
+/// FUSE mount and removes the dirs.
+pub(super) struct Stack {
+    dir: PathBuf,
+    lower: Option<FuseMount>,
+    layers: Vec<PathBuf>,
+    head: SnapshotId,
+    /// Whether steps may go on stacking: not when the FUSE mount shows the step's own snapshot
+    /// (one written to before the step), which the fold changes underneath it.
+    reusable: bool,
+}
+
+impl Stack {
+    /// Starts a stack in `<store>/steps/<id>`, its FUSE lower mounting `base` (if any).
+    fn new(
+        store: &Store,
+        id: SnapshotId,
+        base: Option<&SnapshotRecord>,
+        head: SnapshotId,
+        options: &MountOptions,
+    ) -> io::Result<Stack> {
+        let dir = steps_dir(store).join(id.0.to_string());
+        std::fs::create_dir_all(steps_dir(store))?;
+        sys::spread_subdirs(&steps_dir(store));
+        std::fs::create_dir(&dir)?;
+        let mut stack = Stack {
+            lower: None,
+            layers: Vec::new(),
+            head,
+            reusable: base.is_none_or(|b| b.kind == SnapshotKind::Committed),
+            dir,
+        };
+        for d in ["lower", "work"] {
+            std::fs::create_dir(stack.dir.join(d))?;
+        }
+        if let Some(base) = base {
+            let tree = store.tree_read_only(&base.name).map_err(io::Error::other)?;
+            // Passthrough stays on (as root): overlayfs opens the lower file again for every
+            // open in a step, each an OPEN and a RELEASE round trip with it (an apt-get install
+            // of gcc: 8,000), but without it a compiler's 30 MB executable comes through READs,
+            // which cost a one-line change's gcc step more than the opens cost a package step.
+            let lower_options = MountOptions {
+                volatile: false,
+                ..options.clone()
+            };
+            stack.lower = Some(super::mount(
+                tree,
+                &stack.dir.join("lower"),
+                &lower_options,
+            )?);
+        }
+        Ok(stack)
+    }
+
+    /// The overlay's lower dirs, the top one first.
+    fn lowers(&self) -> Vec<PathBuf> {
+        let mut lowers: Vec<PathBuf> = self.layers.iter().rev().cloned().collect();
+        lowers.push(self.dir.join("lower"));
+        lowers
+    }
+
+    /// Unmounts the FUSE lower and removes the dirs. A lower that cannot be unmounted keeps
+    /// its dirs, which the next open of the store for writing removes (`remove_leftovers`).
+    fn end(&mut self) -> io::Result<()> {
+        if let Some(lower) = self.lower.take() {
+            lower.unmount()?;
+        }
+        std::fs::remove_dir_all(&self.dir)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Err(e) = self.end() {
+            let dir = self.dir.display();
+            tracing::warn!(dir = %dir, "cannot remove a build step's scratch dir: {e}");
+        }
+    }
+}
+
+/// The stacks that no step uses at the moment, kept for the next step of the same build.
+#[derive(Default)]
+pub(super) struct Stacks {
+    idle: Mutex<Vec<Stack>>,
+}
+
+impl Stacks {
+    /// Takes the stack that shows `parent` with room for another layer, if there is one.
+    fn take(&self, parent: SnapshotId) -> Option<Stack> {
+        let mut idle = self.idle.lock().expect("poisoned");
+        let i = idle
+            .iter()
+            .position(|s| s.head == parent && s.layers.len() < MAX_LAYERS)?;
+        Some(idle.remove(i))
+    }
+
+    fn put(&self, stack: Stack) {
+        let gone = {
+            let mut idle = self.idle.lock().expect("poisoned");
+            idle.push(stack);
+            let over = idle.len().saturating_sub(MAX_IDLE);
+            idle.drain(..over).collect::<Vec<_>>()
+        };
+        // Unmounted and removed outside the lock.
+        drop(gone);
+    }
+}
+
+/// Mounts the active snapshot `key` at `target` as an overlay over a stack of lower layers
+/// that shows it: an idle one of `stacks` that shows the snapshot's parent if the snapshot has
+/// nothing of its own yet (as a step's has, just prepared), else a new one. Fails if the kernel
+/// refuses the overlay (the caller then mounts the snapshot over FUSE alone); nothing is left
+/// behind then.
 pub(super) fn mount(
     store: &Store,
+    stacks: &Arc<Stacks>,
     key: &str,
     target: &Path,
     options: &MountOptions,
 ) -> io::Result<OverlaidMount> {
     let rec = store.stat(key).map_err(io::Error::other)?;
-    let dir = steps_dir(store).join(rec.id.0.to_string());
     // The snapshot is claimed for writing from here to the fold, as a FUSE mount of it would
     // be, so that nothing else writes to it meanwhile.
-    let busy = || {
+    let writer = store.tree(key).map_err(|_| {
         io::Error::new(
             io::ErrorKind::ResourceBusy,
             format!("snapshot {key} is already mounted"),
         )
+    })?;
+    let fresh = store.is_unchanged(rec.id).map_err(io::Error::other)?;
+    let stack = match (fresh, rec.parent) {
+        (true, Some(parent)) => match stacks.take(parent) {
+            Some(stack) => stack,
+            None => {
+                let base = store.record(parent).map_err(io::Error::other)?;
+                Stack::new(store, rec.id, Some(&base), parent, options)?
+            }
+        },
+        (true, None) => Stack::new(store, rec.id, None, rec.id, options)?,
+        // Shown as it is, by a stack that ends with this step.
+        (false, _) => Stack::new(store, rec.id, Some(&rec), rec.id, options)?,
     };
-    if dir.exists() {
-        return Err(busy());
-    }
-    let writer = store.tree(key).map_err(|_| busy())?;
+    let upper = stack.dir.join((stack.layers.len() + 1).to_string());
     let mut m = OverlaidMount {
         writer: Some(writer),
         key: key.to_string(),
+        id: rec.id,
         target: target.to_path_buf(),
-        dir,
-        lower: None,
+        upper,
+        stack: Some(stack),
+        stacks: stacks.clone(),
         overlay: false,
         fold: false,
     };
-    std::fs::create_dir_all(steps_dir(store))?;
-    sys::spread_subdirs(&steps_dir(store));
-    let (lower, upper, work) = m.dirs();
-    for d in [&lower, &upper, &work] {
-        std::fs::create_dir_all(d)?;
-    }
+    let stack = m.stack.as_ref().expect("just set");
+    std::fs::create_dir(&m.upper)?;
     // The merged root shows the upper dir's attributes, so it starts as the snapshot's root.
-    let tree = store.tree_read_only(key).map_err(io::Error::other)?;
-    copy_root_attrs(&tree.inode(Ino::ROOT).map_err(io::Error::other)?, &upper)?;
-    let lower_options = MountOptions {
-        volatile: false,
-        ..options.clone()
-    };
-    m.lower = Some(super::mount(tree, &lower, &lower_options)?);
-    mount_overlay(target, &[lower], Some((&upper, &work)), true)?;
+    let root = m.writer.as_ref().expect("just set").inode(Ino::ROOT);
+    copy_root_attrs(&root.map_err(io::Error::other)?, &m.upper)?;
+    let work = stack.dir.join("work");
+    mount_overlay(target, &stack.lowers(), Some((&m.upper, &work)), true)?;
     m.overlay = true;
     m.fold = true;
     Ok(m)
@@ -134,16 +267,19 @@ fn io_err(path: &Path, source: io::Error) -> Error {
     }
 }
 
-/// An overlaid step's mount. Unmounting takes the overlay and the FUSE lower away, folds the
-/// upper dir into the snapshot and removes the scratch dir; dropping does the same and logs
-/// what failed.
+/// An overlaid step's mount. Unmounting takes the overlay away and folds the upper dir into the
+/// snapshot; the stack then goes back to the idle ones, with the upper dir as its top layer (or
+/// ends, if the fold failed). Dropping does the same and logs what failed.
 pub struct OverlaidMount {
     /// The snapshot, open for writing: what the fold writes through.
     writer: Option<Tree>,
     key: String,
+    id: SnapshotId,
     target: PathBuf,
-    dir: PathBuf,
-    lower: Option<FuseMount>,
+    /// This step's upper dir, in the stack's dir.
+    upper: PathBuf,
+    stack: Option<Stack>,
+    stacks: Arc<Stacks>,
     /// The overlay is mounted at `target`.
     overlay: bool,
     /// The upper dir is still to be folded into the snapshot.
@@ -151,38 +287,41 @@ pub struct OverlaidMount {
 }
 
 impl OverlaidMount {
-    fn dirs(&self) -> (PathBuf, PathBuf, PathBuf) {
-        (
-            self.dir.join("lower"),
-            self.dir.join("upper"),
-            self.dir.join("work"),
-        )
-    }
-
     fn finish(&mut self) -> io::Result<()> {
         if self.overlay {
             umount_overlay(&self.target)?;
             self.overlay = false;
         }
-        if let Some(lower) = self.lower.take() {
-            lower.unmount()?;
-        }
-        if !self.dir.exists() {
+        let Some(mut stack) = self.stack.take() else {
             return Ok(());
-        }
-        let (_, upper, _) = self.dirs();
-        let folded = match (std::mem::take(&mut self.fold), self.writer.take()) {
-            (true, Some(tree)) => tracing::info_span!("fold").in_scope(|| fold(&tree, &upper)),
-            _ => Ok(()),
         };
-        // The upper dir goes whether the fold worked or not: a failed fold leaves the snapshot
-        // half-written, which the caller removes. What cannot be removed waits for the next
-        // open of the store (`remove_leftovers`); the snapshot is whole without it.
-        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-            let dir = self.dir.display();
-            tracing::warn!(dir = %dir, "cannot remove a build step's scratch dir: {e}");
+        let folded = match (std::mem::take(&mut self.fold), self.writer.take()) {
+            (true, Some(tree)) => {
+                let folded = tracing::info_span!("fold").in_scope(|| fold(&tree, &self.upper));
+                // What the stack shows now: the snapshot, unless the step changed nothing.
+                let store = tree.store();
+                folded.and_then(|()| store.is_unchanged(self.id))
+            }
+            _ => return Ok(()),
+        };
+        match folded {
+            Ok(unchanged) if stack.reusable => {
+                stack.layers.push(std::mem::take(&mut self.upper));
+                if !unchanged {
+                    stack.head = self.id;
+                }
+                self.stacks.put(stack);
+                Ok(())
+            }
+            // The stack ends here, whatever the fold did: a failed fold leaves the snapshot
+            // half-written, which the caller removes.
+            folded => {
+                drop(stack);
+                folded
+                    .map(|_| ())
+                    .map_err(|e| io::Error::other(format!("snapshot {}: {e}", self.key)))
+            }
         }
-        folded.map_err(|e| io::Error::other(format!("snapshot {}: {e}", self.key)))
     }
 }
 

@@ -19,6 +19,9 @@ pub struct FuseSnapshotter {
     overlaid_steps: bool,
     /// Set once a step could not have its overlay, which is said once per backend.
     overlay_refused: std::sync::atomic::AtomicBool,
+    /// The overlaid steps' lower layers, kept from one step to the next (`overlaid::Stack`);
+    /// dropping the backend ends them.
+    stacks: std::sync::Arc<super::overlaid::Stacks>,
 }
 
 impl FuseSnapshotter {
@@ -46,6 +49,7 @@ impl FuseSnapshotter {
             options: MountOptions::default(),
             overlaid_steps: true,
             overlay_refused: Default::default(),
+            stacks: Default::default(),
         }
     }
 
@@ -157,7 +161,7 @@ impl Snapshotter for FuseSnapshotter {
         // unmount (`overlaid`). The overlay is volatile, and the fold writes into the chunk
         // store, which the commit syncs.
         if self.overlaid_steps && !self.store.is_read_only() {
-            match super::overlaid::mount(&self.store, key, target, &self.options) {
+            match super::overlaid::mount(&self.store, &self.stacks, key, target, &self.options) {
                 Ok(m) => return Ok(Box::new(m)),
                 Err(e) if e.kind() == io::ErrorKind::ResourceBusy => return Err(e),
                 Err(e) => {
