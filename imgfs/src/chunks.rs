@@ -151,16 +151,17 @@ impl PackStore {
             match id.and_then(|id| known.get(&id)).map(|r| r.synced_len) {
                 None => std::fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?,
                 Some(len) => {
-                    let f = OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .ctx(|| format!("open {}", path.display()))?;
-                    let actual = f
+                    // A stat per pack, not an open: a store holds hundreds.
+                    let actual = entry
                         .metadata()
                         .ctx(|| format!("stat {}", path.display()))?
                         .len();
                     if actual > len {
                         tracing::info!(pack = %path.display(), actual, synced = len, "dropping unsynced pack tail");
+                        let f = OpenOptions::new()
+                            .write(true)
+                            .open(&path)
+                            .ctx(|| format!("open {}", path.display()))?;
                         f.set_len(len)
                             .ctx(|| format!("truncate {}", path.display()))?;
                         f.sync_all().ctx(|| format!("sync {}", path.display()))?;

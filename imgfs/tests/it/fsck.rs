@@ -223,3 +223,28 @@ fn a_read_only_store_checks_but_refuses_repair() {
     let err = fsck::check(&ro, true).unwrap_err();
     assert!(err.to_string().contains("read-only"), "{err}");
 }
+
+#[test]
+fn a_writer_drops_what_a_pack_holds_past_its_synced_length() {
+    let (_d, s) = store();
+    s.prepare("a", None).unwrap();
+    let t = s.tree("a").unwrap();
+    let (f, _) = t.mknod(Ino::ROOT, b"f", &file()).unwrap();
+    t.write(f, 0, &pattern(1000, 3)).unwrap();
+    drop(t);
+    s.commit("A", "a").unwrap();
+    let root = s.root().to_path_buf();
+    drop(s);
+    // What a writer killed between appending to a pack and syncing its record leaves.
+    let pack = root.join("chunks/00000001.pack");
+    let synced = std::fs::metadata(&pack).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&pack)
+        .unwrap();
+    f.write_all_at(&[0xee; 4096], synced).unwrap();
+    drop(f);
+    let s = Store::open(&root).unwrap();
+    assert_eq!(std::fs::metadata(&pack).unwrap().len(), synced);
+    assert_clean(&s);
+}
