@@ -356,9 +356,87 @@ fn the_steps_of_a_build_stack_their_upper_dirs_over_one_fuse_mount() {
     let scratch = dir.path().join("overlaid/steps");
     assert_eq!(fs::read_dir(&scratch).unwrap().count(), 1);
     assert_eq!(mounts_under(&scratch), 1);
+
+    // A view of the last snapshot (what a `COPY --from` of the stage reads) is a read-only
+    // overlay of the stack, showing what imgfs shows.
+    for s in [&overlaid, &plain] {
+        s.view("seen", "layer3").unwrap();
+    }
+    let view = overlaid.mount("seen", &mnt).unwrap();
+    assert_eq!(mount_of(&mnt).0, "overlay");
+    assert!(
+        fs::write(mnt.join("new/h"), b"no").is_err(),
+        "the view is read-only"
+    );
+    let other = dir.path().join("other");
+    fs::create_dir(&other).unwrap();
+    let want = plain.mount("seen", &other).unwrap();
+    assert!(mount_of(&other).0.starts_with("fuse"));
+    let (got_tree, want_tree) = (tree_of(&mnt), tree_of(&other));
+    let only = |a: &[String], b: &[String]| -> Vec<String> {
+        a.iter().filter(|l| !b.contains(l)).cloned().collect()
+    };
+    assert!(
+        got_tree == want_tree,
+        "the overlay shows {:#?}\nimgfs shows {:#?}",
+        only(&got_tree, &want_tree),
+        only(&want_tree, &got_tree)
+    );
+    want.unmount().unwrap();
+    // The view keeps the stack's FUSE mount and dirs until it is unmounted.
     drop(overlaid);
+    assert_eq!(mounts_under(&scratch), 1);
+    assert_eq!(fs::read(mnt.join("e/last")).unwrap(), b"last");
+    view.unmount().unwrap();
     assert_eq!(fs::read_dir(&scratch).unwrap().count(), 0);
     assert_eq!(mounts_under(&scratch), 0);
+}
+
+/// Every entry under `root`, a line each: path, type, mode, owner, size (of all but
+/// directories, whose size each file system counts its own way), mtime, links (of files),
+/// xattrs, and the content or link target.
+fn tree_of(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            let what = if m.is_dir() {
+                dirs.push(p.clone());
+                String::new()
+            } else if m.is_symlink() {
+                fs::read_link(&p).unwrap().display().to_string()
+            } else if m.is_file() {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                std::hash::Hash::hash(&fs::read(&p).unwrap(), &mut h);
+                format!(
+                    "content {:x} links {}",
+                    std::hash::Hasher::finish(&h),
+                    m.nlink()
+                )
+            } else {
+                format!("rdev {}", m.rdev())
+            };
+            let mut xattrs: Vec<_> = xattr::list(&p)
+                .unwrap()
+                .map(|n| format!("{n:?}={:?}", xattr::get(&p, &n).unwrap()))
+                .collect();
+            xattrs.sort();
+            out.push(format!(
+                "{} {:o} {}:{} {} {}.{} {xattrs:?} {what}",
+                p.strip_prefix(root).unwrap().display(),
+                m.mode(),
+                m.uid(),
+                m.gid(),
+                if m.is_dir() { 0 } else { m.len() },
+                m.mtime(),
+                m.mtime_nsec(),
+            ));
+        }
+    }
+    out.sort();
+    out
 }
 
 #[test]

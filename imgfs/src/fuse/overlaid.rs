@@ -51,16 +51,21 @@ fn steps_dir(store: &Store) -> PathBuf {
 
 /// The lower layers of an overlaid step: a read-only FUSE mount of the committed snapshot the
 /// stack started from (none for an empty one), and the upper dir of every step folded since,
-/// oldest first. Together they show the tree of the snapshot `head`. Dropping it unmounts the
-/// FUSE mount and removes the dirs.
+/// oldest first. Together they show the tree of the snapshot `head`.
 pub(super) struct Stack {
-    dir: PathBuf,
-    lower: Option<FuseMount>,
+    scratch: Arc<Scratch>,
     layers: Vec<PathBuf>,
     head: SnapshotId,
     /// Whether steps may go on stacking: not when the FUSE mount shows the step's own snapshot
     /// (one written to before the step), which the fold changes underneath it.
     reusable: bool,
+}
+
+/// A stack's dir and FUSE mount, shared with the read-only overlays of it (`StackView`).
+/// Dropping the last holder unmounts the FUSE mount and removes the dir.
+pub(super) struct Scratch {
+    dir: PathBuf,
+    lower: Option<FuseMount>,
 }
 
 impl Stack {
@@ -76,15 +81,9 @@ impl Stack {
         std::fs::create_dir_all(steps_dir(store))?;
         sys::spread_subdirs(&steps_dir(store));
         std::fs::create_dir(&dir)?;
-        let mut stack = Stack {
-            lower: None,
-            layers: Vec::new(),
-            head,
-            reusable: base.is_none_or(|b| b.kind == SnapshotKind::Committed),
-            dir,
-        };
+        let mut scratch = Scratch { dir, lower: None };
         for d in ["lower", "work"] {
-            std::fs::create_dir(stack.dir.join(d))?;
+            std::fs::create_dir(scratch.dir.join(d))?;
         }
         if let Some(base) = base {
             let tree = store.tree_read_only(&base.name).map_err(io::Error::other)?;
@@ -96,22 +95,33 @@ impl Stack {
                 volatile: false,
                 ..options.clone()
             };
-            stack.lower = Some(super::mount(
+            scratch.lower = Some(super::mount(
                 tree,
-                &stack.dir.join("lower"),
+                &scratch.dir.join("lower"),
                 &lower_options,
             )?);
         }
-        Ok(stack)
+        Ok(Stack {
+            scratch: Arc::new(scratch),
+            layers: Vec::new(),
+            head,
+            reusable: base.is_none_or(|b| b.kind == SnapshotKind::Committed),
+        })
+    }
+
+    fn dir(&self) -> &Path {
+        &self.scratch.dir
     }
 
     /// The overlay's lower dirs, the top one first.
     fn lowers(&self) -> Vec<PathBuf> {
         let mut lowers: Vec<PathBuf> = self.layers.iter().rev().cloned().collect();
-        lowers.push(self.dir.join("lower"));
+        lowers.push(self.dir().join("lower"));
         lowers
     }
+}
 
+impl Scratch {
     /// Unmounts the FUSE lower and removes the dirs. A lower that cannot be unmounted keeps
     /// its dirs, which the next open of the store for writing removes (`remove_leftovers`).
     fn end(&mut self) -> io::Result<()> {
@@ -122,7 +132,7 @@ impl Stack {
     }
 }
 
-impl Drop for Stack {
+impl Drop for Scratch {
     fn drop(&mut self) {
         if let Err(e) = self.end() {
             let dir = self.dir.display();
@@ -145,6 +155,17 @@ impl Stacks {
             .iter()
             .position(|s| s.head == parent && s.layers.len() < MAX_LAYERS)?;
         Some(idle.remove(i))
+    }
+
+    /// The lower dirs of the idle stack that shows `head`, and its scratch to hold them, if a
+    /// stack shows it with at least one step on its FUSE lower (a read-only overlay needs two
+    /// lower dirs).
+    fn layers_of(&self, head: SnapshotId) -> Option<(Arc<Scratch>, Vec<PathBuf>)> {
+        let idle = self.idle.lock().expect("poisoned");
+        let stack = idle
+            .iter()
+            .find(|s| s.head == head && !s.layers.is_empty())?;
+        Some((stack.scratch.clone(), stack.lowers()))
     }
 
     fn put(&self, stack: Stack) {
@@ -193,7 +214,7 @@ pub(super) fn mount(
         // Shown as it is, by a stack that ends with this step.
         (false, _) => Stack::new(store, rec.id, Some(&rec), rec.id, options)?,
     };
-    let upper = stack.dir.join((stack.layers.len() + 1).to_string());
+    let upper = stack.dir().join((stack.layers.len() + 1).to_string());
     let mut m = OverlaidMount {
         writer: Some(writer),
         key: key.to_string(),
@@ -210,11 +231,73 @@ pub(super) fn mount(
     // The merged root shows the upper dir's attributes, so it starts as the snapshot's root.
     let root = m.writer.as_ref().expect("just set").inode(Ino::ROOT);
     copy_root_attrs(&root.map_err(io::Error::other)?, &m.upper)?;
-    let work = stack.dir.join("work");
+    let work = stack.dir().join("work");
     mount_overlay(target, &stack.lowers(), Some((&m.upper, &work)), true)?;
     m.overlay = true;
     m.fold = true;
     Ok(m)
+}
+
+/// Mounts the view `rec` at `target` read-only as an overlay of the idle stack that shows its
+/// parent (the last step of a stage, for a `COPY --from` of it), if there is one: no FUSE
+/// mount of its own, and what the stack's steps wrote is read from the store's file system.
+/// `None` when no stack shows the parent.
+pub(super) fn mount_view(
+    stacks: &Stacks,
+    rec: &SnapshotRecord,
+    target: &Path,
+) -> Option<io::Result<StackView>> {
+    if rec.kind != SnapshotKind::View {
+        return None;
+    }
+    let (scratch, lowers) = stacks.layers_of(rec.parent?)?;
+    Some(
+        mount_overlay(target, &lowers, None, false).map(|()| StackView {
+            target: target.to_path_buf(),
+            scratch: Some(scratch),
+        }),
+    )
+}
+
+/// A read-only overlay of a stack's layers (`mount_view`). The stack's FUSE mount and dirs last
+/// until it is unmounted, whatever becomes of the stack meanwhile.
+pub struct StackView {
+    target: PathBuf,
+    /// Dropped once the overlay is unmounted.
+    scratch: Option<Arc<Scratch>>,
+}
+
+impl StackView {
+    fn finish(&mut self) -> io::Result<()> {
+        if self.scratch.is_some() {
+            umount_overlay(&self.target)?;
+            self.scratch = None;
+        }
+        Ok(())
+    }
+}
+
+impl Mounted for StackView {
+    fn path(&self) -> &Path {
+        &self.target
+    }
+
+    fn unmount(mut self: Box<Self>) -> io::Result<()> {
+        self.finish()
+    }
+}
+
+impl Drop for StackView {
+    fn drop(&mut self) {
+        if let Err(e) = self.finish() {
+            let target = self.target.display();
+            tracing::error!(%target, error = %e, "could not unmount a view of a build stage");
+            // The stack's FUSE mount stays under the overlay: leave it for `remove_leftovers`.
+            if let Some(scratch) = self.scratch.take() {
+                std::mem::forget(scratch);
+            }
+        }
+    }
 }
 
 /// Gives the upper dir `upper` the mode, owner, times and xattrs of the snapshot's root.

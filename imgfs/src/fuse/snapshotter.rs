@@ -153,6 +153,17 @@ impl Snapshotter for FuseSnapshotter {
     }
 
     fn mount(&self, key: &str, target: &Path) -> io::Result<Box<dyn Mounted>> {
+        // A view of what a build stage's last step left (a `COPY --from` source) is the
+        // read-only overlay of that stage's stack, if it is still there.
+        if self.overlaid_steps
+            && let Ok(rec) = self.store.stat(key)
+            && let Some(mounted) = super::overlaid::mount_view(&self.stacks, &rec, target)
+        {
+            match mounted {
+                Ok(m) => return Ok(Box::new(m)),
+                Err(e) => tracing::debug!(key, "a view over the build's overlay failed: {e}"),
+            }
+        }
         self.mount_with(key, target, &self.options)
     }
 
