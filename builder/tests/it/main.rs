@@ -100,7 +100,16 @@ pub struct Base {
 
 pub fn base() -> &'static Base {
     static BASE: OnceLock<Base> = OnceLock::new();
+    /// A static is never dropped, so its dir is removed when the test process exits.
+    extern "C" fn remove_base() {
+        if let Some(base) = BASE.get() {
+            let _ = fs::remove_dir_all(base._dir.path());
+        }
+    }
     BASE.get_or_init(|| {
+        // SAFETY: registers a function that takes no arguments and does not unwind (its errors
+        // are ignored), to run at exit.
+        unsafe { libc::atexit(remove_base) };
         let dir = tempfile::tempdir_in("/var/tmp").unwrap();
         let layout = dir.path().join("layout");
         let rootfs = tests::fixtures::busybox_rootfs_tar().unwrap();
