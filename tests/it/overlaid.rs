@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use imgfs::layer::ImportLimits;
 use imgfs::{FuseSnapshotter, Snapshotter, Store, StoreOptions};
@@ -66,7 +66,13 @@ fn step(m: &Path) {
     let paths = [
         "", "a", "d", "d/yy", "e", "e/n", "new", "new/f", "new/g2", "s", "p", "sparse", "t",
     ];
-    let t = nix::sys::time::TimeSpec::new(1_000_000_000, 123_456_789);
+    set_times(m, &paths, 1_000_000_000, 123_456_789);
+}
+
+/// Gives each of `paths` under `m` the access and modification time `sec`.`nsec`, so that two
+/// runs of a step give the same layer.
+fn set_times(m: &Path, paths: &[&str], sec: i64, nsec: i64) {
+    let t = nix::sys::time::TimeSpec::new(sec, nsec);
     for p in paths {
         nix::sys::stat::utimensat(
             nix::fcntl::AT_FDCWD,
@@ -99,8 +105,7 @@ fn step2(m: &Path) {
     fs::rename(m.join("d/yy"), m.join("d/z")).unwrap();
     fs::set_permissions(m.join("d"), fs::Permissions::from_mode(0o700)).unwrap();
     fs::hard_link(m.join("sparse"), m.join("d/sparse-link")).unwrap();
-    let t = nix::sys::time::TimeSpec::new(1_100_000_000, 5);
-    for p in [
+    let paths = [
         "",
         "a",
         "d",
@@ -111,16 +116,8 @@ fn step2(m: &Path) {
         "new/h",
         "s",
         "d/sparse-link",
-    ] {
-        nix::sys::stat::utimensat(
-            nix::fcntl::AT_FDCWD,
-            &m.join(p),
-            &t,
-            &t,
-            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-        )
-        .unwrap();
-    }
+    ];
+    set_times(m, &paths, 1_100_000_000, 5);
 }
 
 /// A step that only reads: it leaves no layer.
@@ -132,17 +129,7 @@ fn read_only_step(m: &Path) {
 /// The last step: one new file.
 fn step4(m: &Path) {
     fs::write(m.join("e/last"), b"last").unwrap();
-    let t = nix::sys::time::TimeSpec::new(1_200_000_000, 0);
-    for p in ["e", "e/last"] {
-        nix::sys::stat::utimensat(
-            nix::fcntl::AT_FDCWD,
-            &m.join(p),
-            &t,
-            &t,
-            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-        )
-        .unwrap();
-    }
+    set_times(m, &["e", "e/last"], 1_200_000_000, 0);
 }
 
 /// What a sequence of steps left: each step's layer (empty if it changed nothing), the
@@ -155,17 +142,18 @@ struct Steps {
     lowers: Vec<usize>,
 }
 
+/// Imports `base_layer` into `s` as the committed snapshot `base`.
+fn apply_base(s: &FuseSnapshotter) {
+    let layer = base_layer();
+    s.apply("base", None, &mut &layer[..], &ImportLimits::default())
+        .unwrap();
+}
+
 /// Runs `steps` one after the other on `s`, as a build does: each in a volatile mount of a
 /// fresh child of the last snapshot committed, its layer exported, committed if it changed
 /// something and removed if not.
 fn run_steps(s: &FuseSnapshotter, mnt: &Path, steps: &[fn(&Path)]) -> Steps {
-    s.apply(
-        "base",
-        None,
-        &mut &base_layer()[..],
-        &ImportLimits::default(),
-    )
-    .unwrap();
+    apply_base(s);
     let mut parent = "base".to_string();
     let mut out = Steps::default();
     for (i, f) in steps.iter().enumerate() {
@@ -249,15 +237,21 @@ fn is_top_dir(dir: &Path) -> bool {
     flags & 0x0002_0000 != 0
 }
 
+/// A dir for a test's stores, with an empty mount point `mnt` in it.
+fn scratch() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    (dir, mnt)
+}
+
 fn store(dir: &Path, name: &str) -> FuseSnapshotter {
     FuseSnapshotter::new(Store::create(&dir.join(name), StoreOptions::default()).unwrap())
 }
 
 #[test]
 fn a_step_on_overlayfs_over_imgfs_leaves_what_imgfs_alone_would() {
-    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-    let mnt = dir.path().join("mnt");
-    fs::create_dir(&mnt).unwrap();
+    let (dir, mnt) = scratch();
     let overlaid = store(dir.path(), "overlaid");
     let plain = store(dir.path(), "plain").with_overlaid_steps(false);
     let (layer, whole, kind) = run_step(&overlaid, &mnt);
@@ -317,9 +311,7 @@ fn mounts_under(dir: &Path) -> usize {
 
 #[test]
 fn the_steps_of_a_build_stack_their_upper_dirs_over_one_fuse_mount() {
-    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-    let mnt = dir.path().join("mnt");
-    fs::create_dir(&mnt).unwrap();
+    let (dir, mnt) = scratch();
     let overlaid = store(dir.path(), "overlaid");
     let plain = store(dir.path(), "plain").with_overlaid_steps(false);
     let steps: [fn(&Path); 4] = [step, step2, read_only_step, step4];
@@ -441,17 +433,9 @@ fn tree_of(root: &Path) -> Vec<String> {
 
 #[test]
 fn a_step_on_a_snapshot_written_before_gets_a_stack_of_its_own() {
-    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-    let mnt = dir.path().join("mnt");
-    fs::create_dir(&mnt).unwrap();
+    let (dir, mnt) = scratch();
     let s = store(dir.path(), "store");
-    s.apply(
-        "base",
-        None,
-        &mut &base_layer()[..],
-        &ImportLimits::default(),
-    )
-    .unwrap();
+    apply_base(&s);
     s.prepare("step", Some("base")).unwrap();
     let m = s.mount("step", &mnt).unwrap();
     fs::write(mnt.join("before"), b"written over FUSE").unwrap();
@@ -507,9 +491,7 @@ fn what_a_killed_step_left_goes_when_the_store_is_next_opened() {
 
 #[test]
 fn a_step_whose_overlay_cannot_be_made_runs_on_imgfs_alone() {
-    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-    let mnt = dir.path().join("mnt");
-    fs::create_dir(&mnt).unwrap();
+    let (dir, mnt) = scratch();
     let s = store(dir.path(), "store");
     // A file where the steps' scratch dirs go: the overlay cannot be set up.
     fs::write(dir.path().join("store/steps"), b"in the way").unwrap();

@@ -102,12 +102,7 @@ fn a_store_with_committed_active_and_view_snapshots_checks_clean() {
 #[test]
 fn a_flipped_byte_in_a_pack_is_a_digest_mismatch_naming_the_chunk_and_is_never_repaired() {
     let (_d, s) = store();
-    s.prepare("a", None).unwrap();
-    let t = s.tree("a").unwrap();
-    let (f, _) = t.mknod(Ino::ROOT, b"f", &file()).unwrap();
-    t.write(f, 0, &pattern(1000, 3)).unwrap();
-    drop(t);
-    s.commit("A", "a").unwrap();
+    let f = one_small_file(&s);
     let map = s.tree("A").unwrap().chunk_map(f).unwrap();
     let [(0, Extent::Stored { digest, .. })] = map[..] else {
         panic!("one stored chunk expected, got {map:?}");
@@ -132,6 +127,18 @@ fn a_flipped_byte_in_a_pack_is_a_digest_mismatch_naming_the_chunk_and_is_never_r
         assert_eq!(report.problems.len(), 1, "{report}");
         assert!(report.repaired.is_empty(), "{report}");
     }
+}
+
+/// Commits snapshot `A` holding one 1000-byte file, `f`, whose only chunk is the first thing
+/// appended to the first pack; returns the file's inode.
+fn one_small_file(s: &Store) -> Ino {
+    s.prepare("a", None).unwrap();
+    let t = s.tree("a").unwrap();
+    let (f, _) = t.mknod(Ino::ROOT, b"f", &file()).unwrap();
+    t.write(f, 0, &pattern(1000, 3)).unwrap();
+    drop(t);
+    s.commit("A", "a").unwrap();
+    f
 }
 
 fn flip_byte(path: &Path, at: u64) {
@@ -227,12 +234,7 @@ fn a_read_only_store_checks_but_refuses_repair() {
 #[test]
 fn a_writer_drops_what_a_pack_holds_past_its_synced_length() {
     let (_d, s) = store();
-    s.prepare("a", None).unwrap();
-    let t = s.tree("a").unwrap();
-    let (f, _) = t.mknod(Ino::ROOT, b"f", &file()).unwrap();
-    t.write(f, 0, &pattern(1000, 3)).unwrap();
-    drop(t);
-    s.commit("A", "a").unwrap();
+    one_small_file(&s);
     let root = s.root().to_path_buf();
     drop(s);
     // What a writer killed between appending to a pack and syncing its record leaves.
