@@ -214,8 +214,14 @@ pub(super) fn mount(
         // Shown as it is, by a stack that ends with this step.
         (false, _) => Stack::new(store, rec.id, Some(&rec), rec.id, options)?,
     };
+    // Should any of this fail, the stack goes with `stack` (and this step's upper dir with it).
     let upper = stack.dir().join((stack.layers.len() + 1).to_string());
-    let mut m = OverlaidMount {
+    std::fs::create_dir(&upper)?;
+    // The merged root shows the upper dir's attributes, so it starts as the snapshot's root.
+    copy_root_attrs(&writer.inode(Ino::ROOT).map_err(io::Error::other)?, &upper)?;
+    let work = stack.dir().join("work");
+    mount_overlay(target, &stack.lowers(), Some((&upper, &work)), true)?;
+    Ok(OverlaidMount {
         writer: Some(writer),
         key: key.to_string(),
         id: rec.id,
@@ -223,19 +229,8 @@ pub(super) fn mount(
         upper,
         stack: Some(stack),
         stacks: stacks.clone(),
-        overlay: false,
-        fold: false,
-    };
-    let stack = m.stack.as_ref().expect("just set");
-    std::fs::create_dir(&m.upper)?;
-    // The merged root shows the upper dir's attributes, so it starts as the snapshot's root.
-    let root = m.writer.as_ref().expect("just set").inode(Ino::ROOT);
-    copy_root_attrs(&root.map_err(io::Error::other)?, &m.upper)?;
-    let work = stack.dir().join("work");
-    mount_overlay(target, &stack.lowers(), Some((&m.upper, &work)), true)?;
-    m.overlay = true;
-    m.fold = true;
-    Ok(m)
+        overlay: true,
+    })
 }
 
 /// Mounts the view `rec` at `target` read-only as an overlay of the idle stack that shows its
@@ -363,10 +358,8 @@ pub struct OverlaidMount {
     upper: PathBuf,
     stack: Option<Stack>,
     stacks: Arc<Stacks>,
-    /// The overlay is mounted at `target`.
+    /// The overlay is still mounted at `target`.
     overlay: bool,
-    /// The upper dir is still to be folded into the snapshot.
-    fold: bool,
 }
 
 impl OverlaidMount {
@@ -378,15 +371,12 @@ impl OverlaidMount {
         let Some(mut stack) = self.stack.take() else {
             return Ok(());
         };
-        let folded = match (std::mem::take(&mut self.fold), self.writer.take()) {
-            (true, Some(tree)) => {
-                let folded = tracing::info_span!("fold").in_scope(|| fold(&tree, &self.upper));
-                // What the stack shows now: the snapshot, unless the step changed nothing.
-                let store = tree.store();
-                folded.and_then(|()| store.is_unchanged(self.id))
-            }
-            _ => return Ok(()),
+        let Some(tree) = self.writer.take() else {
+            return Ok(());
         };
+        let folded = tracing::info_span!("fold").in_scope(|| fold(&tree, &self.upper));
+        // What the stack shows now: the snapshot, unless the step changed nothing.
+        let folded = folded.and_then(|()| tree.store().is_unchanged(self.id));
         match folded {
             Ok(unchanged) if stack.reusable => {
                 stack.layers.push(std::mem::take(&mut self.upper));
