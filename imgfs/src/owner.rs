@@ -38,10 +38,7 @@ pub const START_LABEL: &str = "imgfs.mount.start";
 /// gone yet.
 pub fn process_start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses; the fields after the last
-    // ')' are plain: state is field 3, starttime field 22.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let fields = fields_after_comm(&stat)?;
     if fields.first() == Some(&"Z") && !other_threads_live(pid) {
         return None;
     }
@@ -56,11 +53,17 @@ fn other_threads_live(pid: u32) -> bool {
     tasks.flatten().any(|t| {
         t.file_name().to_str() != Some(&pid.to_string())
             && std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
-                stat.rfind(')')
-                    .and_then(|i| stat[i + 1..].split_whitespace().next().map(|s| s != "Z"))
-                    .unwrap_or(false)
+                fields_after_comm(&stat)
+                    .is_some_and(|f| f.first().is_some_and(|state| *state != "Z"))
             })
     })
+}
+
+/// The fields of a `/proc/PID/stat` (or `/proc/PID/task/TID/stat`) line after the command
+/// name, which may hold spaces and parentheses: those after the last ')' are plain, the state
+/// (field 3) first, the start time (field 22) at index 19.
+fn fields_after_comm(stat: &str) -> Option<Vec<&str>> {
+    Some(stat[stat.rfind(')')? + 1..].split_whitespace().collect())
 }
 
 /// An active snapshot whose owning mount process is gone.
